@@ -1,0 +1,67 @@
+import { Duration } from 'aws-cdk-lib';
+import { JitterType, type RetryProps } from 'aws-cdk-lib/aws-stepfunctions';
+import { ErrorNames } from '../lambdas/shared/errors.ts';
+
+/**
+ * How the workflow answers each named error. Read top to bottom:
+ *
+ *  - Lambda service hiccups (throttles included): retried quickly, as AWS recommends.
+ *  - RateLimited: retried with exponential backoff and full jitter, long enough (about six
+ *    minutes in all) to ride out a per-minute limit.
+ *  - ImageTimeout, UpstreamError: retried a few times.
+ *  - ContentPolicyViolation: never retried as-is; caught, rewritten once into a safer prompt
+ *    (see workflow.ts), then the persona fails.
+ *  - GridLayoutMismatch: the grid is generated again, at most twice more.
+ *  - InvalidPersona, ConfigurationError: never retried; the run fails at once.
+ *
+ * Every failure that gets through is caught, recorded under avatars/{id}/failures/ and
+ * ends the run in a Fail state named after it.
+ */
+export const LAMBDA_SERVICE_ERRORS = [
+  'Lambda.ServiceException',
+  'Lambda.AWSLambdaException',
+  'Lambda.SdkClientException',
+  'Lambda.TooManyRequestsException',
+  'Lambda.ClientExecutionTimeoutException',
+];
+
+export const retryLambdaService: RetryProps = {
+  errors: LAMBDA_SERVICE_ERRORS,
+  interval: Duration.seconds(2),
+  maxAttempts: 6,
+  backoffRate: 2,
+  jitterStrategy: JitterType.FULL,
+};
+
+export const retryRateLimited: RetryProps = {
+  errors: [ErrorNames.RateLimited],
+  interval: Duration.seconds(10),
+  maxAttempts: 6,
+  backoffRate: 2,
+  maxDelay: Duration.seconds(120),
+  jitterStrategy: JitterType.FULL,
+};
+
+export const retryTransient: RetryProps = {
+  errors: [ErrorNames.ImageTimeout, ErrorNames.UpstreamError],
+  interval: Duration.seconds(5),
+  maxAttempts: 3,
+  backoffRate: 2,
+  jitterStrategy: JitterType.FULL,
+};
+
+export const retryGridLayout: RetryProps = {
+  errors: [ErrorNames.GridLayoutMismatch],
+  interval: Duration.seconds(1),
+  maxAttempts: 2,
+  backoffRate: 1,
+};
+
+/** Stages that only touch S3 and the runtime: Lambda service errors only. */
+export const plainStageRetries = [retryLambdaService];
+
+/** Stages that call the image or text API. */
+export const apiStageRetries = [retryLambdaService, retryRateLimited, retryTransient];
+
+/** Errors that end the run at once, whatever stage throws them. */
+export const FATAL_ERRORS = [ErrorNames.InvalidPersona, ErrorNames.ConfigurationError];

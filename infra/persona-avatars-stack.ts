@@ -1,0 +1,55 @@
+import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
+import { NagSuppressions } from 'cdk-nag';
+import type { Construct } from 'constructs';
+import { AvatarBucket } from './avatar-bucket.ts';
+import { StageFunctions, type LambdaArchitecture, type StageSettings } from './stage-functions.ts';
+import { AvatarWorkflow } from './workflow.ts';
+
+export interface PersonaAvatarsProps extends StackProps {
+  existingBucketName?: string;
+  runExpiryDays: number;
+  /** Name of the Secrets Manager secret holding the OpenAI key as plain text. */
+  openAiSecretName: string;
+  architecture: LambdaArchitecture;
+  gridConcurrency: number;
+  settings: StageSettings;
+}
+
+export class PersonaAvatarsStack extends Stack {
+  readonly workflow: AvatarWorkflow;
+  readonly stages: StageFunctions;
+
+  constructor(scope: Construct, id: string, props: PersonaAvatarsProps) {
+    super(scope, id, props);
+    const { bucket } = new AvatarBucket(this, 'Avatars', { existingBucketName: props.existingBucketName, runExpiryDays: props.runExpiryDays });
+    // Referenced, never copied: the key stays in Secrets Manager and out of the template.
+    const openAiKey = Secret.fromSecretNameV2(this, 'OpenAiKey', props.openAiSecretName);
+    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: props.settings });
+    this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency });
+
+    new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
+    new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });
+
+    NagSuppressions.addStackSuppressions(this, [
+      {
+        id: 'AwsSolutions-IAM4',
+        reason: 'Stage functions use AWSLambdaBasicExecutionRole only to write their own CloudWatch logs.',
+        appliesTo: ['Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole'],
+      },
+      {
+        id: 'AwsSolutions-IAM5',
+        reason:
+          'Object keys are per persona and per run, so grants are prefix wildcards (runs/*, avatars/*); X-Ray, log delivery and invoking a function version need "*" by design.',
+      },
+      {
+        id: 'AwsSolutions-S1',
+        reason: 'Server access logs would double-write every image; object access is audited with CloudTrail data events where an account needs it.',
+      },
+      {
+        id: 'AwsSolutions-SMG4',
+        reason: 'The OpenAI key is issued by OpenAI and cannot be rotated by a Lambda; rotate it in the OpenAI console and update the secret.',
+      },
+    ]);
+  }
+}

@@ -1,0 +1,138 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Duration } from 'aws-cdk-lib';
+import { Architecture, LoggingFormat, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
+import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import type { IBucket } from 'aws-cdk-lib/aws-s3';
+import type { ISecret } from 'aws-cdk-lib/aws-secretsmanager';
+import { Construct } from 'constructs';
+import { Prefixes } from '../lambdas/shared/keys.ts';
+import type { StageName } from '../lambdas/stages.ts';
+
+export const projectRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+export type LambdaArchitecture = 'x86_64' | 'arm64';
+
+export interface StageSettings {
+  imageModel: string;
+  imageFallbackModel?: string;
+  imageSize: string;
+  imageQuality: string;
+  textModel: string;
+  tileFormat: string;
+  publicBaseUrl?: string;
+}
+
+export interface StageFunctionsProps {
+  bucket: IBucket;
+  openAiKey: ISecret;
+  architecture: LambdaArchitecture;
+  settings: StageSettings;
+}
+
+/** What each stage may do to the bucket: the least its code needs. */
+interface StageSpec {
+  reads: string[];
+  writes: string[];
+  usesOpenAi: boolean;
+  usesSharp: boolean;
+  timeout: Duration;
+  memoryMb: number;
+}
+
+const runs = `${Prefixes.runs}*`;
+const avatars = `${Prefixes.avatars}*`;
+const failures = `${Prefixes.avatars}*/failures/*`;
+
+/** Image calls may take minutes (the seed allowed 600 s); a Lambda may run 15. */
+const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
+
+export const STAGE_SPECS: Record<StageName, StageSpec> = {
+  'plan-run': { reads: [], writes: [], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(10), memoryMb: 256 },
+  'write-prompt': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
+  'generate-base': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
+  'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
+  'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
+  publish: { reads: [runs, avatars], writes: [avatars], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(1), memoryMb: 256 },
+  'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
+};
+
+/** sharp's native parts for one Linux architecture, as npm installed them (no network needed). */
+export function sharpPackages(architecture: LambdaArchitecture): string[] {
+  const cpu = architecture === 'arm64' ? 'arm64' : 'x64';
+  const packages = ['sharp', '@img/colour', 'detect-libc', 'semver', `@img/sharp-linux-${cpu}`, `@img/sharp-libvips-linux-${cpu}`];
+  const missing = packages.filter((p) => !existsSync(join(projectRoot, 'node_modules', p, 'package.json')));
+  if (missing.length > 0) {
+    throw new Error(
+      `Cannot package sharp for linux-${cpu}: ${missing.join(', ')} not installed. ` +
+        `Run \`npm install --os=linux --cpu=${cpu} sharp\` or deploy with architecture x86_64.`,
+    );
+  }
+  return packages;
+}
+
+/** One Lambda per stage, bundled by esbuild on this machine, on the Node 24 runtime. */
+export class StageFunctions extends Construct {
+  readonly functions: Record<StageName, NodejsFunction>;
+
+  constructor(scope: Construct, id: string, props: StageFunctionsProps) {
+    super(scope, id);
+    const { bucket, openAiKey, architecture, settings } = props;
+    const environment: Record<string, string> = {
+      S3_BUCKET_NAME: bucket.bucketName,
+      IMAGE_MODEL: settings.imageModel,
+      IMAGE_SIZE: settings.imageSize,
+      IMAGE_QUALITY: settings.imageQuality,
+      TEXT_MODEL: settings.textModel,
+      TILE_FORMAT: settings.tileFormat,
+      ...(settings.imageFallbackModel ? { IMAGE_FALLBACK_MODEL: settings.imageFallbackModel } : {}),
+      ...(settings.publicBaseUrl ? { PUBLIC_BASE_URL: settings.publicBaseUrl } : {}),
+      POWERTOOLS_SERVICE_NAME: 'persona-avatars',
+      NODE_OPTIONS: '--enable-source-maps',
+    };
+    const functions = {} as Record<StageName, NodejsFunction>;
+    for (const [stage, spec] of Object.entries(STAGE_SPECS) as [StageName, StageSpec][]) {
+      const modules = spec.usesSharp ? sharpPackages(architecture) : [];
+      const fn = new NodejsFunction(this, stage, {
+        entry: join(projectRoot, 'lambdas', stage, 'handler.ts'),
+        handler: 'handler',
+        runtime: Runtime.NODEJS_24_X,
+        architecture: architecture === 'arm64' ? Architecture.ARM_64 : Architecture.X86_64,
+        timeout: spec.timeout,
+        memorySize: spec.memoryMb,
+        tracing: Tracing.ACTIVE,
+        loggingFormat: LoggingFormat.JSON,
+        description: `persona-avatars ${stage}`,
+        projectRoot,
+        depsLockFilePath: join(projectRoot, 'package-lock.json'),
+        environment: {
+          ...environment,
+          STAGE: stage,
+          ...(spec.usesOpenAi ? { OPENAI_API_KEY_SECRET_ARN: openAiKey.secretArn } : {}),
+        },
+        bundling: {
+          format: OutputFormat.CJS,
+          target: 'node24',
+          minify: true,
+          sourceMap: true,
+          // The AWS SDK is bundled so the deployed code runs the versions the tests ran.
+          externalModules: modules.length > 0 ? ['sharp'] : [],
+          // sharp is native: copy the packages npm installed for this architecture next to the
+          // bundle, instead of `nodeModules`, which would run npm against the registry.
+          commandHooks: {
+            beforeBundling: () => [],
+            beforeInstall: () => [],
+            afterBundling: (inputDir: string, outputDir: string) =>
+              modules.map((m) => `mkdir -p "${outputDir}/node_modules/${m}" && cp -R "${inputDir}/node_modules/${m}/." "${outputDir}/node_modules/${m}/"`),
+          },
+        },
+      });
+      for (const prefix of spec.reads) bucket.grantRead(fn, prefix);
+      for (const prefix of spec.writes) bucket.grantPut(fn, prefix);
+      if (spec.usesOpenAi) openAiKey.grantRead(fn);
+      functions[stage] = fn;
+    }
+    this.functions = functions;
+  }
+}

@@ -1,0 +1,185 @@
+import { Duration, RemovalPolicy } from 'aws-cdk-lib';
+import type { IFunction } from 'aws-cdk-lib/aws-lambda';
+import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
+import {
+  DefinitionBody,
+  Fail,
+  JsonPath,
+  LogLevel,
+  Map as MapState,
+  Parallel,
+  StateMachine,
+  StateMachineType,
+  TaskInput,
+  Timeout,
+  type IChainable,
+  type RetryProps,
+} from 'aws-cdk-lib/aws-stepfunctions';
+import { LambdaInvoke } from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import { Construct } from 'constructs';
+import { ErrorNames } from '../lambdas/shared/errors.ts';
+import type { StageName } from '../lambdas/stages.ts';
+import { STAGE_SPECS } from './stage-functions.ts';
+import { apiStageRetries, plainStageRetries, retryGridLayout } from './error-policy.ts';
+
+export interface AvatarWorkflowProps {
+  functions: Record<StageName, IFunction>;
+  /** How many grids are generated at once (each is one image-edit call). */
+  gridConcurrency: number;
+}
+
+/** The run's identity, as every stage's payload starts with it. */
+const RUN = {
+  personaId: JsonPath.stringAt('$.personaId'),
+  runId: JsonPath.stringAt('$.runId'),
+};
+
+/**
+ * The avatar workflow, the only place it is written: the local runner executes what this
+ * synthesizes.
+ *
+ *   PlanRun ─► PromptAndBase ─┬─ WritePrompt                                     ─┐
+ *                             └─ GenerateBase ─(policy)─► RewriteBasePrompt ─► GenerateBaseSafer
+ *           ─► GenerateGrids (Map, one per 4 images) ─► GridAttempt:
+ *                 GenerateGrid ─(policy)─► RewriteGridPrompt ─► GenerateGridSafer ─┐
+ *                      └──────────────────────────────────────────────────────────► SplitGrid
+ *           ─► Publish
+ *   any failure ─► RecordFailure ─► RunFailed (named after the cause)
+ */
+export class AvatarWorkflow extends Construct {
+  readonly stateMachine: StateMachine;
+
+  constructor(scope: Construct, id: string, props: AvatarWorkflowProps) {
+    super(scope, id);
+    const fn = props.functions;
+    const task = (name: string, stage: StageName, payload: Record<string, unknown>, retries: RetryProps[], resultPath?: string) => {
+      const state = new LambdaInvoke(this, name, {
+        lambdaFunction: fn[stage],
+        payload: TaskInput.fromObject(payload),
+        payloadResponseOnly: true,
+        retryOnServiceExceptions: false,
+        // Outlives the Lambda's own timeout, so the function always reports first.
+        taskTimeout: Timeout.duration(STAGE_SPECS[stage].timeout.plus(Duration.minutes(1))),
+        ...(resultPath ? { resultPath } : {}),
+      });
+      for (const retry of retries) state.addRetry(retry);
+      return state;
+    };
+
+    // Failure path: record why, then fail with the cause's own name.
+    const runFailed = new Fail(this, 'RunFailed', {
+      errorPath: JsonPath.stringAt('$.failure.error'),
+      causePath: JsonPath.stringAt('$.failure.cause'),
+    });
+    const failedUnrecorded = new Fail(this, 'RunFailedUnrecorded', {
+      errorPath: JsonPath.stringAt('$.error.Error'),
+      causePath: JsonPath.stringAt('$.error.Cause'),
+    });
+    const recordFailure = task(
+      'RecordFailure',
+      'record-failure',
+      { input: JsonPath.executionInput, runId: JsonPath.executionName, error: JsonPath.objectAt('$.error') },
+      plainStageRetries,
+      '$.failure',
+    );
+    recordFailure.addCatch(failedUnrecorded, { errors: ['States.ALL'], resultPath: '$.recordError' });
+    recordFailure.next(runFailed);
+    const onFailure = (state: { addCatch: (h: IChainable, p: { errors: string[]; resultPath: string }) => unknown }) =>
+      state.addCatch(recordFailure, { errors: ['States.ALL'], resultPath: '$.error' });
+
+    // 1. Validate the persona and plan one grid per 4 images.
+    const planRun = task('PlanRun', 'plan-run', { input: JsonPath.executionInput, runId: JsonPath.executionName }, plainStageRetries);
+
+    // 2. Prompt and base selfie side by side; a refused base gets one safer prompt.
+    const withPersona = { ...RUN, persona: JsonPath.objectAt('$.persona') };
+    const writePrompt = task('WritePrompt', 'write-prompt', withPersona, apiStageRetries);
+    const generateBase = task('GenerateBase', 'generate-base', withPersona, apiStageRetries);
+    const rewriteBasePrompt = task(
+      'RewriteBasePrompt',
+      'write-prompt',
+      { ...withPersona, rewrite: { target: 'base', reason: JsonPath.stringAt('$.refusal.Cause') } },
+      apiStageRetries,
+      '$.saferPrompt',
+    );
+    const generateBaseSafer = task(
+      'GenerateBaseSafer',
+      'generate-base',
+      { ...withPersona, promptKey: JsonPath.stringAt('$.saferPrompt.promptKey') },
+      apiStageRetries,
+    );
+    generateBase.addCatch(rewriteBasePrompt.next(generateBaseSafer), { errors: [ErrorNames.ContentPolicyViolation], resultPath: '$.refusal' });
+    const promptAndBase = new Parallel(this, 'PromptAndBase', {
+      resultSelector: { prompt: JsonPath.objectAt('$[0]'), base: JsonPath.objectAt('$[1]') },
+      resultPath: '$.generated',
+    })
+      .branch(writePrompt)
+      .branch(generateBase);
+    onFailure(promptAndBase);
+
+    // 3. One grid per 4 images, in parallel; each split as soon as it exists. A refused grid
+    //    gets one safer prompt; a grid with the wrong number of panels is drawn again.
+    const gridItem = {
+      ...RUN,
+      persona: JsonPath.objectAt('$.persona'),
+      mode: JsonPath.stringAt('$.mode'),
+      grid: JsonPath.objectAt('$$.Map.Item.Value'),
+      promptKey: JsonPath.stringAt('$.generated.prompt.promptKey'),
+      baseKey: JsonPath.stringAt('$.generated.base.baseKey'),
+    };
+    const fromItem = (...keys: string[]) => Object.fromEntries(keys.map((k) => [k, JsonPath.stringAt(`$.${k}`)]));
+    const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey'), grid: JsonPath.objectAt('$.grid') };
+    const generateGrid = task('GenerateGrid', 'generate-grid', { ...gridPayload, promptKey: JsonPath.stringAt('$.promptKey') }, apiStageRetries, '$.generated');
+    const rewriteGridPrompt = task(
+      'RewriteGridPrompt',
+      'write-prompt',
+      { ...RUN, persona: JsonPath.objectAt('$.persona'), rewrite: { target: 'grid', reason: JsonPath.stringAt('$.refusal.Cause') } },
+      apiStageRetries,
+      '$.saferPrompt',
+    );
+    const generateGridSafer = task(
+      'GenerateGridSafer',
+      'generate-grid',
+      { ...gridPayload, promptKey: JsonPath.stringAt('$.saferPrompt.promptKey') },
+      apiStageRetries,
+      '$.generated',
+    );
+    const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries);
+    generateGrid.addCatch(rewriteGridPrompt, { errors: [ErrorNames.ContentPolicyViolation], resultPath: '$.refusal' });
+    rewriteGridPrompt.next(generateGridSafer).next(splitGrid);
+    const gridAttempt = new Parallel(this, 'GridAttempt', { outputPath: '$[0]' }).branch(generateGrid.next(splitGrid));
+    gridAttempt.addRetry(retryGridLayout);
+    const generateGrids = new MapState(this, 'GenerateGrids', {
+      itemsPath: '$.grids',
+      itemSelector: gridItem,
+      maxConcurrency: props.gridConcurrency,
+      resultPath: '$.gridResults',
+    }).itemProcessor(gridAttempt);
+    onFailure(generateGrids);
+
+    // 4. Final names, manifest, URLs.
+    const publish = task(
+      'Publish',
+      'publish',
+      {
+        ...withPersona,
+        images: JsonPath.numberAt('$.images'),
+        mode: JsonPath.stringAt('$.mode'),
+        prompt: JsonPath.objectAt('$.generated.prompt'),
+        base: JsonPath.objectAt('$.generated.base'),
+        grids: JsonPath.objectAt('$.gridResults'),
+      },
+      plainStageRetries,
+    );
+    onFailure(publish);
+    onFailure(planRun);
+
+    const logs = new LogGroup(this, 'ExecutionLogs', { retention: RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY });
+    this.stateMachine = new StateMachine(this, 'StateMachine', {
+      stateMachineType: StateMachineType.STANDARD,
+      definitionBody: DefinitionBody.fromChainable(planRun.next(promptAndBase).next(generateGrids).next(publish)),
+      timeout: Duration.hours(2),
+      tracingEnabled: true,
+      logs: { destination: logs, level: LogLevel.ALL, includeExecutionData: false },
+    });
+  }
+}

@@ -1,0 +1,46 @@
+import { IMAGES_PER_GRID, parseRunRequest, type GenerationMode, type Persona } from '../shared/persona.ts';
+
+export interface PlanRunEvent {
+  /** The execution input: `{ persona, images?, mode? }`. */
+  input: unknown;
+  /** The execution name; becomes the run id in every key. */
+  runId: string;
+}
+
+export interface GridPlan {
+  index: number;
+  /** How many images this grid contributes (the last grid may publish fewer than 4). */
+  count: number;
+}
+
+export interface RunPlan {
+  personaId: string;
+  runId: string;
+  persona: Persona;
+  images: number;
+  mode: GenerationMode;
+  grids: GridPlan[];
+}
+
+/** Execution names may hold characters that are awkward in keys; keep a safe, recognisable id. */
+export function safeRunId(name: string): string {
+  const cleaned = name.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80);
+  return cleaned || 'run';
+}
+
+/** Validates the execution input and splits the request into grids of four. */
+export async function planRun(event: PlanRunEvent): Promise<RunPlan> {
+  const request = parseRunRequest(event.input);
+  const grids: GridPlan[] = [];
+  for (let first = 0; first < request.images; first += IMAGES_PER_GRID) {
+    grids.push({ index: grids.length, count: Math.min(IMAGES_PER_GRID, request.images - first) });
+  }
+  return {
+    personaId: request.persona.id,
+    runId: safeRunId(event.runId),
+    persona: request.persona,
+    images: request.images,
+    mode: request.mode,
+    grids,
+  };
+}

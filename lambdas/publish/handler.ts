@@ -1,0 +1,4 @@
+import { lambdaHandler } from '../shared/stage.ts';
+import { publish } from './core.ts';
+
+export const handler = lambdaHandler('publish', publish);

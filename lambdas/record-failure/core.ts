@@ -1,0 +1,50 @@
+import { avatarKeys } from '../shared/keys.ts';
+import { PERSONA_ID_PATTERN } from '../shared/persona.ts';
+import { safeRunId } from '../plan-run/core.ts';
+import type { StageDeps } from '../shared/stage.ts';
+import { personaIdOf } from '../shared/stage.ts';
+
+export interface RecordFailureEvent {
+  /** The execution input, as given: the persona may be what was wrong. */
+  input: unknown;
+  runId: string;
+  /** What a Catch put in the state: `{ Error, Cause }`. */
+  error: { Error: string; Cause?: string };
+}
+
+export interface FailureRecord {
+  error: string;
+  cause: string;
+  failureKey: string;
+}
+
+/** Persona ids that cannot be trusted in a key are filed under this one. */
+export const UNKNOWN_PERSONA = '_invalid';
+
+/** On AWS, a Lambda error's Cause is its JSON `{errorType, errorMessage, trace}`; locally, the message. */
+export function causeMessage(cause: string | undefined): string {
+  if (!cause) return '';
+  try {
+    const parsed = JSON.parse(cause) as { errorMessage?: unknown };
+    if (typeof parsed.errorMessage === 'string') return parsed.errorMessage;
+  } catch {
+    // A plain message already.
+  }
+  return cause;
+}
+
+/** Writes why the run failed next to where its images would have gone, so no failure is silent. */
+export async function recordFailure(event: RecordFailureEvent, deps: StageDeps): Promise<FailureRecord> {
+  const id = personaIdOf(event);
+  const personaId = id && PERSONA_ID_PATTERN.test(id) ? id : UNKNOWN_PERSONA;
+  const failureKey = avatarKeys(personaId).failure(safeRunId(event.runId));
+  const cause = causeMessage(event.error.Cause);
+  await deps.store.putJson(failureKey, {
+    personaId: id ?? null,
+    runId: event.runId,
+    failedAt: new Date().toISOString(),
+    error: event.error.Error,
+    cause,
+  });
+  return { error: event.error.Error, cause, failureKey };
+}

@@ -1,0 +1,56 @@
+import { S3Client } from '@aws-sdk/client-s3';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import OpenAI from 'openai';
+
+type Env = Record<string, string | undefined>;
+
+/** Whether S3 is a custom S3-compatible endpoint rather than AWS itself. */
+export function customS3Endpoint(env: Env = process.env): string | undefined {
+  return env.S3_ENDPOINT || env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined;
+}
+
+/**
+ * S3 from the seed's variables when S3_ENDPOINT is set (path-style, as S3-compatible servers
+ * expect), else from the standard AWS chain (the Lambda's role, profiles, AWS_ENDPOINT_URL_S3).
+ */
+export function s3ClientFromEnv(env: Env = process.env): S3Client {
+  const endpoint = customS3Endpoint(env);
+  const credentials =
+    env.S3_ACCESS_KEY && env.S3_SECRET_KEY
+      ? { accessKeyId: env.S3_ACCESS_KEY, secretAccessKey: env.S3_SECRET_KEY }
+      : undefined;
+  return new S3Client({
+    region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1',
+    ...(env.S3_ENDPOINT ? { endpoint: env.S3_ENDPOINT } : {}),
+    ...(credentials ? { credentials } : {}),
+    ...(endpoint
+      ? {
+          forcePathStyle: true,
+          // Several S3-compatible servers store the SDK's aws-chunked framing inside the object.
+          requestChecksumCalculation: 'WHEN_REQUIRED' as const,
+          responseChecksumValidation: 'WHEN_REQUIRED' as const,
+        }
+      : {}),
+  });
+}
+
+let cachedSecretKey: Promise<string> | undefined;
+
+/** The OpenAI key: OPENAI_API_KEY, else the Secrets Manager secret named by OPENAI_API_KEY_SECRET_ARN. */
+export async function openAiKeyFromEnv(env: Env = process.env): Promise<string | undefined> {
+  if (env.OPENAI_API_KEY) return env.OPENAI_API_KEY;
+  const secretId = env.OPENAI_API_KEY_SECRET_ARN;
+  if (!secretId) return undefined;
+  cachedSecretKey ??= new SecretsManagerClient({})
+    .send(new GetSecretValueCommand({ SecretId: secretId }))
+    .then((r) => (r.SecretString ?? '').trim());
+  return cachedSecretKey;
+}
+
+/**
+ * The SDK's own retries stay low: the state machine owns retries, with backoff that outlives
+ * a per-minute rate limit. OPENAI_BASE_URL is read by the SDK itself.
+ */
+export function openAiClient(apiKey: string): OpenAI {
+  return new OpenAI({ apiKey, maxRetries: 0 });
+}

@@ -1,0 +1,69 @@
+/**
+ * Named errors the state machine matches on (Step Functions reads `errorType`, which the
+ * Lambda runtime takes from `error.name`). Infra imports these names, so a rename breaks
+ * the build instead of silently dropping a Retry or Catch.
+ */
+export const ErrorNames = {
+  InvalidPersona: 'InvalidPersona',
+  ContentPolicyViolation: 'ContentPolicyViolation',
+  RateLimited: 'RateLimited',
+  ImageTimeout: 'ImageTimeout',
+  UpstreamError: 'UpstreamError',
+  GridLayoutMismatch: 'GridLayoutMismatch',
+  ConfigurationError: 'ConfigurationError',
+} as const;
+
+export type ErrorName = (typeof ErrorNames)[keyof typeof ErrorNames];
+
+export class AvatarError extends Error {
+  constructor(name: ErrorName, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = name;
+  }
+}
+
+export class InvalidPersona extends AvatarError {
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(ErrorNames.InvalidPersona, `Invalid persona: ${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+export class ContentPolicyViolation extends AvatarError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorNames.ContentPolicyViolation, message, options);
+  }
+}
+
+export class RateLimited extends AvatarError {
+  readonly retryAfterSeconds: number | undefined;
+  constructor(message: string, retryAfterSeconds: number | undefined, options?: { cause?: unknown }) {
+    super(ErrorNames.RateLimited, message, options);
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+export class ImageTimeout extends AvatarError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorNames.ImageTimeout, message, options);
+  }
+}
+
+export class UpstreamError extends AvatarError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorNames.UpstreamError, message, options);
+  }
+}
+
+export class GridLayoutMismatch extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.GridLayoutMismatch, message);
+  }
+}
+
+export class ConfigurationError extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.ConfigurationError, message);
+  }
+}

@@ -1,0 +1,65 @@
+import { z } from 'zod';
+import { InvalidPersona } from './errors.ts';
+
+/** Ids become S3 key segments and execution names: letters, digits, `-` and `_` only. */
+export const PERSONA_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+export const MAX_IMAGES = 40;
+export const IMAGES_PER_GRID = 4;
+
+const bio = z.string().trim().max(4000).optional();
+
+export const personaSchema = z
+  .object({
+    id: z
+      .string()
+      .regex(PERSONA_ID_PATTERN, 'must be 1-64 letters, digits, "-" or "_", starting with a letter or digit'),
+    firstname: z.string().trim().min(1, 'must not be empty').max(100),
+    lastname: z.string().trim().max(100).default(''),
+    gender: z.string().trim().min(1, 'must not be empty').max(40),
+    bio_facebook: bio,
+    bio_instagram: bio,
+    bio_x: bio,
+    bio_tiktok: bio,
+  })
+  .refine((p) => [p.bio_facebook, p.bio_instagram, p.bio_x, p.bio_tiktok].some((b) => b), {
+    message: 'at least one of bio_facebook, bio_instagram, bio_x, bio_tiktok must be given',
+    path: ['bio_facebook'],
+  });
+
+export type Persona = z.infer<typeof personaSchema>;
+
+export const generationModes = ['grid', 'separate'] as const;
+export type GenerationMode = (typeof generationModes)[number];
+
+export const runRequestSchema = z.object({
+  persona: z.unknown(),
+  images: z.number().int().min(1).max(MAX_IMAGES).default(IMAGES_PER_GRID),
+  mode: z.enum(generationModes).default('grid'),
+});
+
+export type RunRequest = { persona: Persona; images: number; mode: GenerationMode };
+
+function firstIssue(error: z.ZodError, prefix: string): InvalidPersona {
+  const issue = error.issues[0]!;
+  const field = [prefix, ...issue.path.map(String)].filter(Boolean).join('.') || '(root)';
+  return new InvalidPersona(field, issue.message);
+}
+
+/** Parses a persona, throwing InvalidPersona that names the first wrong field. */
+export function parsePersona(value: unknown, fieldPrefix = ''): Persona {
+  const parsed = personaSchema.safeParse(value);
+  if (!parsed.success) throw firstIssue(parsed.error, fieldPrefix);
+  return parsed.data;
+}
+
+/** Parses an execution input `{ persona, images?, mode? }`. */
+export function parseRunRequest(value: unknown): RunRequest {
+  const parsed = runRequestSchema.safeParse(value);
+  if (!parsed.success) throw firstIssue(parsed.error, '');
+  return { ...parsed.data, persona: parsePersona(parsed.data.persona, 'persona') };
+}
+
+/** The first bio the persona has, preferring Facebook's as the seed service did. */
+export function primaryBio(persona: Persona): string {
+  return persona.bio_facebook || persona.bio_instagram || persona.bio_x || persona.bio_tiktok || '';
+}

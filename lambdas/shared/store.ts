@@ -1,0 +1,44 @@
+import {
+  CopyObjectCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+
+/** The one bucket every stage reads and writes, addressed by key. */
+export class ObjectStore {
+  readonly s3: S3Client;
+  readonly bucket: string;
+
+  constructor(s3: S3Client, bucket: string) {
+    this.s3 = s3;
+    this.bucket = bucket;
+  }
+
+  async put(key: string, body: Buffer | string, contentType: string): Promise<void> {
+    await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType }));
+  }
+
+  async putJson(key: string, value: unknown): Promise<void> {
+    await this.put(key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
+  }
+
+  async getBytes(key: string): Promise<Buffer> {
+    const answer = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+    return Buffer.from(await answer.Body!.transformToByteArray());
+  }
+
+  async getText(key: string): Promise<string> {
+    return (await this.getBytes(key)).toString('utf8');
+  }
+
+  async copy(fromKey: string, toKey: string): Promise<void> {
+    await this.s3.send(
+      new CopyObjectCommand({
+        Bucket: this.bucket,
+        Key: toKey,
+        CopySource: `${this.bucket}/${fromKey.split('/').map(encodeURIComponent).join('/')}`,
+      }),
+    );
+  }
+}

@@ -1,0 +1,55 @@
+import sharp from 'sharp';
+import { runKeys } from '../shared/keys.ts';
+import type { StageDeps } from '../shared/stage.ts';
+import type { GridResult } from '../generate-grid/core.ts';
+import { GRID_COLS, GRID_ROWS } from '../generate-grid/core.ts';
+import type { Box } from './detect.ts';
+import { contentTypes, splitGrid as splitImage } from './split.ts';
+
+export interface SplitGridEvent {
+  personaId: string;
+  runId: string;
+  generated: GridResult;
+}
+
+export interface TileInfo {
+  key: string;
+  box: Box;
+  bytes: number;
+}
+
+export interface SplitResult {
+  gridIndex: number;
+  tiles: TileInfo[];
+  generation: Omit<GridResult, 'imageKeys' | 'gridKey'>;
+  ms: number;
+}
+
+/** Cuts a grid into its cells (or, in separate mode, measures the images) and stores the tiles. */
+export async function splitGrid(event: SplitGridEvent, deps: StageDeps): Promise<SplitResult> {
+  const started = Date.now();
+  const { gridKey, imageKeys, ...generation } = event.generated;
+  const keys = runKeys(event.personaId, event.runId);
+  let tiles: TileInfo[];
+  if (imageKeys) {
+    tiles = await Promise.all(
+      imageKeys.map(async (key) => {
+        const image = await deps.store.getBytes(key);
+        const { width = 0, height = 0 } = await sharp(image).metadata();
+        return { key, box: { left: 0, top: 0, width, height }, bytes: image.length };
+      }),
+    );
+  } else {
+    const format = deps.settings.tileFormat;
+    const what = `grid ${generation.gridIndex} for persona ${event.personaId}`;
+    const cut = await splitImage(await deps.store.getBytes(gridKey!), GRID_ROWS, GRID_COLS, format, what);
+    tiles = await Promise.all(
+      cut.slice(0, generation.count).map(async (tile, i) => {
+        const key = keys.tile(generation.gridIndex, i, format);
+        await deps.store.put(key, tile.data, contentTypes[format]);
+        return { key, box: tile.box, bytes: tile.data.length };
+      }),
+    );
+  }
+  return { gridIndex: generation.gridIndex, tiles, generation, ms: Date.now() - started };
+}

@@ -1,0 +1,29 @@
+import { generateBase } from './generate-base/core.ts';
+import { generateGrid } from './generate-grid/core.ts';
+import { planRun } from './plan-run/core.ts';
+import { publish } from './publish/core.ts';
+import { recordFailure } from './record-failure/core.ts';
+import type { StageCore } from './shared/stage.ts';
+import { splitGrid } from './split-grid/core.ts';
+import { writePrompt } from './write-prompt/core.ts';
+
+/**
+ * Every stage's core by name. The name is the folder of its handler, the Lambda's STAGE
+ * variable, and what the local runner and `avatars invoke` call.
+ */
+export const stages = {
+  'plan-run': planRun,
+  'write-prompt': writePrompt,
+  'generate-base': generateBase,
+  'generate-grid': generateGrid,
+  'split-grid': splitGrid,
+  publish,
+  'record-failure': recordFailure,
+} satisfies Record<string, StageCore<never, unknown>>;
+
+export type StageName = keyof typeof stages;
+
+export const stageNames = Object.keys(stages) as StageName[];
+
+/** Stages that call the image API and so need the OpenAI key and the long timeout. */
+export const imageStages: StageName[] = ['write-prompt', 'generate-base', 'generate-grid'];
