@@ -49,8 +49,8 @@ export async function openAiKeyFromEnv(env: Env = process.env): Promise<string |
 
 /**
  * The SDK's own retries stay low: the state machine owns retries, with backoff that outlives
- * a per-minute rate limit. OPENAI_BASE_URL is read by the SDK itself.
+ * a per-minute rate limit. Without `baseURL` the SDK reads OPENAI_BASE_URL itself.
  */
-export function openAiClient(apiKey: string): OpenAI {
-  return new OpenAI({ apiKey, maxRetries: 0 });
+export function openAiClient(apiKey: string, baseURL?: string): OpenAI {
+  return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0 });
 }

@@ -11,6 +11,8 @@ export interface Settings {
   textModel: string;
   /** Upper bound for one image call; the handler lowers it to fit the Lambda's remaining time. */
   imageTimeoutMs: number;
+  /** auto: Flowise if configured, else OpenAI if a key is, else the template. */
+  promptProvider: 'auto' | 'template';
   flowise: { url: string; chatflowId: string; apiKey: string | undefined } | undefined;
   publicBaseUrl: string | undefined;
   /** S3_ENDPOINT: an S3-compatible server, whose object URLs are plain paths. */
@@ -48,6 +50,7 @@ export function settingsFromEnv(env: Env = process.env): Settings {
     imageQuality: env.IMAGE_QUALITY || 'medium',
     textModel: env.TEXT_MODEL || 'gpt-4.1-mini',
     imageTimeoutMs: positiveInt(env, 'IMAGE_TIMEOUT_MS', 600_000),
+    promptProvider: env.PROMPT_PROVIDER === 'template' ? 'template' : 'auto',
     flowise: flowiseUrl && chatflowId ? { url: flowiseUrl.replace(/\/+$/, ''), chatflowId, apiKey: env.FLOWISE_API_KEY || undefined } : undefined,
     publicBaseUrl: env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined,
     s3Endpoint: env.S3_ENDPOINT ? env.S3_ENDPOINT.replace(/\/+$/, '') : undefined,

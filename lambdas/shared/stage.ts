@@ -33,7 +33,7 @@ export async function depsFromEnv(env: Record<string, string | undefined>, logge
   return {
     store: new ObjectStore(s3ClientFromEnv(env), settings.bucket),
     settings,
-    openai: key ? openAiClient(key) : undefined,
+    openai: key ? openAiClient(key, env.OPENAI_BASE_URL) : undefined,
     logger,
     imageTimeoutMs: settings.imageTimeoutMs,
     fetch: globalThis.fetch,

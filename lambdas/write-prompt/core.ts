@@ -109,6 +109,7 @@ async function askOpenAi(deps: StageDeps, system: string, question: string): Pro
 }
 
 function provider(deps: StageDeps): PromptResult['provider'] {
+  if (deps.settings.promptProvider === 'template') return 'template';
   if (deps.settings.flowise) return 'flowise';
   return deps.openai ? 'openai' : 'template';
 }

@@ -1,0 +1,132 @@
+/**
+ * Drawing for the offline image backend: a stylized avatar per persona and, for edits, a
+ * grid of variations of it laid out as image models lay theirs out (uneven white gutters with
+ * noise, margins, cells a little off-centre), so the real splitter has real work to do.
+ */
+import { createHash } from 'node:crypto';
+import sharp from 'sharp';
+
+export interface AvatarLook {
+  skin: string;
+  hair: string;
+  shirt: string;
+  background: string;
+  hairStyle: number;
+  glasses: boolean;
+}
+
+const SKINS = ['#f1c7a5', '#e0ac69', '#c68642', '#8d5524', '#ffdbac', '#a86b4c'];
+const HAIRS = ['#2c1b10', '#4a2f1b', '#b5651d', '#e6c27a', '#1c1c1c', '#7a7a7a', '#8e2b1f'];
+const SHIRTS = ['#1f6feb', '#d1495b', '#2a9d8f', '#6a4c93', '#f4a261', '#264653', '#e76f51'];
+/** Backgrounds stay saturated: white belongs to the gutters. */
+const BACKGROUNDS = ['#3d5a80', '#81b29a', '#e07a5f', '#6d597a', '#355070', '#b56576', '#2a9d8f', '#8d99ae'];
+
+export function seedOf(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+export function lookFor(text: string): AvatarLook {
+  const h = seedOf(text);
+  return {
+    skin: SKINS[h[0]! % SKINS.length]!,
+    hair: HAIRS[h[1]! % HAIRS.length]!,
+    shirt: SHIRTS[h[2]! % SHIRTS.length]!,
+    background: BACKGROUNDS[h[3]! % BACKGROUNDS.length]!,
+    hairStyle: h[4]! % 3,
+    glasses: h[5]! % 3 === 0,
+  };
+}
+
+/** One avatar as SVG; `variation` changes scene, pose and light but never the person. */
+export function avatarSvg(look: AvatarLook, width: number, height: number, variation = -1): string {
+  const background = variation < 0 ? look.background : BACKGROUNDS[(BACKGROUNDS.indexOf(look.background) + 1 + variation) % BACKGROUNDS.length]!;
+  const tilt = variation < 0 ? 0 : [-8, 6, -3, 10][variation % 4]!;
+  const scale = Math.min(width, height) / 1024;
+  const cx = width / 2 + (variation < 0 ? 0 : [-60, 50, 0, 30][variation % 4]! * scale);
+  const cy = height / 2;
+  const hair = [
+    `<ellipse cx="0" cy="-95" rx="175" ry="120" fill="${look.hair}"/>`,
+    `<path d="M-180,-40 Q-190,-230 0,-235 Q190,-230 180,-40 L150,-90 Q0,-160 -150,-90 Z" fill="${look.hair}"/>`,
+    `<path d="M-185,60 Q-200,-240 0,-240 Q200,-240 185,60 L150,-60 Q0,-150 -150,-60 Z" fill="${look.hair}"/>`,
+  ][look.hairStyle];
+  const glasses = look.glasses
+    ? `<g stroke="#222" stroke-width="8" fill="none"><circle cx="-60" cy="-10" r="38"/><circle cx="60" cy="-10" r="38"/><path d="M-22,-10 H22"/></g>`
+    : '';
+  const sun = variation >= 0 ? `<circle cx="${width * 0.82}" cy="${height * 0.18}" r="${70 * scale}" fill="#ffd166" opacity="0.85"/>` : '';
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">
+  <defs><linearGradient id="bg" x1="0" y1="0" x2="0" y2="1"><stop offset="0" stop-color="${background}"/><stop offset="1" stop-color="#1d1d2b"/></linearGradient></defs>
+  <rect width="${width}" height="${height}" fill="url(#bg)"/>
+  ${sun}
+  <g transform="translate(${cx},${cy}) scale(${scale}) rotate(${tilt})">
+    <path d="M-330,520 Q-320,250 0,230 Q320,250 330,520 Z" fill="${look.shirt}"/>
+    <rect x="-60" y="130" width="120" height="120" fill="${look.skin}"/>
+    ${hair}
+    <ellipse cx="0" cy="0" rx="160" ry="195" fill="${look.skin}"/>
+    <circle cx="-60" cy="-10" r="16" fill="#1b1b1b"/><circle cx="60" cy="-10" r="16" fill="#1b1b1b"/>
+    <path d="M-60,85 Q0,${variation === 2 ? 110 : 130} 60,85" stroke="#7b2e2e" stroke-width="12" fill="none" stroke-linecap="round"/>
+    ${glasses}
+  </g>
+</svg>`;
+}
+
+export async function drawAvatar(look: AvatarLook, width: number, height: number, variation = -1): Promise<Buffer> {
+  return sharp(Buffer.from(avatarSvg(look, width, height, variation))).png().toBuffer();
+}
+
+/** A deterministic pseudo-random stream from a seed, for layout and noise. */
+export function random(seed: Buffer): () => number {
+  let state = seed.readUInt32LE(0) || 1;
+  return () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) / 0x1_0000_0000;
+  };
+}
+
+export interface Cell {
+  left: number;
+  top: number;
+  width: number;
+  height: number;
+}
+
+/** Cell boxes for a rows x cols grid with uneven gutters, margins and off-centre cells. */
+export function gridLayout(width: number, height: number, rows: number, cols: number, rnd: () => number, maxGutter = 40): Cell[] {
+  const margin = () => Math.floor(rnd() * 24);
+  const [left, right, top, bottom] = [margin(), margin(), margin(), margin()];
+  const gutterX = Array.from({ length: cols - 1 }, () => Math.floor(rnd() * maxGutter));
+  const gutterY = Array.from({ length: rows - 1 }, () => Math.floor(rnd() * maxGutter));
+  const innerW = width - left - right - gutterX.reduce((a, b) => a + b, 0);
+  const innerH = height - top - bottom - gutterY.reduce((a, b) => a + b, 0);
+  // Off-centre: each boundary moves up to 7 % of a cell.
+  const cuts = (inner: number, parts: number) =>
+    Array.from({ length: parts + 1 }, (_, i) => (i === 0 || i === parts ? (inner * i) / parts : (inner * i) / parts + (rnd() - 0.5) * 0.14 * (inner / parts))).map(Math.round);
+  const xs = cuts(innerW, cols);
+  const ys = cuts(innerH, rows);
+  const cells: Cell[] = [];
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const gx = gutterX.slice(0, c).reduce((a, b) => a + b, 0);
+      const gy = gutterY.slice(0, r).reduce((a, b) => a + b, 0);
+      cells.push({ left: left + gx + xs[c]!, top: top + gy + ys[r]!, width: xs[c + 1]! - xs[c]!, height: ys[r + 1]! - ys[r]! });
+    }
+  }
+  return cells;
+}
+
+/** Near-white canvas with noise, the way generated gutters look. */
+export function noisyWhite(width: number, height: number, rnd: () => number): Buffer {
+  const data = Buffer.alloc(width * height * 3);
+  for (let i = 0; i < data.length; i++) data[i] = 255 - Math.floor(rnd() * 22);
+  return data;
+}
+
+/** Composes cell images onto a noisy white canvas at the given boxes. */
+export async function composeGrid(width: number, height: number, cells: Cell[], images: Buffer[], rnd: () => number): Promise<Buffer> {
+  const resized = await Promise.all(cells.map((cell, i) => sharp(images[i % images.length]!).resize(cell.width, cell.height, { fit: 'cover' }).toBuffer()));
+  return sharp(noisyWhite(width, height, rnd), { raw: { width, height, channels: 3 } })
+    .composite(resized.map((input, i) => ({ input, left: cells[i]!.left, top: cells[i]!.top })))
+    .png()
+    .toBuffer();
+}
