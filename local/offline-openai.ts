@@ -116,6 +116,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   const requests: RecordedRequest[] = [];
   // The backend knows the people it drew, so edits of its own base images stay consistent.
   const drawn = new Map<string, AvatarLook>();
+  const edits = new Map<string, number>();
   let counter = 0;
 
   const takeFault = (route: Route): Fault | undefined => {
@@ -218,7 +219,11 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
         return;
       }
       const look = drawn.get(seedOf(file.data.toString('base64')).toString('hex')) ?? lookFor(file.data.toString('base64'));
-      const variations = await Promise.all([0, 1, 2, 3].map((v) => drawAvatar(look, width, height, v)));
+      // Each further edit of the same person moves on to new scenes, as a second grid would.
+      const lookKey = JSON.stringify(look);
+      const round = edits.get(lookKey) ?? 0;
+      edits.set(lookKey, round + 1);
+      const variations = await Promise.all([0, 1, 2, 3].map((v) => drawAvatar(look, width, height, v + 4 * round)));
       if (/grid/i.test(prompt)) {
         const rnd = random(seedOf(`${prompt}:${++counter}`));
         const [rows, cols] = fault?.kind === 'layout' ? [1, 3] : [2, 2];

@@ -43,14 +43,16 @@ export class GridImage {
   readonly width: number;
   readonly height: number;
   readonly background: Uint8Array;
-  readonly luma: Uint8Array;
+  readonly pixels: Uint8Array;
+  readonly channels: number;
 
   constructor(image: RawImage) {
     const { data, width, height, channels } = image;
     this.width = width;
     this.height = height;
     this.background = new Uint8Array(width * height);
-    this.luma = new Uint8Array(width * height);
+    this.pixels = data;
+    this.channels = channels;
     for (let i = 0, p = 0; i < width * height; i++, p += channels) {
       const r = data[p]!;
       const g = channels >= 3 ? data[p + 1]! : r;
@@ -58,7 +60,6 @@ export class GridImage {
       const min = Math.min(r, g, b);
       const max = Math.max(r, g, b);
       this.background[i] = min >= BACKGROUND_MIN && max - min <= BACKGROUND_MAX_CHROMA ? 1 : 0;
-      this.luma[i] = (r * 77 + g * 150 + b * 29) >> 8;
     }
   }
 
@@ -78,19 +79,21 @@ export class GridImage {
     return counts;
   }
 
-  /** Mean luma jump between each line of `box` and the line before it, along `axis`. */
+  /** Mean colour jump between each line of `box` and the line before it, along `axis`. */
   seams(box: Box, axis: Axis): Float64Array {
-    const { luma, width } = this;
+    const { pixels, width, channels } = this;
     const length = axis === 'rows' ? box.height : box.width;
     const jumps = new Float64Array(length);
-    const step = axis === 'rows' ? width : 1;
+    const step = (axis === 'rows' ? width : 1) * channels;
     for (let y = 0; y < box.height; y++) {
-      const row = (box.top + y) * width + box.left;
+      const row = ((box.top + y) * width + box.left) * channels;
       for (let x = 0; x < box.width; x++) {
         const along = axis === 'rows' ? y : x;
         if (along === 0) continue;
-        const i = row + x;
-        jumps[along]! += Math.abs(luma[i]! - luma[i - step]!);
+        const p = row + x * channels;
+        let jump = 0;
+        for (let c = 0; c < channels; c++) jump += Math.abs(pixels[p + c]! - pixels[p + c - step]!);
+        jumps[along]! += jump;
       }
     }
     const across = axis === 'rows' ? box.width : box.height;

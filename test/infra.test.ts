@@ -1,0 +1,151 @@
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
+import { describe, expect, it } from 'vitest';
+import { buildApp } from '../infra/app.ts';
+import { LAMBDA_SERVICE_ERRORS } from '../infra/error-policy.ts';
+import { allStates, workflowFromTemplate, type AslState } from '../local/definition.ts';
+import { stageNames } from '../lambdas/stages.ts';
+
+const { stack } = buildApp({ bundle: false });
+const template = Template.fromStack(stack);
+const { definition } = workflowFromTemplate(template.toJSON() as never);
+const states = Object.fromEntries(allStates(definition));
+const retriedOn = (state: AslState) => ((state.Retry ?? []) as { ErrorEquals: string[] }[]).flatMap((r) => r.ErrorEquals);
+const caughtOn = (state: AslState) => ((state.Catch ?? []) as { ErrorEquals: string[]; Next: string }[]);
+
+describe('the synthesized stack', () => {
+  it('has one Lambda per stage, all on the Node 24 runtime', () => {
+    const functions = template.findResources('AWS::Lambda::Function');
+    const stages = Object.values(functions).map((f) => f.Properties.Environment.Variables.STAGE).sort();
+    expect(stages).toEqual([...stageNames].sort());
+    for (const fn of Object.values(functions)) expect(fn.Properties.Runtime).toBe('nodejs24.x');
+  });
+
+  it('keeps the bucket encrypted, private, TLS-only, and expires intermediate run files', () => {
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      BucketEncryption: Match.objectLike({}),
+      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+      LifecycleConfiguration: { Rules: Match.arrayWith([Match.objectLike({ Prefix: 'runs/', ExpirationInDays: 7, Status: 'Enabled' })]) },
+    });
+    template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+    });
+  });
+
+  it('references the OpenAI key from Secrets Manager and never puts it in the template', () => {
+    const text = JSON.stringify(template.toJSON());
+    expect(text).not.toMatch(/OPENAI_API_KEY"/);
+    const imageFn = Object.values(template.findResources('AWS::Lambda::Function')).find((f) => f.Properties.Environment.Variables.STAGE === 'generate-base')!;
+    expect(JSON.stringify(imageFn.Properties.Environment.Variables.OPENAI_API_KEY_SECRET_ARN)).toContain('persona-avatars/openai-api-key');
+  });
+
+  it('scopes each function to the bucket prefixes it needs', () => {
+    const policies = template.findResources('AWS::IAM::Policy');
+    const resourcesOf = (stage: string) => {
+      const fnId = Object.entries(template.findResources('AWS::Lambda::Function')).find(([, f]) => f.Properties.Environment.Variables.STAGE === stage)![0];
+      const roleId = template.findResources('AWS::Lambda::Function')[fnId]!.Properties.Role['Fn::GetAtt'][0];
+      const policy = Object.values(policies).find((p) => p.Properties.Roles.some((r: { Ref: string }) => r.Ref === roleId))!;
+      return JSON.stringify(policy.Properties.PolicyDocument.Statement.filter((s: { Action: string | string[] }) => String(s.Action).includes('s3:')));
+    };
+    expect(resourcesOf('publish')).toContain('/avatars/*');
+    expect(resourcesOf('publish')).toContain('/runs/*');
+    expect(resourcesOf('generate-grid')).toContain('/runs/*');
+    expect(resourcesOf('generate-grid')).not.toContain('/avatars/');
+    expect(resourcesOf('record-failure')).toContain('/avatars/*/failures/*');
+    expect(resourcesOf('record-failure')).not.toContain('/runs/');
+  });
+
+  it('passes the cdk-nag AwsSolutions checks, every acknowledgement with a reason', () => {
+    const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
+    expect(errors).toEqual([]);
+    const suppressions = (stack.templateOptions.metadata?.cdk_nag as { rules_to_suppress: { reason: string }[] } | undefined)?.rules_to_suppress ?? [];
+    expect(suppressions.length).toBeGreaterThan(0);
+    for (const s of suppressions) expect(s.reason.length).toBeGreaterThan(30);
+  });
+});
+
+describe('the state machine definition', () => {
+  it('writes the prompt and generates the base image side by side', () => {
+    const parallel = definition.States.PromptAndBase!;
+    expect(parallel.Type).toBe('Parallel');
+    expect(parallel.Branches!.map((b) => b.StartAt)).toEqual(['WritePrompt', 'GenerateBase']);
+  });
+
+  it('generates one grid per item in a bounded inline Map and splits each grid right after it', () => {
+    const map = definition.States.GenerateGrids!;
+    expect(map.Type).toBe('Map');
+    expect(map.MaxConcurrency).toBe(4);
+    expect((map.ItemProcessor as { ProcessorConfig: { Mode: string } }).ProcessorConfig.Mode).toBe('INLINE');
+    expect(states.GenerateGrid!.Next).toBe('SplitGrid');
+    expect(states.GenerateGridSafer!.Next).toBe('SplitGrid');
+  });
+
+  it('retries Lambda service errors, throttles included, on every task', () => {
+    for (const [name, state] of Object.entries(states).filter(([, s]) => s.Type === 'Task')) {
+      expect(retriedOn(state), name).toEqual(expect.arrayContaining([...LAMBDA_SERVICE_ERRORS, 'Lambda.TooManyRequestsException']));
+    }
+  });
+
+  it('retries RateLimited with exponential backoff and full jitter on every API stage', () => {
+    for (const name of ['WritePrompt', 'GenerateBase', 'GenerateGrid', 'RewriteGridPrompt', 'GenerateGridSafer']) {
+      const retry = (states[name]!.Retry as Record<string, unknown>[]).find((r) => (r.ErrorEquals as string[]).includes('RateLimited'))!;
+      expect(retry, name).toMatchObject({ BackoffRate: 2, JitterStrategy: 'FULL', MaxAttempts: 6 });
+      // Enough total wait to outlast a per-minute limit.
+      const total = [0, 1, 2, 3, 4, 5].reduce((sum, i) => sum + Math.min((retry.IntervalSeconds as number) * 2 ** i, retry.MaxDelaySeconds as number), 0);
+      expect(total).toBeGreaterThan(120);
+    }
+  });
+
+  it('retries ImageTimeout and UpstreamError a few times', () => {
+    const retry = (states.GenerateGrid!.Retry as Record<string, unknown>[]).find((r) => (r.ErrorEquals as string[]).includes('ImageTimeout'))!;
+    expect(retry.ErrorEquals).toEqual(['ImageTimeout', 'UpstreamError']);
+    expect(retry.MaxAttempts).toBe(3);
+  });
+
+  it('never retries ContentPolicyViolation, InvalidPersona or ConfigurationError', () => {
+    for (const state of Object.values(states)) {
+      expect(retriedOn(state)).not.toContain('ContentPolicyViolation');
+      expect(retriedOn(state)).not.toContain('InvalidPersona');
+      expect(retriedOn(state)).not.toContain('ConfigurationError');
+      expect(retriedOn(state)).not.toContain('States.ALL');
+    }
+  });
+
+  it('answers a content-policy refusal with one safer rewrite, for the base and for each grid', () => {
+    expect(caughtOn(states.GenerateBase!)).toEqual([expect.objectContaining({ ErrorEquals: ['ContentPolicyViolation'], Next: 'RewriteBasePrompt' })]);
+    expect(states.RewriteBasePrompt!.Next).toBe('GenerateBaseSafer');
+    expect(caughtOn(states.GenerateBaseSafer!)).toEqual([]);
+    expect(caughtOn(states.GenerateGrid!)).toEqual([expect.objectContaining({ ErrorEquals: ['ContentPolicyViolation'], Next: 'RewriteGridPrompt' })]);
+    expect(states.RewriteGridPrompt!.Next).toBe('GenerateGridSafer');
+    expect(caughtOn(states.GenerateGridSafer!)).toEqual([]);
+  });
+
+  it('draws a grid again, at most twice, when it has the wrong number of panels', () => {
+    expect(states.GridAttempt!.Retry).toEqual([expect.objectContaining({ ErrorEquals: ['GridLayoutMismatch'], MaxAttempts: 2 })]);
+  });
+
+  it('records every failure and ends in a Fail state named after the cause', () => {
+    for (const name of ['PlanRun', 'PromptAndBase', 'GenerateGrids', 'Publish']) {
+      expect(caughtOn(states[name]!), name).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'RecordFailure' })]);
+    }
+    expect(states.RecordFailure!.Next).toBe('RunFailed');
+    expect(states.RunFailed).toMatchObject({ Type: 'Fail', ErrorPath: '$.failure.error', CausePath: '$.failure.cause' });
+    expect(caughtOn(states.RecordFailure!)).toEqual([expect.objectContaining({ Next: 'RunFailedUnrecorded' })]);
+  });
+
+  it('times out every task after its Lambda would, so the function reports first', () => {
+    for (const [name, state] of Object.entries(states).filter(([, s]) => s.Type === 'Task')) {
+      expect(state.TimeoutSeconds, name).toBeGreaterThan(60);
+    }
+    expect(states.GenerateGrid!.TimeoutSeconds).toBeGreaterThan(900);
+  });
+
+  it('passes only keys and small metadata between states, never image bytes', () => {
+    const parameters = Object.values(states).flatMap((s) => [s.Parameters, s.ItemSelector, s.ResultSelector].filter(Boolean));
+    const values = JSON.stringify(parameters);
+    expect(values).not.toMatch(/b64|base64|Body|bytes/i);
+    const leaves: string[] = [];
+    const walk = (v: unknown) => (typeof v === 'object' && v ? Object.values(v).forEach(walk) : leaves.push(String(v)));
+    walk(parameters);
+    for (const leaf of leaves) expect(leaf.length).toBeLessThan(200);
+  });
+});

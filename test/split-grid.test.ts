@@ -1,0 +1,77 @@
+import sharp from 'sharp';
+import { describe, expect, it } from 'vitest';
+import { composeGrid, gridLayout, random, seedOf, type Cell } from '../local/avatar-art.ts';
+import { GridLayoutMismatch } from '../lambdas/shared/errors.ts';
+import { splitGrid } from '../lambdas/split-grid/split.ts';
+
+/** Saturated, lightly noisy cell pictures: nothing in them looks like a white gutter. */
+const PALETTE = [[200, 40, 60], [30, 120, 200], [40, 160, 90], [150, 60, 180], [220, 140, 20], [20, 90, 110]];
+
+async function cellPicture(width: number, height: number, i: number): Promise<Buffer> {
+  const [r, g, b] = PALETTE[i % PALETTE.length]!;
+  const flat = await sharp({ create: { width, height, channels: 3, background: { r: r!, g: g!, b: b! } } }).png().toBuffer();
+  const noise = await sharp({ create: { width, height, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 12 } } }).png().toBuffer();
+  return sharp(flat).composite([{ input: noise, blend: 'soft-light' }]).png().toBuffer();
+}
+
+async function makeGrid(width: number, height: number, seed: string, rows = 2, cols = 2, maxGutter = 40): Promise<{ png: Buffer; cells: Cell[] }> {
+  const rnd = random(seedOf(seed));
+  const cells = gridLayout(width, height, rows, cols, rnd, maxGutter);
+  const pictures = await Promise.all(cells.map((c, i) => cellPicture(c.width, c.height, i)));
+  return { png: await composeGrid(width, height, cells, pictures, rnd), cells };
+}
+
+function expectBoxesNear(found: { left: number; top: number; width: number; height: number }[], truth: Cell[]) {
+  expect(found).toHaveLength(truth.length);
+  found.forEach((box, i) => {
+    const t = truth[i]!;
+    const edges = [box.left - t.left, box.top - t.top, box.left + box.width - (t.left + t.width), box.top + box.height - (t.top + t.height)];
+    expect(Math.max(...edges.map(Math.abs)), `cell ${i}: found ${JSON.stringify(box)}, truth ${JSON.stringify(t)}`).toBeLessThanOrEqual(2);
+  });
+}
+
+describe('split-grid cell detection', () => {
+  for (const [width, height] of [[1024, 1024], [1536, 1024], [1024, 1536]] as const) {
+    it(`finds every cell within 2 px on ${width}x${height} grids with uneven gutters, margins and off-centre cells`, async () => {
+      for (let n = 0; n < 6; n++) {
+        const { png, cells } = await makeGrid(width, height, `${width}x${height}#${n}`);
+        const tiles = await splitGrid(png, 2, 2);
+        expectBoxesNear(tiles.map((t) => t.box), cells);
+      }
+    });
+  }
+
+  it('finds off-centre cells on a grid with no gutters at all, by the seams between pictures', async () => {
+    const { png, cells } = await makeGrid(1024, 1024, 'no-gutters', 2, 2, 0);
+    expectBoxesNear((await splitGrid(png, 2, 2)).map((t) => t.box), cells);
+  });
+
+  it('falls back to an equal split when nothing separates the cells', async () => {
+    const plain = await sharp({ create: { width: 800, height: 600, channels: 3, background: '#336699' } }).png().toBuffer();
+    const tiles = await splitGrid(plain, 2, 2);
+    expect(tiles.map((t) => t.box)).toEqual([
+      { left: 0, top: 0, width: 400, height: 300 },
+      { left: 400, top: 0, width: 400, height: 300 },
+      { left: 0, top: 300, width: 400, height: 300 },
+      { left: 400, top: 300, width: 400, height: 300 },
+    ]);
+  });
+
+  it('encodes each tile as an image of its box, in the format asked for', async () => {
+    const { png } = await makeGrid(1024, 1024, 'formats');
+    const tiles = await splitGrid(png, 2, 2, 'webp');
+    const meta = await sharp(tiles[0]!.data).metadata();
+    expect(meta.format).toBe('webp');
+    expect([meta.width, meta.height]).toEqual([tiles[0]!.box.width, tiles[0]!.box.height]);
+  });
+
+  it('throws GridLayoutMismatch when the model drew three panels instead of four', async () => {
+    const { png } = await makeGrid(1536, 1024, 'three-panels', 1, 3, 30);
+    await expect(splitGrid(png, 2, 2)).rejects.toBeInstanceOf(GridLayoutMismatch);
+  });
+
+  it('throws GridLayoutMismatch when the model drew six panels instead of four', async () => {
+    const { png } = await makeGrid(1536, 1024, 'six-panels', 2, 3, 30);
+    await expect(splitGrid(png, 2, 2)).rejects.toThrow(/not a 2x2 grid/);
+  });
+});
