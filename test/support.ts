@@ -10,7 +10,7 @@ export { persona };
 /** A fresh embedded S3 and offline backend on loopback for one test file (or one test). */
 export async function startTestEnvironment(options: Partial<LocalEnvironmentOptions> = {}): Promise<LocalEnvironment & { dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-test-'));
-  const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGE_TIMEOUT_MS: '1500', ...options.env }, ...options, ...(options.env ? {} : {}) });
+  const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGE_TIMEOUT_MS: '1500', ...options.env }, faults: options.faults, latencyMs: options.latencyMs });
   return {
     ...env,
     dir,

@@ -1,0 +1,155 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import sharp from 'sharp';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { s3ClientFromEnv } from '../lambdas/shared/clients.ts';
+import { startEmbeddedS3 } from '../local/embedded-s3.ts';
+import { runLocally, type RunOutcome } from '../local/runner.ts';
+import type { Fault } from '../local/offline-openai.ts';
+import { persona, startTestEnvironment } from './support.ts';
+
+const cli = join(import.meta.dirname, '..', 'local', 'cli.ts');
+const work = mkdtempSync(join(tmpdir(), 'avatars-cli-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+async function avatars(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args], { cwd: work, env: { PATH: process.env.PATH, HOME: work } });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** Keys under `prefix` in the S3 data a CLI run left in `data`, read back through the S3 API. */
+async function storedKeys(data: string, prefix: string): Promise<string[]> {
+  const server = await startEmbeddedS3(join(data, 's3'), 'avatars');
+  const s3 = s3ClientFromEnv({ S3_ENDPOINT: server.endpoint, S3_ACCESS_KEY: server.accessKey, S3_SECRET_KEY: server.secretKey });
+  try {
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: 'avatars', Prefix: prefix }));
+    return (listed.Contents ?? []).map((o) => o.Key!);
+  } finally {
+    s3.destroy();
+    await server.close();
+  }
+}
+
+/** True when a tile's outer lines hold no white gutter. */
+async function hasNoGutterEdges(file: string): Promise<boolean> {
+  const { data, info } = await sharp(file).raw().toBuffer({ resolveWithObject: true });
+  const whiteShare = (pixels: number[]) => pixels.filter((p) => Math.min(data[p]!, data[p + 1]!, data[p + 2]!) >= 205).length / pixels.length;
+  const at = (x: number, y: number) => (y * info.width + x) * info.channels;
+  const xs = [...Array(info.width).keys()];
+  const ys = [...Array(info.height).keys()];
+  const edges = [xs.map((x) => at(x, 0)), xs.map((x) => at(x, info.height - 1)), ys.map((y) => at(0, y)), ys.map((y) => at(info.width - 1, y))];
+  return edges.every((edge) => whiteShare(edge) < 0.5);
+}
+
+describe('avatars run, offline end to end', () => {
+  for (const images of [4, 8]) {
+    it(`publishes ${images} avatars to S3 and saves them, a contact sheet and a gallery to disk`, async () => {
+      const out = join(work, `out-${images}`);
+      const data = join(work, `data-${images}`);
+      const { code, stdout, stderr } = await avatars('run', join(import.meta.dirname, '..', 'events', 'persona.json'), '--images', String(images), '--out', out, '--data', data, '--json');
+      expect(code, stderr).toBe(0);
+      const result = JSON.parse(stdout);
+      expect(result.images).toHaveLength(images);
+      expect(stderr).toContain('✓ Publish');
+      const pngs = readdirSync(out).filter((f) => /^img_\d+\.png$/.test(f));
+      expect(pngs).toHaveLength(images);
+      for (const file of pngs) {
+        const meta = await sharp(join(out, file)).metadata();
+        expect(meta.width).toBeGreaterThan(400);
+        expect(meta.height).toBeGreaterThan(400);
+        expect(await hasNoGutterEdges(join(out, file)), file).toBe(true);
+      }
+      expect(readdirSync(out)).toEqual(expect.arrayContaining(['contact-sheet.png', 'index.html', 'manifest.json']));
+      expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain('img_1.png');
+      // The embedded S3 keeps its objects on disk under --data.
+      const stored = await storedKeys(data, 'avatars/ada-lovelace/');
+      expect(stored.filter((k) => /img_\d+\.png$/.test(k))).toHaveLength(images);
+      expect(stored).toContain('avatars/ada-lovelace/manifest.json');
+    });
+  }
+
+  it('exits non-zero with the error name and the field when the persona is malformed', async () => {
+    const file = join(work, 'bad.json');
+    writeFileSync(file, JSON.stringify({ ...persona, gender: '' }));
+    const { code, stderr } = await avatars('run', file, '--data', join(work, 'data-bad'));
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/InvalidPersona: Invalid persona: persona\.gender/);
+  });
+
+  it('exits non-zero after a policy refusal survives the safer rewrite, leaving a failure record', async () => {
+    const data = join(work, 'data-policy');
+    const { code, stderr } = await avatars('run', join(import.meta.dirname, '..', 'events', 'persona.json'), '--fault', 'policy:always@generations', '--data', data);
+    expect(code).toBe(1);
+    expect(stderr).toContain('RewriteBasePrompt');
+    expect(stderr).toMatch(/failed: ContentPolicyViolation: base image for persona ada-lovelace/);
+    expect(await storedKeys(data, 'avatars/ada-lovelace/failures/')).toHaveLength(1);
+  });
+
+  it('explains a missing persona file', async () => {
+    const { code, stderr } = await avatars('run', 'nope.json');
+    expect(code).toBe(2);
+    expect(stderr).toContain('cannot read persona file nope.json: no such file');
+  });
+});
+
+describe('the workflow answers each fault through the real client', () => {
+  let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
+  afterEach(async () => {
+    await env?.close();
+    env = undefined;
+  });
+
+  async function runWith(faults: Fault[], images = 4): Promise<RunOutcome> {
+    env = await startTestEnvironment({ faults, env: { IMAGE_TIMEOUT_MS: '800' } });
+    return runLocally({ input: { persona, images }, deps: env.deps });
+  }
+  const retries = (outcome: RunOutcome, state: string) => outcome.events.filter((e) => e.kind === 'retried' && e.state === state).length;
+  const entered = (outcome: RunOutcome, state: string) => outcome.events.some((e) => e.kind === 'entered' && e.state === state);
+
+  it('retries a rate-limited grid and then succeeds', async () => {
+    const outcome = await runWith([{ kind: 'rate-limit', times: 2, route: 'edits' }]);
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(retries(outcome, 'GenerateGrid')).toBe(2);
+  });
+
+  it('retries a 5xx from the image API and then succeeds', async () => {
+    const outcome = await runWith([{ kind: 'server-error', times: 1, route: 'generations' }]);
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(retries(outcome, 'GenerateBase')).toBe(1);
+  });
+
+  it('times out a hung image call inside the stage, retries it and succeeds', async () => {
+    const outcome = await runWith([{ kind: 'hang', times: 1, route: 'edits' }]);
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(outcome.events.find((e) => e.kind === 'failed' && e.state === 'GenerateGrid')?.error).toBe('ImageTimeout');
+  });
+
+  it('rewrites a refused grid prompt once and succeeds with the safer prompt', async () => {
+    const outcome = await runWith([{ kind: 'policy', times: 1, route: 'edits' }]);
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(entered(outcome, 'RewriteGridPrompt')).toBe(true);
+    expect(entered(outcome, 'GenerateGridSafer')).toBe(true);
+  });
+
+  it('draws a grid again when it came back with the wrong number of panels', async () => {
+    const outcome = await runWith([{ kind: 'layout', times: 1, route: 'edits' }]);
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(retries(outcome, 'GridAttempt')).toBe(1);
+  });
+
+  it('fails the run named after the cause when rate limits never end, and records it', async () => {
+    const outcome = await runWith([{ kind: 'rate-limit', times: Infinity, route: 'generations' }]);
+    expect(outcome).toMatchObject({ status: 'FAILED', error: 'RateLimited' });
+    const listed = await env!.deps.store.s3.send(new ListObjectsV2Command({ Bucket: env!.deps.store.bucket, Prefix: 'avatars/ada-lovelace/failures/' }));
+    expect(listed.KeyCount).toBe(1);
+  });
+});
