@@ -74,7 +74,7 @@ describe('the state machine definition', () => {
     const map = definition.States.GenerateGrids!;
     expect(map.Type).toBe('Map');
     expect(map.MaxConcurrency).toBe(4);
-    expect((map.ItemProcessor as { ProcessorConfig: { Mode: string } }).ProcessorConfig.Mode).toBe('INLINE');
+    expect((map.ItemProcessor as unknown as { ProcessorConfig: { Mode: string } }).ProcessorConfig.Mode).toBe('INLINE');
     expect(states.GenerateGrid!.Next).toBe('SplitGrid');
     expect(states.GenerateGridSafer!.Next).toBe('SplitGrid');
   });

@@ -10,7 +10,7 @@ const PALETTE = [[200, 40, 60], [30, 120, 200], [40, 160, 90], [150, 60, 180], [
 async function cellPicture(width: number, height: number, i: number): Promise<Buffer> {
   const [r, g, b] = PALETTE[i % PALETTE.length]!;
   const flat = await sharp({ create: { width, height, channels: 3, background: { r: r!, g: g!, b: b! } } }).png().toBuffer();
-  const noise = await sharp({ create: { width, height, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 12 } } }).png().toBuffer();
+  const noise = await sharp({ create: { width, height, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 12 } } }).png().toBuffer();
   return sharp(flat).composite([{ input: noise, blend: 'soft-light' }]).png().toBuffer();
 }
 

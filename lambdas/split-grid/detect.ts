@@ -63,20 +63,27 @@ export class GridImage {
     }
   }
 
-  /** Share of background pixels in each line of `box` along `axis` (rows: one per y). */
-  profile(box: Box, axis: Axis): Float64Array {
+  /** Share of background pixels in each row and each column of `box`, in one pass. */
+  profiles(box: Box): { rows: Float64Array; cols: Float64Array } {
     const { background, width } = this;
-    const length = axis === 'rows' ? box.height : box.width;
-    const across = axis === 'rows' ? box.width : box.height;
-    const counts = new Float64Array(length);
+    const rows = new Float64Array(box.height);
+    const cols = new Float64Array(box.width);
     for (let y = 0; y < box.height; y++) {
       const row = (box.top + y) * width + box.left;
+      let count = 0;
       for (let x = 0; x < box.width; x++) {
-        if (background[row + x]) counts[axis === 'rows' ? y : x]!++;
+        const b = background[row + x]!;
+        count += b;
+        cols[x]! += b;
       }
+      rows[y] = count / box.width;
     }
-    for (let i = 0; i < length; i++) counts[i]! /= across;
-    return counts;
+    for (let x = 0; x < box.width; x++) cols[x]! /= box.height;
+    return { rows, cols };
+  }
+
+  profile(box: Box, axis: Axis): Float64Array {
+    return this.profiles(box)[axis];
   }
 
   /** Mean colour jump between each line of `box` and the line before it, along `axis`. */
@@ -103,16 +110,11 @@ export class GridImage {
 
   /** Shrinks `box` past every side line that is background: margins and gutter remnants. */
   trim(box: Box): Box {
-    let current = box;
-    for (let pass = 0; pass < 2; pass++) {
-      const rows = this.profile(current, 'rows');
-      const cols = this.profile(current, 'cols');
-      const r = contentSpan(rows);
-      const c = contentSpan(cols);
-      if (!r || !c) return current;
-      current = { left: current.left + c.start, top: current.top + r.start, width: c.end - c.start, height: r.end - r.start };
-    }
-    return current;
+    const { rows, cols } = this.profiles(box);
+    const r = contentSpan(rows);
+    const c = contentSpan(cols);
+    if (!r || !c) return box;
+    return { left: box.left + c.start, top: box.top + r.start, width: c.end - c.start, height: r.end - r.start };
   }
 }
 
@@ -245,7 +247,9 @@ function checkSizes(cells: Box[], region: Box, rows: number, cols: number): stri
 export function detectCells(image: RawImage, rows: number, cols: number, what = 'grid'): Box[] {
   const grid = new GridImage(image);
   const region = grid.trim({ left: 0, top: 0, width: image.width, height: image.height });
-  const attempts = (['rows', 'cols'] as const).map((first) => cutGrid(grid, region, first, rows, cols));
+  // Columns first only when rows first found no gutters to go by.
+  const attempts = [cutGrid(grid, region, 'rows', rows, cols)];
+  if (!('cells' in attempts[0]! && attempts[0].byGutters)) attempts.push(cutGrid(grid, region, 'cols', rows, cols));
   const found =
     attempts.find((a): a is Extract<Cut, { cells: Box[] }> => 'cells' in a && a.byGutters) ??
     (attempts.every((a) => 'cells' in a) ? (attempts[0] as Extract<Cut, { cells: Box[] }>) : undefined);

@@ -1,0 +1,102 @@
+/**
+ * `npm run bench`: ratios measured in one run on this machine, never thresholds.
+ *  1. Workflow wall time for 4 and 8 images with the offline backend at a fixed latency per
+ *     image call, next to the latency on the critical path (grids overlap: 8 images should
+ *     cost about one grid more than nothing).
+ *  2. Grid splitting throughput and peak memory, robust split against the plain equal split.
+ *  3. The bundle size of each Lambda asset.
+ */
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { buildApp } from '../infra/app.ts';
+import { splitEqually, splitGrid } from '../lambdas/split-grid/split.ts';
+import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf } from '../local/avatar-art.ts';
+import { startLocalEnvironment } from '../local/environment.ts';
+import { runLocally } from '../local/runner.ts';
+import persona from '../events/persona.json' with { type: 'json' };
+
+const LATENCY_MS = 1500;
+const out = (line = '') => process.stdout.write(`${line}\n`);
+
+async function workflowBench(): Promise<void> {
+  out(`Workflow, offline backend at ${LATENCY_MS} ms per image call`);
+  out('images  total ms  critical-path latency ms  overhead ms  per-stage ms (summed over grids)');
+  for (const images of [4, 8]) {
+    const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-'));
+    const env = await startLocalEnvironment({ dataDir: dir, env: {}, latencyMs: LATENCY_MS });
+    try {
+      const outcome = await runLocally({ input: { persona, images }, deps: env.deps });
+      if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
+      const perStage = new Map<string, number>();
+      for (const e of outcome.events) {
+        if (e.kind === 'exited' && e.ms !== undefined && !['PromptAndBase', 'GenerateGrids', 'GridAttempt'].includes(e.state)) {
+          perStage.set(e.state, (perStage.get(e.state) ?? 0) + e.ms);
+        }
+      }
+      // Base, then grids in parallel: two image calls deep, whatever the number of grids.
+      const critical = 2 * LATENCY_MS;
+      const stages = [...perStage].map(([s, ms]) => `${s} ${ms}`).join(', ');
+      out(`${String(images).padStart(6)}  ${String(outcome.ms).padStart(8)}  ${String(critical).padStart(24)}  ${String(outcome.ms - critical).padStart(11)}  ${stages}`);
+    } finally {
+      await env.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  out();
+}
+
+async function splitBench(): Promise<void> {
+  const look = lookFor('bench');
+  const variations = await Promise.all([0, 1, 2, 3].map((v) => drawAvatar(look, 512, 512, v)));
+  const grids = await Promise.all(
+    [0, 1, 2, 3, 4, 5, 6, 7].map((i) => {
+      const rnd = random(seedOf(`bench-${i}`));
+      return composeGrid(1024, 1024, gridLayout(1024, 1024, 2, 2, rnd), variations, rnd);
+    }),
+  );
+  const rounds = 5;
+  const measure = async (split: (g: Buffer) => Promise<unknown>) => {
+    for (const g of grids.slice(0, 2)) await split(g);
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    const start = performance.now();
+    for (let r = 0; r < rounds; r++) {
+      for (const g of grids) {
+        await split(g);
+        peak = Math.max(peak, process.memoryUsage().rss);
+      }
+    }
+    const ms = (performance.now() - start) / (rounds * grids.length);
+    return { ms, perSecond: 1000 / ms, peakMb: peak / 2 ** 20 };
+  };
+  const plain = await measure((g) => splitEqually(g, 2, 2));
+  const robust = await measure((g) => splitGrid(g, 2, 2));
+  out('Grid splitting, 1024x1024 2x2 grids, decode to encoded PNG tiles, one process');
+  out(`  plain equal split : ${plain.ms.toFixed(1)} ms/grid, ${plain.perSecond.toFixed(1)} grids/s, peak RSS ${plain.peakMb.toFixed(0)} MiB`);
+  out(`  robust split      : ${robust.ms.toFixed(1)} ms/grid, ${robust.perSecond.toFixed(1)} grids/s, peak RSS ${robust.peakMb.toFixed(0)} MiB`);
+  out(`  robust / plain    : ${(robust.ms / plain.ms).toFixed(2)}x (target at most 1.3x)`);
+  out();
+}
+
+function bundleBench(): void {
+  const outdir = mkdtempSync(join(tmpdir(), 'avatars-bundles-'));
+  try {
+    const { app, stack } = buildApp({ outdir });
+    const template = app.synth().getStackByName(stack.stackName).template as { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
+    const size = (path: string): number => (statSync(path).isDirectory() ? readdirSync(path).reduce((sum, f) => sum + size(join(path, f)), 0) : statSync(path).size);
+    out('Lambda assets (bundled with esbuild; sharp copied in for split-grid)');
+    for (const fn of Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function')) {
+      const dir = join(outdir, `asset.${String(fn.Properties.Code.S3Key).replace(/\.zip$/, '')}`);
+      const js = statSync(join(dir, 'index.js')).size;
+      out(`  ${String(fn.Properties.Environment.Variables.STAGE).padEnd(15)} index.js ${(js / 1024).toFixed(0).padStart(5)} KiB, asset ${(size(dir) / 2 ** 20).toFixed(1).padStart(5)} MiB`);
+    }
+  } finally {
+    rmSync(outdir, { recursive: true, force: true });
+  }
+}
+
+await workflowBench();
+await splitBench();
+bundleBench();
