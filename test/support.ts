@@ -1,13 +1,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll } from 'vitest';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 export { persona };
 
-/** A fresh embedded S3 and offline backend on loopback for one test file (or one test). */
+/** A fresh embedded S3 and offline backend on loopback, removed with its data on close(). */
 export async function startTestEnvironment(options: Partial<LocalEnvironmentOptions> = {}): Promise<LocalEnvironment & { dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-test-'));
   const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGE_TIMEOUT_MS: '1500', ...options.env }, faults: options.faults, latencyMs: options.latencyMs });
@@ -19,16 +18,4 @@ export async function startTestEnvironment(options: Partial<LocalEnvironmentOpti
       rmSync(dir, { recursive: true, force: true });
     },
   };
-}
-
-/** One environment shared by the tests of a file, closed after them. */
-export function sharedEnvironment(options: Partial<LocalEnvironmentOptions> = {}): () => LocalEnvironment & { dir: string } {
-  let env: (LocalEnvironment & { dir: string }) | undefined;
-  beforeAll(async () => {
-    env = await startTestEnvironment(options);
-  });
-  afterAll(async () => {
-    await env?.close();
-  });
-  return () => env!;
 }
