@@ -1,3 +1,4 @@
+import { causeMessage } from '../shared/errors.ts';
 import { avatarKeys } from '../shared/keys.ts';
 import { PERSONA_ID_PATTERN } from '../shared/persona.ts';
 import { safeRunId } from '../plan-run/core.ts';
@@ -20,18 +21,6 @@ export interface FailureRecord {
 
 /** Persona ids that cannot be trusted in a key are filed under this one. */
 export const UNKNOWN_PERSONA = '_invalid';
-
-/** On AWS, a Lambda error's Cause is its JSON `{errorType, errorMessage, trace}`; locally, the message. */
-export function causeMessage(cause: string | undefined): string {
-  if (!cause) return '';
-  try {
-    const parsed = JSON.parse(cause) as { errorMessage?: unknown };
-    if (typeof parsed.errorMessage === 'string') return parsed.errorMessage;
-  } catch {
-    // A plain message already.
-  }
-  return cause;
-}
 
 /** Writes why the run failed next to where its images would have gone, so no failure is silent. */
 export async function recordFailure(event: RecordFailureEvent, deps: StageDeps): Promise<FailureRecord> {

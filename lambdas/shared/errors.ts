@@ -67,3 +67,15 @@ export class ConfigurationError extends AvatarError {
     super(ErrorNames.ConfigurationError, message);
   }
 }
+
+/** On AWS, a Lambda error's Cause is its JSON `{errorType, errorMessage, trace}`; locally, the message. */
+export function causeMessage(cause: string | undefined): string {
+  if (!cause) return '';
+  try {
+    const parsed = JSON.parse(cause) as { errorMessage?: unknown };
+    if (typeof parsed.errorMessage === 'string') return parsed.errorMessage;
+  } catch {
+    // A plain message already.
+  }
+  return cause;
+}

@@ -1,6 +1,6 @@
 import { runKeys } from '../shared/keys.ts';
 import { primaryBio, type Persona } from '../shared/persona.ts';
-import { UpstreamError } from '../shared/errors.ts';
+import { UpstreamError, causeMessage } from '../shared/errors.ts';
 import { toAvatarError } from '../shared/images.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
@@ -139,7 +139,7 @@ export async function writePrompt(event: WritePromptEvent, deps: StageDeps): Pro
   if (event.rewrite) {
     const { target, reason } = event.rewrite;
     const refused = await deps.store.getText(target === 'base' ? keys.basePrompt : keys.prompt);
-    const question = `Refused prompt:\n${refused}${reason ? `\n\nWhy it was refused: ${reason}` : ''}`;
+    const question = `Refused prompt:\n${refused}${reason ? `\n\nWhy it was refused: ${causeMessage(reason)}` : ''}`;
     written = await ask(deps, event.personaId, SAFER, question, () => templateSaferPrompt(event.persona, target));
     key = keys.saferPrompt(target);
   } else {
