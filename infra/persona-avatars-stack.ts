@@ -4,6 +4,7 @@ import { NagSuppressions } from 'cdk-nag';
 import type { Construct } from 'constructs';
 import { AvatarBucket } from './avatar-bucket.ts';
 import { StageFunctions, type LambdaArchitecture, type StageSettings } from './stage-functions.ts';
+import { UploadTrigger } from './upload-trigger.ts';
 import { AvatarWorkflow } from './workflow.ts';
 
 export interface PersonaAvatarsProps extends StackProps {
@@ -27,6 +28,7 @@ export class PersonaAvatarsStack extends Stack {
     const openAiKey = Secret.fromSecretNameV2(this, 'OpenAiKey', props.openAiSecretName);
     this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: props.settings });
     this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency });
+    new UploadTrigger(this, 'UploadTrigger', { bucket, trigger: this.stages.functions['start-from-upload'], stateMachine: this.workflow.stateMachine });
 
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
     new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });

@@ -44,6 +44,8 @@ interface StageSpec {
 const runs = `${Prefixes.runs}*`;
 const avatars = `${Prefixes.avatars}*`;
 const failures = `${Prefixes.avatars}*/failures/*`;
+const personas = `${Prefixes.personas}*`;
+const rejected = `${Prefixes.rejected}*`;
 
 /** Image calls may take minutes (the seed allowed 600 s); a Lambda may run 15. */
 const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
@@ -56,6 +58,8 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
   publish: { reads: [runs, avatars], writes: [avatars], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(1), memoryMb: 256 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
+  // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
+  'start-from-upload': { reads: [personas], writes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
 };
 
 /** sharp's native parts for one Linux architecture, as npm installed them (no network needed). */

@@ -5,6 +5,7 @@ import { publish } from './publish/core.ts';
 import { recordFailure } from './record-failure/core.ts';
 import type { StageCore } from './shared/stage.ts';
 import { splitGrid } from './split-grid/core.ts';
+import { startFromUpload } from './start-from-upload/core.ts';
 import { writePrompt } from './write-prompt/core.ts';
 
 /**
@@ -19,6 +20,7 @@ export const stages = {
   'split-grid': splitGrid,
   publish,
   'record-failure': recordFailure,
+  'start-from-upload': startFromUpload,
 } satisfies Record<string, StageCore<never, unknown>>;
 
 export type StageName = keyof typeof stages;

@@ -12,12 +12,31 @@ const states = Object.fromEntries(allStates(definition));
 const retriedOn = (state: AslState) => ((state.Retry ?? []) as { ErrorEquals: string[] }[]).flatMap((r) => r.ErrorEquals);
 const caughtOn = (state: AslState) => ((state.Catch ?? []) as { ErrorEquals: string[]; Next: string }[]);
 
+/** Logical id → stage, for the functions that run our code (CDK adds helper functions of its own). */
+function stageFunctionIds(): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(template.findResources('AWS::Lambda::Function'))
+      .filter(([, f]) => f.Properties.Environment?.Variables?.STAGE)
+      .map(([id, f]) => [id, f.Properties.Environment.Variables.STAGE]),
+  );
+}
+
+function stageFunctions(): Record<string, { [key: string]: any }> {
+  const all = template.findResources('AWS::Lambda::Function');
+  return Object.fromEntries(Object.entries(stageFunctionIds()).map(([id, stage]) => [stage, all[id]!]));
+}
+
+function statementsOf(stage: string): { Action: string | string[]; Effect: string; Resource: unknown }[] {
+  const roleId = stageFunctions()[stage]!.Properties.Role['Fn::GetAtt'][0];
+  const policies = Object.values(template.findResources('AWS::IAM::Policy')).filter((p) => p.Properties.Roles.some((r: { Ref: string }) => r.Ref === roleId));
+  return policies.flatMap((p) => p.Properties.PolicyDocument.Statement);
+}
+
 describe('the synthesized stack', () => {
   it('has one Lambda per stage, all on the Node 24 runtime', () => {
-    const functions = template.findResources('AWS::Lambda::Function');
-    const stages = Object.values(functions).map((f) => f.Properties.Environment.Variables.STAGE).sort();
-    expect(stages).toEqual([...stageNames].sort());
-    for (const fn of Object.values(functions)) expect(fn.Properties.Runtime).toBe('nodejs24.x');
+    const functions = Object.values(stageFunctions());
+    expect(functions.map((f) => f.Properties.Environment.Variables.STAGE).sort()).toEqual([...stageNames].sort());
+    for (const fn of functions) expect(fn.Properties.Runtime).toBe('nodejs24.x');
   });
 
   it('keeps the bucket encrypted, private, TLS-only, and expires intermediate run files', () => {
@@ -34,24 +53,45 @@ describe('the synthesized stack', () => {
   it('references the OpenAI key from Secrets Manager and never puts it in the template', () => {
     const text = JSON.stringify(template.toJSON());
     expect(text).not.toMatch(/OPENAI_API_KEY"/);
-    const imageFn = Object.values(template.findResources('AWS::Lambda::Function')).find((f) => f.Properties.Environment.Variables.STAGE === 'generate-base')!;
+    const imageFn = stageFunctions()['generate-base']!;
     expect(JSON.stringify(imageFn.Properties.Environment.Variables.OPENAI_API_KEY_SECRET_ARN)).toContain('persona-avatars/openai-api-key');
   });
 
   it('scopes each function to the bucket prefixes it needs', () => {
-    const policies = template.findResources('AWS::IAM::Policy');
-    const resourcesOf = (stage: string) => {
-      const fnId = Object.entries(template.findResources('AWS::Lambda::Function')).find(([, f]) => f.Properties.Environment.Variables.STAGE === stage)![0];
-      const roleId = template.findResources('AWS::Lambda::Function')[fnId]!.Properties.Role['Fn::GetAtt'][0];
-      const policy = Object.values(policies).find((p) => p.Properties.Roles.some((r: { Ref: string }) => r.Ref === roleId))!;
-      return JSON.stringify(policy.Properties.PolicyDocument.Statement.filter((s: { Action: string | string[] }) => String(s.Action).includes('s3:')));
-    };
+    const resourcesOf = (stage: string) => JSON.stringify(statementsOf(stage).filter((s) => String(s.Action).includes('s3:')));
     expect(resourcesOf('publish')).toContain('/avatars/*');
     expect(resourcesOf('publish')).toContain('/runs/*');
     expect(resourcesOf('generate-grid')).toContain('/runs/*');
     expect(resourcesOf('generate-grid')).not.toContain('/avatars/');
     expect(resourcesOf('record-failure')).toContain('/avatars/*/failures/*');
     expect(resourcesOf('record-failure')).not.toContain('/runs/');
+    expect(resourcesOf('start-from-upload')).toContain('/personas/*');
+    expect(resourcesOf('start-from-upload')).toContain('/rejected/*');
+    expect(resourcesOf('start-from-upload')).not.toMatch(/\/(runs|avatars)\//);
+  });
+
+  it('starts a run for every persona file uploaded under personas/, as JSON or JSON Lines', () => {
+    const triggerId = Object.entries(stageFunctionIds()).find(([, stage]) => stage === 'start-from-upload')![0];
+    const notifications = Object.values(template.findResources('Custom::S3BucketNotifications'));
+    expect(notifications).toHaveLength(1);
+    const configs = notifications[0]!.Properties.NotificationConfiguration.LambdaFunctionConfigurations as { Events: string[]; LambdaFunctionArn: unknown; Filter: { Key: { FilterRules: { Name: string; Value: string }[] } } }[];
+    const filters = configs.map((c) => {
+      expect(c.Events).toEqual(['s3:ObjectCreated:*']);
+      expect(c.LambdaFunctionArn).toEqual({ 'Fn::GetAtt': [triggerId, 'Arn'] });
+      return Object.fromEntries(c.Filter.Key.FilterRules.map((r) => [r.Name.toLowerCase(), r.Value]));
+    });
+    expect(filters).toEqual(expect.arrayContaining([{ prefix: 'personas/', suffix: '.json' }, { prefix: 'personas/', suffix: '.jsonl' }]));
+    expect(filters).toHaveLength(2);
+  });
+
+  it('lets the upload trigger start this one state machine and nothing else', () => {
+    const machineId = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'))[0]!;
+    const states = statementsOf('start-from-upload').filter((s) => String(s.Action).includes('states:'));
+    expect(states).toEqual([expect.objectContaining({ Action: 'states:StartExecution', Effect: 'Allow', Resource: { Ref: machineId } })]);
+    expect(stageFunctions()['start-from-upload']!.Properties.Environment.Variables.STATE_MACHINE_ARN).toEqual({ Ref: machineId });
+    for (const stage of stageNames.filter((s) => s !== 'start-from-upload')) {
+      expect(JSON.stringify(statementsOf(stage)), stage).not.toContain('states:');
+    }
   });
 
   it('passes the cdk-nag AwsSolutions checks, every acknowledgement with a reason', () => {

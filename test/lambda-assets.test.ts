@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
+import { stageNames } from '../lambdas/stages.ts';
 
 // Bundles every stage with esbuild on this machine: no Docker, no network.
 const outdir = mkdtempSync(join(tmpdir(), 'avatars-assets-'));
@@ -20,7 +21,7 @@ function assetOf(stage: string): string {
 
 describe('the bundled Lambda assets', () => {
   it('builds a self-contained bundle for every stage', () => {
-    for (const stage of ['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'publish', 'record-failure']) {
+    for (const stage of stageNames) {
       expect(statSync(join(assetOf(stage), 'index.js')).size).toBeGreaterThan(1000);
     }
   });

@@ -1,4 +1,5 @@
 import { S3Client } from '@aws-sdk/client-s3';
+import { SFNClient } from '@aws-sdk/client-sfn';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import OpenAI from 'openai';
 
@@ -53,4 +54,10 @@ export async function openAiKeyFromEnv(env: Env = process.env): Promise<string |
  */
 export function openAiClient(apiKey: string, baseURL?: string): OpenAI {
   return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0 });
+}
+
+/** Step Functions from the standard chain; AWS_ENDPOINT_URL_SFN points it at any compatible endpoint. */
+export function sfnClientFromEnv(env: Env = process.env): SFNClient {
+  const endpoint = env.AWS_ENDPOINT_URL_SFN || env.AWS_ENDPOINT_URL || undefined;
+  return new SFNClient({ region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1', ...(endpoint ? { endpoint } : {}) });
 }

@@ -19,6 +19,8 @@ export interface Settings {
   s3Endpoint: string | undefined;
   tileFormat: TileFormat;
   urlExpirySeconds: number;
+  /** The workflow the upload trigger starts (STATE_MACHINE_ARN). */
+  stateMachineArn: string | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -56,5 +58,6 @@ export function settingsFromEnv(env: Env = process.env): Settings {
     s3Endpoint: env.S3_ENDPOINT ? env.S3_ENDPOINT.replace(/\/+$/, '') : undefined,
     tileFormat,
     urlExpirySeconds: positiveInt(env, 'URL_EXPIRY_SECONDS', 7 * 24 * 3600),
+    stateMachineArn: env.STATE_MACHINE_ARN || undefined,
   };
 }

@@ -1,7 +1,8 @@
 import { Logger } from '@aws-lambda-powertools/logger';
 import type { Context } from 'aws-lambda';
+import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
-import { openAiClient, openAiKeyFromEnv, s3ClientFromEnv } from './clients.ts';
+import { openAiClient, openAiKeyFromEnv, s3ClientFromEnv, sfnClientFromEnv } from './clients.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
 import { ObjectStore } from './store.ts';
 
@@ -15,6 +16,8 @@ export interface StageDeps {
   /** Timeout for one image call, kept below what is left of the Lambda's own time. */
   imageTimeoutMs: number;
   fetch: typeof fetch;
+  /** Starts executions (the upload trigger only). */
+  sfn: SFNClient;
 }
 
 export type StageCore<E, R> = (event: E, deps: StageDeps) => Promise<R>;
@@ -37,6 +40,7 @@ export async function depsFromEnv(env: Record<string, string | undefined>, logge
     logger,
     imageTimeoutMs: settings.imageTimeoutMs,
     fetch: globalThis.fetch,
+    sfn: sfnClientFromEnv(env),
   };
 }
 
