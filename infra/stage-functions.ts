@@ -35,6 +35,7 @@ export interface StageFunctionsProps {
 interface StageSpec {
   reads: string[];
   writes: string[];
+  deletes?: string[];
   usesOpenAi: boolean;
   usesSharp: boolean;
   timeout: Duration;
@@ -59,7 +60,7 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   publish: { reads: [runs, avatars], writes: [avatars], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(1), memoryMb: 256 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
   // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
-  'start-from-upload': { reads: [personas], writes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
+  'start-from-upload': { reads: [personas], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
 };
 
 /** sharp's native parts for one Linux architecture, as npm installed them (no network needed). */
@@ -134,6 +135,7 @@ export class StageFunctions extends Construct {
       });
       for (const prefix of spec.reads) bucket.grantRead(fn, prefix);
       for (const prefix of spec.writes) bucket.grantPut(fn, prefix);
+      for (const prefix of spec.deletes ?? []) bucket.grantDelete(fn, prefix);
       if (spec.usesOpenAi) openAiKey.grantRead(fn);
       functions[stage] = fn;
     }

@@ -5,9 +5,11 @@
  */
 import { join } from 'node:path';
 import { Logger } from '@aws-lambda-powertools/logger';
+import { SFNClient } from '@aws-sdk/client-sfn';
 import { depsFromEnv, type StageDeps } from '../lambdas/shared/stage.ts';
-import { startEmbeddedS3 } from './embedded-s3.ts';
+import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { startOfflineBackend, type Fault, type OfflineBackend } from './offline-openai.ts';
+import { startLocalStepFunctions, type LocalStepFunctions, type LocalStepFunctionsOptions } from './step-functions-api.ts';
 
 export interface LocalEnvironmentOptions {
   env?: Record<string, string | undefined>;
@@ -16,6 +18,11 @@ export interface LocalEnvironmentOptions {
   faults?: Fault[];
   latencyMs?: number;
   logLevel?: 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
+  /**
+   * Serve a local Step Functions API running the synthesized workflow, for whatever starts
+   * executions (the upload trigger), unless STATE_MACHINE_ARN names a deployed one.
+   */
+  stepFunctions?: Omit<LocalStepFunctionsOptions, 'deps'>;
 }
 
 export interface LocalEnvironment {
@@ -23,8 +30,10 @@ export interface LocalEnvironment {
   /** The variables the stages ran with (secrets left out), for `avatars invoke` and display. */
   env: Record<string, string | undefined>;
   s3: 'embedded' | 'endpoint' | 'aws';
+  embeddedS3: EmbeddedS3 | undefined;
   images: 'openai' | 'offline';
   backend: OfflineBackend | undefined;
+  stepFunctions: LocalStepFunctions | undefined;
   close(): Promise<void>;
 }
 
@@ -36,11 +45,12 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   const env: Record<string, string | undefined> = { ...(options.env ?? process.env) };
   const closers: (() => Promise<void>)[] = [];
   const s3: LocalEnvironment['s3'] = env.S3_ENDPOINT ? 'endpoint' : usesAwsS3(env) ? 'aws' : 'embedded';
+  let embeddedS3: EmbeddedS3 | undefined;
   if (s3 === 'embedded') {
     env.S3_BUCKET_NAME ||= 'avatars';
-    const server = await startEmbeddedS3(join(options.dataDir, 's3'), env.S3_BUCKET_NAME);
-    closers.push(server.close);
-    Object.assign(env, { S3_ENDPOINT: server.endpoint, S3_ACCESS_KEY: server.accessKey, S3_SECRET_KEY: server.secretKey });
+    embeddedS3 = await startEmbeddedS3(join(options.dataDir, 's3'), env.S3_BUCKET_NAME);
+    closers.push(embeddedS3.close);
+    Object.assign(env, { S3_ENDPOINT: embeddedS3.endpoint, S3_ACCESS_KEY: embeddedS3.accessKey, S3_SECRET_KEY: embeddedS3.secretKey });
   }
   let backend: OfflineBackend | undefined;
   const images: LocalEnvironment['images'] = env.OPENAI_API_KEY ? 'openai' : 'offline';
@@ -52,16 +62,29 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   }
   try {
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    const deps = await depsFromEnv(env, logger);
+    let deps = await depsFromEnv(env, logger);
+    const clients = [deps.store.s3, deps.sfn];
+    let stepFunctions: LocalStepFunctions | undefined;
+    if (options.stepFunctions && !env.STATE_MACHINE_ARN) {
+      stepFunctions = await startLocalStepFunctions({ ...options.stepFunctions, deps });
+      // Closed first (closers run in reverse): it waits for its executions, which need the rest.
+      closers.push(stepFunctions.close);
+      const sfn = new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
+      clients.push(sfn);
+      deps = { ...deps, sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn } };
+      Object.assign(env, { STATE_MACHINE_ARN: stepFunctions.stateMachineArn, AWS_ENDPOINT_URL_SFN: stepFunctions.endpoint });
+    }
     return {
       deps,
       env: { ...env, OPENAI_API_KEY: undefined, S3_SECRET_KEY: undefined },
       s3,
+      embeddedS3,
       images,
       backend,
+      stepFunctions,
       close: async () => {
-        deps.store.s3.destroy();
         for (const close of closers.reverse()) await close();
+        for (const client of clients) client.destroy();
       },
     };
   } catch (error) {

@@ -5,9 +5,9 @@
  * injected (rate limits, 5xx, hangs, policy refusals, wrong grid layouts, latency) to drive
  * every Retry and Catch branch of the workflow.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import busboy from 'busboy';
+import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
 export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone';
@@ -62,19 +62,12 @@ export function parseFaults(specs: string[]): Fault[] {
   return specs.map(parseFault);
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers });
-  res.end(JSON.stringify(body));
-}
-
 function apiError(res: ServerResponse, status: number, error: Record<string, unknown>, headers?: Record<string, string>): void {
   sendJson(res, status, { error: { param: null, ...error } }, headers);
 }
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as Record<string, unknown>;
+  return JSON.parse((await readBody(req)) || '{}') as Record<string, unknown>;
 }
 
 interface Multipart {
@@ -243,26 +236,8 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     });
   };
 
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((req, res) => {
-    handle(req, res).catch((error: Error) => {
-      if (!res.headersSent) apiError(res, 500, { message: `offline backend: ${error.message}`, type: 'server_error', code: null });
-    });
-  });
-  server.on('connection', (socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    baseUrl: `http://127.0.0.1:${port}/v1`,
-    requests,
-    close: () =>
-      new Promise<void>((resolve) => {
-        // Hung requests never end by themselves.
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
+  const server = await listenOnLoopback(handle, (res, error) =>
+    apiError(res, 500, { message: `offline backend: ${error.message}`, type: 'server_error', code: null }),
+  );
+  return { baseUrl: `http://127.0.0.1:${server.port}/v1`, requests, close: server.close };
 }

@@ -13,6 +13,8 @@ type EventLog = ReturnType<StateMachine['run']>['eventLogs'] extends AsyncGenera
 export interface ProgressEvent {
   kind: 'entered' | 'exited' | 'retried' | 'failed' | 'caught';
   state: string;
+  /** Task, Parallel, Map, Fail…; unknown when read back from another service's history. */
+  stateType?: string;
   /** Map iteration (grid) the state ran in, if any. */
   index?: number;
   ms?: number;
@@ -42,7 +44,7 @@ export function newRunId(now = new Date()): string {
 function progressOf(event: EventLog, entered: Map<string, number>): ProgressEvent | undefined {
   if (!('state' in event)) return undefined;
   const key = `${event.state.name}#${event.index ?? ''}`;
-  const base = { state: event.state.name, at: event.timestamp, ...(event.index !== undefined ? { index: event.index } : {}) };
+  const base = { state: event.state.name, stateType: event.state.type, at: event.timestamp, ...(event.index !== undefined ? { index: event.index } : {}) };
   switch (event.type) {
     case 'StateEntered':
       entered.set(key, event.timestamp);
@@ -58,6 +60,18 @@ function progressOf(event: EventLog, entered: Map<string, number>): ProgressEven
   }
 }
 
+/**
+ * A failed Lambda reports its error's name and message, and Step Functions makes them the
+ * Error and Cause. The interpreter would take a JavaScript `cause` (the SDK error underneath)
+ * as the Cause instead, so it is left behind here.
+ */
+function asLambdaReports(error: unknown): never {
+  if (!(error instanceof Error) || error.cause === undefined) throw error;
+  const reported = new Error(error.message);
+  reported.name = error.name;
+  throw reported;
+}
+
 export async function runLocally(options: LocalRunOptions): Promise<RunOutcome> {
   const { definition, taskStages } = synthesizeWorkflow();
   const runId = options.runId ?? newRunId();
@@ -66,7 +80,7 @@ export async function runLocally(options: LocalRunOptions): Promise<RunOutcome> 
     Object.entries(taskStages).map(([state, stage]) => [
       state,
       // The runtime passes states JSON; each core takes its own event shape.
-      (input: unknown) => (stages[stage] as (e: unknown, d: StageDeps) => Promise<unknown>)(input, options.deps),
+      (input: unknown) => (stages[stage] as (e: unknown, d: StageDeps) => Promise<unknown>)(input, options.deps).catch(asLambdaReports),
     ]),
   );
   const retryIntervalOverrides = Object.fromEntries(

@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
@@ -9,7 +11,7 @@ export { persona };
 /** A fresh embedded S3 and offline backend on loopback, removed with its data on close(). */
 export async function startTestEnvironment(options: Partial<LocalEnvironmentOptions> = {}): Promise<LocalEnvironment & { dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-test-'));
-  const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGE_TIMEOUT_MS: '1500', ...options.env }, faults: options.faults, latencyMs: options.latencyMs });
+  const env = await startLocalEnvironment({ ...options, dataDir: dir, env: { IMAGE_TIMEOUT_MS: '1500', ...options.env } });
   return {
     ...env,
     dir,
@@ -18,4 +20,24 @@ export async function startTestEnvironment(options: Partial<LocalEnvironmentOpti
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+export const cliPath = join(import.meta.dirname, '..', 'local', 'cli.ts');
+export const eventsDir = join(import.meta.dirname, '..', 'events');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `avatars …` as a user would, in `cwd`, with only PATH, HOME and `env` set. */
+export async function avatars(cwd: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cliPath, ...args], { cwd, env: { PATH: process.env.PATH, HOME: cwd, ...env } });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as CliResult;
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
 }

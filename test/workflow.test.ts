@@ -1,8 +1,6 @@
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -10,21 +8,11 @@ import { s3ClientFromEnv } from '../lambdas/shared/clients.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import type { Fault } from '../local/offline-openai.ts';
-import { persona, startTestEnvironment } from './support.ts';
+import { avatars as avatarsIn, eventsDir, persona, startTestEnvironment } from './support.ts';
 
-const cli = join(import.meta.dirname, '..', 'local', 'cli.ts');
 const work = mkdtempSync(join(tmpdir(), 'avatars-cli-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-async function avatars(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args], { cwd: work, env: { PATH: process.env.PATH, HOME: work } });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const avatars = (...args: string[]) => avatarsIn(work, args);
 
 /** Keys under `prefix` in the S3 data a CLI run left in `data`, read back through the S3 API. */
 async function storedKeys(data: string, prefix: string): Promise<string[]> {
@@ -55,7 +43,7 @@ describe('avatars run, offline end to end', () => {
     it(`publishes ${images} avatars to S3 and saves them, a contact sheet and a gallery to disk`, async () => {
       const out = join(work, `out-${images}`);
       const data = join(work, `data-${images}`);
-      const { code, stdout, stderr } = await avatars('run', join(import.meta.dirname, '..', 'events', 'persona.json'), '--images', String(images), '--out', out, '--data', data, '--json');
+      const { code, stdout, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--images', String(images), '--out', out, '--data', data, '--json');
       expect(code, stderr).toBe(0);
       const result = JSON.parse(stdout);
       expect(result.images).toHaveLength(images);
@@ -87,7 +75,7 @@ describe('avatars run, offline end to end', () => {
 
   it('exits non-zero after a policy refusal survives the safer rewrite, leaving a failure record', async () => {
     const data = join(work, 'data-policy');
-    const { code, stderr } = await avatars('run', join(import.meta.dirname, '..', 'events', 'persona.json'), '--fault', 'policy:always@generations', '--data', data);
+    const { code, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--fault', 'policy:always@generations', '--data', data);
     expect(code).toBe(1);
     expect(stderr).toContain('RewriteBasePrompt');
     expect(stderr).toMatch(/failed: ContentPolicyViolation: base image for persona ada-lovelace/);

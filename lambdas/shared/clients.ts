@@ -56,8 +56,12 @@ export function openAiClient(apiKey: string, baseURL?: string): OpenAI {
   return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0 });
 }
 
-/** Step Functions from the standard chain; AWS_ENDPOINT_URL_SFN points it at any compatible endpoint. */
-export function sfnClientFromEnv(env: Env = process.env): SFNClient {
+/**
+ * Step Functions from the standard chain (credentials, profiles, AWS_ENDPOINT_URL_SFN). An ARN's
+ * region wins over the default one: that is where the state machine is.
+ */
+export function sfnClientFromEnv(env: Env = process.env, arn?: string): SFNClient {
   const endpoint = env.AWS_ENDPOINT_URL_SFN || env.AWS_ENDPOINT_URL || undefined;
-  return new SFNClient({ region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1', ...(endpoint ? { endpoint } : {}) });
+  const region = arn?.split(':')[3] || env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1';
+  return new SFNClient({ region, ...(endpoint ? { endpoint } : {}) });
 }

@@ -1,5 +1,6 @@
 import {
   CopyObjectCommand,
+  DeleteObjectCommand,
   GetObjectCommand,
   PutObjectCommand,
   type S3Client,
@@ -30,6 +31,10 @@ export class ObjectStore {
 
   async getText(key: string): Promise<string> {
     return (await this.getBytes(key)).toString('utf8');
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
   }
 
   async copy(fromKey: string, toKey: string): Promise<void> {

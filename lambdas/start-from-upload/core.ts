@@ -5,18 +5,21 @@
  * rejected/ naming the file, line and field; the upload itself is never touched.
  */
 import { createHash } from 'node:crypto';
+import { basename } from 'node:path';
+import { NoSuchKey } from '@aws-sdk/client-s3';
 import { ExecutionAlreadyExists, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { ConfigurationError, InvalidPersona } from '../shared/errors.ts';
 import { Prefixes, rejectedKey } from '../shared/keys.ts';
 import { parseRunRequest, type RunRequest } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
-/** An S3 event notification (bucket notification, or what s3rver emits). */
+/** An S3 event notification, as S3 (or the embedded S3 server) delivers it. */
 export interface S3Notification {
   Records?: { eventName?: string; s3: { bucket: { name: string }; object: { key: string } } }[];
 }
 
 export interface Problem {
+  /** JSON Lines files: the line, from 1. */
   line?: number;
   field: string;
   message: string;
@@ -24,105 +27,152 @@ export interface Problem {
 
 export interface UploadOutcome {
   key: string;
-  started: { name: string; executionArn: string; personaId: string }[];
-  duplicates: { name: string; personaId: string }[];
+  started: { personaId: string; name: string; executionArn: string }[];
+  /** Persona content that already had its execution (a repeated delivery or upload). */
+  alreadyStarted: { personaId: string; name: string }[];
   rejected: Problem[];
   reportKey?: string;
 }
 
-/** Step Functions names: at most 80 characters; these are also safe in logs and keys. */
-export const EXECUTION_NAME_MAX = 80;
+/** Step Functions allows 80 characters; these are also safe in keys, logs and URLs. */
 export const EXECUTION_NAME_PATTERN = /^[A-Za-z0-9_-]{1,80}$/;
+const HASH_LENGTH = 16;
 
+/** Starts at once per upload: a large JSON Lines file stays well inside the function's time. */
+const START_CONCURRENCY = 8;
+
+/** JSON with sorted keys: the same persona hashes the same whatever order its fields came in. */
 function canonical(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
   if (value && typeof value === 'object') {
-    return `{${Object.keys(value)
-      .sort()
-      .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
-      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined);
+    return `{${entries
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`)
       .join(',')}}`;
   }
   return JSON.stringify(value);
 }
 
-/** `{personaId}-{hash of the request}`: the same persona content always gets the same name. */
+/** `{personaId}-{hash of the request}`: the same request always gets the same, valid name. */
 export function executionName(request: RunRequest): string {
-  const hash = createHash('sha256').update(canonical(request)).digest('hex').slice(0, 16);
-  const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, EXECUTION_NAME_MAX - hash.length - 1);
+  const hash = createHash('sha256').update(canonical(request)).digest('hex').slice(0, HASH_LENGTH);
+  const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80 - HASH_LENGTH - 1);
   return `${id}-${hash}`;
 }
 
-function problemOf(error: unknown, line?: number): Problem {
+function problemOf(error: unknown, line: number | undefined): Problem {
   const at = line === undefined ? {} : { line };
   if (error instanceof InvalidPersona) return { ...at, field: error.field, message: error.message };
   if (error instanceof SyntaxError) return { ...at, field: '(json)', message: `not valid JSON: ${error.message}` };
   throw error;
 }
 
-/** The requests in one uploaded file: a JSON persona or run request, or JSON Lines of them. */
+/**
+ * The run requests in one uploaded file: a persona or an execution input `{ persona, images,
+ * mode }` per `.json` file (its id defaults to the file name), or one per line of a `.jsonl` file.
+ */
 export function parseUpload(key: string, text: string): { requests: RunRequest[]; problems: Problem[] } {
   const requests: RunRequest[] = [];
   const problems: Problem[] = [];
+  const fileId = key.endsWith('.json') ? basename(key, '.json') : undefined;
   const read = (source: string, line?: number) => {
     try {
-      const value = JSON.parse(source) as Record<string, unknown>;
-      requests.push(parseRunRequest(value && typeof value === 'object' && 'persona' in value ? value : { persona: value }));
+      const value: unknown = JSON.parse(source);
+      const isRequest = !!value && typeof value === 'object' && 'persona' in value;
+      const request = (isRequest ? { ...value } : { persona: value }) as { persona: unknown };
+      if (fileId && request.persona && typeof request.persona === 'object' && !('id' in request.persona)) {
+        request.persona = { id: fileId, ...request.persona };
+      }
+      requests.push(parseRunRequest(request));
     } catch (error) {
       problems.push(problemOf(error, line));
     }
   };
   if (key.endsWith('.jsonl')) {
-    text.split('\n').forEach((line, i) => {
+    text.split(/\r?\n/).forEach((line, i) => {
       if (line.trim()) read(line, i + 1);
     });
+    if (requests.length === 0 && problems.length === 0) problems.push({ field: '(file)', message: 'no personas in the file: write one JSON persona per line' });
   } else {
     read(text);
   }
   return { requests, problems };
 }
 
-function uploadedKeys(event: S3Notification): { bucket: string; key: string }[] {
+function uploadedKeys(event: S3Notification, deps: StageDeps): string[] {
   return (event.Records ?? [])
+    .filter((r) => {
+      if (r.s3.bucket.name === deps.store.bucket) return true;
+      deps.logger.warn('notification for another bucket ignored', { bucket: r.s3.bucket.name });
+      return false;
+    })
     .filter((r) => !r.eventName || r.eventName.startsWith('ObjectCreated'))
-    // Keys arrive URL-encoded, spaces as '+'.
-    .map((r) => ({ bucket: r.s3.bucket.name, key: decodeURIComponent(r.s3.object.key.replace(/\+/g, ' ')) }))
-    .filter(({ key }) => key.startsWith(Prefixes.personas) && (key.endsWith('.json') || key.endsWith('.jsonl')));
+    // Keys arrive URL-encoded, with spaces as '+'.
+    .map((r) => decodeURIComponent(r.s3.object.key.replace(/\+/g, ' ')))
+    .filter((key) => key.startsWith(Prefixes.personas) && (key.endsWith('.json') || key.endsWith('.jsonl')));
 }
 
-async function startOne(deps: StageDeps, stateMachineArn: string, request: RunRequest, outcome: UploadOutcome): Promise<void> {
+async function startRun(deps: StageDeps, stateMachineArn: string, request: RunRequest, outcome: UploadOutcome): Promise<void> {
   const name = executionName(request);
+  const personaId = request.persona.id;
   try {
     const started = await deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(request) }));
-    outcome.started.push({ name, executionArn: started.executionArn!, personaId: request.persona.id });
+    outcome.started.push({ personaId, name, executionArn: started.executionArn! });
   } catch (error) {
-    // Same name, same input: Step Functions answers with the first execution; a name reused
-    // with other input is refused. Either way this persona content already has its run.
+    // The name is taken: this persona content was started before (Step Functions keeps names
+    // for 90 days). A second delivery of the same notification ends here.
     if (!(error instanceof ExecutionAlreadyExists)) throw error;
-    outcome.duplicates.push({ name, personaId: request.persona.id });
+    outcome.alreadyStarted.push({ personaId, name });
   }
+}
+
+async function startAll(deps: StageDeps, stateMachineArn: string, requests: RunRequest[], outcome: UploadOutcome): Promise<void> {
+  const queue = [...requests];
+  const worker = async () => {
+    for (let request = queue.shift(); request; request = queue.shift()) await startRun(deps, stateMachineArn, request, outcome);
+  };
+  await Promise.all(Array.from({ length: Math.min(START_CONCURRENCY, queue.length) }, worker));
+}
+
+async function handleUpload(deps: StageDeps, stateMachineArn: string, key: string): Promise<UploadOutcome | undefined> {
+  let text: string;
+  try {
+    text = await deps.store.getText(key);
+  } catch (error) {
+    // Deleted before this delivery reached us: nothing to start.
+    if (!(error instanceof NoSuchKey)) throw error;
+    deps.logger.warn('uploaded persona file is gone', { key });
+    return undefined;
+  }
+  const { requests, problems } = parseUpload(key, text);
+  const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: problems };
+  await startAll(deps, stateMachineArn, requests, outcome);
+  const reportKey = rejectedKey(key);
+  if (problems.length === 0) {
+    // A corrected upload: the report about its earlier version no longer applies.
+    await deps.store.delete(reportKey);
+    return outcome;
+  }
+  outcome.reportKey = reportKey;
+  await deps.store.putJson(reportKey, {
+    key,
+    rejectedAt: new Date().toISOString(),
+    problems,
+    started: [...outcome.started, ...outcome.alreadyStarted].map((s) => s.personaId),
+    fix: 'correct what is named here and upload the file again; personas that already started do not start twice',
+  });
+  deps.logger.warn('upload has invalid personas', { key, reportKey, problems });
+  return outcome;
 }
 
 export async function startFromUpload(event: S3Notification, deps: StageDeps): Promise<UploadOutcome[]> {
   const stateMachineArn = deps.settings.stateMachineArn;
   if (!stateMachineArn) throw new ConfigurationError('STATE_MACHINE_ARN is not set: the upload trigger does not know which workflow to start');
   const outcomes: UploadOutcome[] = [];
-  for (const { key } of uploadedKeys(event)) {
-    const { requests, problems } = parseUpload(key, await deps.store.getText(key));
-    const outcome: UploadOutcome = { key, started: [], duplicates: [], rejected: problems };
-    for (const request of requests) await startOne(deps, stateMachineArn, request, outcome);
-    if (problems.length > 0) {
-      outcome.reportKey = rejectedKey(key);
-      await deps.store.putJson(outcome.reportKey, {
-        key,
-        rejectedAt: new Date().toISOString(),
-        started: outcome.started.map((s) => s.personaId),
-        problems,
-        fix: `correct the ${problems.length === 1 ? 'entry' : 'entries'} named here and upload the file again; the entries that started will not start twice`,
-      });
-      deps.logger.warn('upload had invalid personas', { key, problems });
-    }
-    outcomes.push(outcome);
+  for (const key of uploadedKeys(event, deps)) {
+    const outcome = await handleUpload(deps, stateMachineArn, key);
+    if (outcome) outcomes.push(outcome);
   }
   return outcomes;
 }

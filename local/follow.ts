@@ -1,0 +1,97 @@
+/**
+ * Follows an execution through the Step Functions API, state by state, as `avatars start
+ * --wait` and `avatars status` print it: against AWS, or any endpoint that speaks its API.
+ */
+import { DescribeExecutionCommand, GetExecutionHistoryCommand, type HistoryEvent, type SFNClient } from '@aws-sdk/client-sfn';
+import type { ProgressEvent } from './runner.ts';
+
+export type ExecutionEnd =
+  | { status: 'SUCCEEDED'; output: unknown }
+  | { status: 'FAILED' | 'TIMED_OUT' | 'ABORTED' | 'PENDING_REDRIVE'; error: string; cause: string };
+
+export interface FollowOptions {
+  sfn: SFNClient;
+  executionArn: string;
+  pollMs: number;
+  onProgress(event: ProgressEvent): void;
+}
+
+/** What a history event belongs to: the state it is part of, and when that state was entered. */
+interface Thread {
+  state: string;
+  stateType: string;
+  enteredAt: number;
+}
+
+const FAILED_TASK_EVENTS = /^(Task|LambdaFunction)(Failed|TimedOut|StartFailed|ScheduleFailed|SubmitFailed)$/;
+
+/**
+ * Reads history events as progress. Events name their state only on entry and exit; the rest
+ * point back (previousEventId) along their branch, which is how a TaskFailed finds its state.
+ */
+export function historyReader(): (event: HistoryEvent) => ProgressEvent | undefined {
+  const threads = new Map<number, Thread>();
+  return (event) => {
+    const id = event.id!;
+    const at = event.timestamp?.getTime() ?? Date.now();
+    const entered = /^(\w+)StateEntered$/.exec(event.type ?? '');
+    if (entered) {
+      const thread = { state: event.stateEnteredEventDetails!.name!, stateType: entered[1]!, enteredAt: at };
+      threads.set(id, thread);
+      return { kind: 'entered', state: thread.state, stateType: thread.stateType, at };
+    }
+    const thread = threads.get(event.previousEventId ?? -1);
+    if (thread) threads.set(id, thread);
+    if (/StateExited$/.test(event.type ?? '')) {
+      const state = event.stateExitedEventDetails?.name ?? thread?.state ?? '?';
+      return { kind: 'exited', state, ...(thread ? { stateType: thread.stateType, ms: at - thread.enteredAt } : {}), at };
+    }
+    if (FAILED_TASK_EVENTS.test(event.type ?? '')) {
+      const details = event.taskFailedEventDetails ?? event.lambdaFunctionFailedEventDetails ?? event.taskTimedOutEventDetails ?? event.lambdaFunctionTimedOutEventDetails ?? {};
+      return { kind: 'failed', state: thread?.state ?? 'task', stateType: 'Task', error: details.error ?? event.type!, cause: details.cause ?? '', at };
+    }
+    return undefined;
+  };
+}
+
+/** Every history event after `afterId`, oldest first, across pages. */
+async function newEvents(sfn: SFNClient, executionArn: string, afterId: number): Promise<HistoryEvent[]> {
+  const events: HistoryEvent[] = [];
+  let nextToken: string | undefined;
+  do {
+    const page = await sfn.send(new GetExecutionHistoryCommand({ executionArn, maxResults: 1000, nextToken, includeExecutionData: false }));
+    events.push(...(page.events ?? []).filter((e) => e.id! > afterId));
+    nextToken = page.nextToken;
+  } while (nextToken);
+  return events;
+}
+
+export async function followExecution(options: FollowOptions): Promise<ExecutionEnd> {
+  const read = historyReader();
+  let lastId = 0;
+  for (;;) {
+    const described = await options.sfn.send(new DescribeExecutionCommand({ executionArn: options.executionArn }));
+    for (const event of await newEvents(options.sfn, options.executionArn, lastId)) {
+      lastId = event.id!;
+      const progress = read(event);
+      if (progress) options.onProgress(progress);
+    }
+    // Described before the history was read: once it says ended, the history is complete.
+    switch (described.status) {
+      case 'RUNNING':
+        await new Promise((resolve) => setTimeout(resolve, options.pollMs));
+        continue;
+      case 'SUCCEEDED':
+        return { status: 'SUCCEEDED', output: described.output ? JSON.parse(described.output) : null };
+      default:
+        return { status: described.status ?? 'FAILED', error: described.error ?? described.status ?? 'Failed', cause: described.cause ?? '' } as ExecutionEnd;
+    }
+  }
+}
+
+/** Where a person sees the execution on AWS; nothing for other endpoints. */
+export function consoleUrl(executionArn: string, customEndpoint: boolean): string | undefined {
+  const [, partition, , region] = executionArn.split(':');
+  if (customEndpoint || partition !== 'aws' || !region) return undefined;
+  return `https://${region}.console.aws.amazon.com/states/home?region=${region}#/v2/executions/details/${executionArn}`;
+}

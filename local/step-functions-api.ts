@@ -1,0 +1,232 @@
+/**
+ * A Step Functions API on loopback (the AWS JSON 1.0 protocol the SDK and the AWS CLI speak)
+ * whose one state machine is the synthesized workflow, run by the local runner. It keeps the
+ * service's rules that callers rely on: execution names are unique, a repeated start with the
+ * same name and input while the first runs answers with that execution, anything else reusing
+ * a name is ExecutionAlreadyExists. So `avatars start`, the upload trigger and `avatars dev`
+ * run against the real @aws-sdk/client-sfn, here as on AWS.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { StageDeps } from '../lambdas/shared/stage.ts';
+import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
+import { runLocally, type ProgressEvent, type RunOutcome } from './runner.ts';
+
+export const LOCAL_STATE_MACHINE_ARN = 'arn:aws:states:us-east-1:000000000000:stateMachine:PersonaAvatars';
+
+type Status = 'RUNNING' | 'SUCCEEDED' | 'FAILED';
+
+/** One event of GetExecutionHistory, as the service writes it (timestamps in epoch seconds). */
+interface HistoryEntry {
+  timestamp: number;
+  type: string;
+  [details: string]: unknown;
+}
+
+type WireHistoryEvent = HistoryEntry & { id: number; previousEventId: number };
+
+export interface LocalExecution {
+  executionArn: string;
+  name: string;
+  input: string;
+  status: Status;
+  startDate: number;
+  stopDate?: number;
+  outcome?: RunOutcome;
+  history: WireHistoryEvent[];
+  done: Promise<void>;
+}
+
+export interface LocalStepFunctionsOptions {
+  /** The stages' clients: every execution runs its tasks with them. */
+  deps: StageDeps;
+  /** Pause before each retry instead of the deployed backoff. */
+  retryDelayMs?: number;
+  onProgress?: (execution: LocalExecution, event: ProgressEvent) => void;
+  onEnd?: (execution: LocalExecution) => void | Promise<void>;
+}
+
+export interface LocalStepFunctions {
+  endpoint: string;
+  stateMachineArn: string;
+  executions: Map<string, LocalExecution>;
+  /** Resolves once every execution started so far has ended. */
+  settled(): Promise<void>;
+  /** Waits for running executions, then stops listening. */
+  close(): Promise<void>;
+}
+
+class ApiError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/** What Step Functions refuses in a name: white space, brackets, wildcards, some punctuation, control characters. */
+const INVALID_NAME = /[\s<>{}[\]?*"#%\\^|~`$&,;:/\u0000-\u001f\u007f-\u009f]/;
+
+const seconds = (ms: number) => ms / 1000;
+
+/** The service's own event names: TaskStateEntered, MapStateExited, TaskFailed… */
+function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
+  const type = event.stateType ?? 'Task';
+  const timestamp = seconds(event.at);
+  switch (event.kind) {
+    case 'entered':
+      return { timestamp, type: `${type}StateEntered`, stateEnteredEventDetails: { name: event.state } };
+    case 'exited':
+      return { timestamp, type: `${type}StateExited`, stateExitedEventDetails: { name: event.state } };
+    case 'failed':
+      return type === 'Task'
+        ? { timestamp, type: 'TaskFailed', taskFailedEventDetails: { resourceType: 'lambda', resource: 'invoke', error: event.error, cause: event.cause } }
+        : undefined;
+    default:
+      return undefined;
+  }
+}
+
+export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
+  const executions = new Map<string, LocalExecution>();
+  const stateMachineArn = LOCAL_STATE_MACHINE_ARN;
+  const executionArnOf = (name: string) => `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+
+  const append = (execution: LocalExecution, event: HistoryEntry, previousEventId = execution.history.length) => {
+    const id = execution.history.length + 1;
+    execution.history.push({ id, previousEventId, ...event });
+    return id;
+  };
+
+  function start(name: string, input: string): LocalExecution {
+    const startDate = Date.now();
+    const execution: LocalExecution = { executionArn: executionArnOf(name), name, input, status: 'RUNNING', startDate, history: [], done: Promise.resolve() };
+    append(execution, { timestamp: seconds(startDate), type: 'ExecutionStarted', executionStartedEventDetails: { input, roleArn: 'arn:aws:iam::000000000000:role/local' } });
+    executions.set(name, execution);
+    // A state's later events point back to its entry, as on the service, so readers can tell
+    // which of two grids running side by side an event belongs to.
+    const entries = new Map<string, number>();
+    execution.done = runLocally({
+      input: JSON.parse(input),
+      deps: options.deps,
+      runId: name,
+      retryDelayMs: options.retryDelayMs ?? 0,
+      onProgress: (event) => {
+        const wire = historyEventOf(event);
+        const thread = `${event.state}#${event.index ?? ''}`;
+        if (wire && event.kind === 'entered') entries.set(thread, append(execution, wire));
+        else if (wire) append(execution, wire, entries.get(thread));
+        options.onProgress?.(execution, event);
+      },
+    }).then(async (outcome) => {
+      execution.outcome = outcome;
+      execution.stopDate = Date.now();
+      execution.status = outcome.status;
+      append(
+        execution,
+        outcome.status === 'SUCCEEDED'
+          ? { timestamp: seconds(execution.stopDate), type: 'ExecutionSucceeded', executionSucceededEventDetails: { output: JSON.stringify(outcome.output) } }
+          : { timestamp: seconds(execution.stopDate), type: 'ExecutionFailed', executionFailedEventDetails: { error: outcome.error, cause: outcome.cause } },
+      );
+      await options.onEnd?.(execution);
+    });
+    return execution;
+  }
+
+  function executionNamed(arn: unknown): LocalExecution {
+    const name = typeof arn === 'string' && arn.startsWith(executionArnOf('')) ? arn.slice(executionArnOf('').length) : undefined;
+    const execution = name === undefined ? undefined : executions.get(name);
+    if (!execution) throw new ApiError('ExecutionDoesNotExist', `Execution Does Not Exist: '${String(arn)}'`);
+    return execution;
+  }
+
+  function checkStateMachine(arn: unknown): void {
+    if (arn !== stateMachineArn) throw new ApiError('StateMachineDoesNotExist', `State Machine Does Not Exist: '${String(arn)}' (this local endpoint serves ${stateMachineArn})`);
+  }
+
+  const summary = (e: LocalExecution) => ({
+    executionArn: e.executionArn,
+    stateMachineArn,
+    name: e.name,
+    status: e.status,
+    startDate: seconds(e.startDate),
+    ...(e.stopDate ? { stopDate: seconds(e.stopDate) } : {}),
+  });
+
+  const operations: Record<string, (body: Record<string, unknown>) => unknown> = {
+    StartExecution(body) {
+      checkStateMachine(body.stateMachineArn);
+      const name = body.name === undefined ? crypto.randomUUID() : String(body.name);
+      if (name.length < 1 || name.length > 80 || INVALID_NAME.test(name)) throw new ApiError('InvalidName', `Invalid Name: '${name}'`);
+      const input = body.input === undefined ? '{}' : String(body.input);
+      try {
+        JSON.parse(input);
+      } catch (error) {
+        throw new ApiError('InvalidExecutionInput', `Invalid State Machine Execution Input: '${(error as Error).message}'`);
+      }
+      const existing = executions.get(name);
+      if (existing) {
+        // The service's idempotency: same name and input while running answers with that execution.
+        if (existing.status === 'RUNNING' && existing.input === input) return { executionArn: existing.executionArn, startDate: seconds(existing.startDate) };
+        throw new ApiError('ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
+      }
+      const execution = start(name, input);
+      return { executionArn: execution.executionArn, startDate: seconds(execution.startDate) };
+    },
+    DescribeExecution(body) {
+      const e = executionNamed(body.executionArn);
+      return {
+        ...summary(e),
+        input: e.input,
+        ...(e.outcome?.status === 'SUCCEEDED' ? { output: JSON.stringify(e.outcome.output) } : {}),
+        ...(e.outcome?.status === 'FAILED' ? { error: e.outcome.error, cause: e.outcome.cause } : {}),
+      };
+    },
+    GetExecutionHistory(body) {
+      const e = executionNamed(body.executionArn);
+      const events = body.reverseOrder ? [...e.history].reverse() : e.history;
+      const from = Number(body.nextToken ?? 0);
+      const size = Math.min(Number(body.maxResults) || 100, 1000);
+      const page = events.slice(from, from + size);
+      return { events: page, ...(from + size < events.length ? { nextToken: String(from + size) } : {}) };
+    },
+    ListExecutions(body) {
+      checkStateMachine(body.stateMachineArn);
+      const listed = [...executions.values()].filter((e) => !body.statusFilter || e.status === body.statusFilter).reverse();
+      return { executions: listed.map(summary) };
+    },
+  };
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const target = String(req.headers['x-amz-target'] ?? '');
+    const operation = operations[target.replace(/^AWSStepFunctions\./, '')];
+    const reply = (status: number, body: unknown) => sendJson(res, status, body, { 'content-type': 'application/x-amz-json-1.0' });
+    if (req.method !== 'POST' || !target.startsWith('AWSStepFunctions.') || !operation) {
+      reply(400, { __type: 'UnknownOperationException', message: `this local endpoint does not serve ${target || req.method}` });
+      return;
+    }
+    try {
+      reply(200, operation(JSON.parse((await readBody(req)) || '{}') as Record<string, unknown>));
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      reply(400, { __type: error.code, message: error.message });
+    }
+  }
+
+  const server = await listenOnLoopback(handle, (res, error) =>
+    sendJson(res, 500, { __type: 'InternalFailure', message: error.message }, { 'content-type': 'application/x-amz-json-1.0' }),
+  );
+  const settled = async () => {
+    // Executions may start more executions' worth of work while we wait; loop until none is left.
+    while ([...executions.values()].some((e) => e.status === 'RUNNING')) await Promise.all([...executions.values()].map((e) => e.done));
+  };
+  return {
+    endpoint: `http://127.0.0.1:${server.port}`,
+    stateMachineArn,
+    executions,
+    settled,
+    close: async () => {
+      await settled();
+      await server.close();
+    },
+  };
+}

@@ -1,0 +1,303 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { parseRunRequest } from '../lambdas/shared/persona.ts';
+import { EXECUTION_NAME_PATTERN, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import type { Fault } from '../local/offline-openai.ts';
+import { avatars, cliPath, eventsDir, persona, startTestEnvironment } from './support.ts';
+
+const work = mkdtempSync(join(tmpdir(), 'avatars-start-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+/** The embedded S3, the offline backend and a Step Functions API running the workflow, on loopback. */
+async function startWorld(faults: Fault[] = []) {
+  env = await startTestEnvironment({ faults, stepFunctions: {} });
+  return env;
+}
+
+type World = Awaited<ReturnType<typeof startWorld>>;
+
+const notification = (bucket: string, ...keys: string[]): S3Notification => ({
+  Records: keys.map((key) => ({ eventName: 'ObjectCreated:Put', s3: { bucket: { name: bucket }, object: { key } } })),
+});
+
+async function executions(world: World) {
+  const listed = await world.deps.sfn.send(new ListExecutionsCommand({ stateMachineArn: world.deps.settings.stateMachineArn! }));
+  return listed.executions ?? [];
+}
+
+async function keysUnder(world: World, prefix: string): Promise<string[]> {
+  const listed = await world.deps.store.s3.send(new ListObjectsV2Command({ Bucket: world.deps.store.bucket, Prefix: prefix }));
+  return (listed.Contents ?? []).map((o) => o.Key!);
+}
+
+const line = (p: Record<string, unknown>) => JSON.stringify(p);
+
+describe('the upload trigger', () => {
+  it('starts one execution when S3 delivers the same notification twice', async () => {
+    const world = await startWorld();
+    await world.deps.store.putJson('personas/ada-lovelace.json', persona);
+    const event = JSON.parse(readFileSync(join(eventsDir, 's3-persona-uploaded.json'), 'utf8')) as S3Notification;
+    const [first] = await startFromUpload(event, world.deps);
+    const [second] = await startFromUpload(event, world.deps);
+    expect(first!.started).toHaveLength(1);
+    expect([...second!.started, ...second!.alreadyStarted].map((s) => s.name)).toEqual([first!.started[0]!.name]);
+    await world.stepFunctions!.settled();
+    const runs = await executions(world);
+    expect(runs).toHaveLength(1);
+    expect(runs[0]!.status).toBe('SUCCEEDED');
+    expect((await keysUnder(world, 'avatars/ada-lovelace/')).filter((k) => /img_\d+\.png$/.test(k))).toHaveLength(4);
+  });
+
+  it('does not start a persona again when the same content is uploaded after its run ended', async () => {
+    const world = await startWorld();
+    await world.deps.store.putJson('personas/ada-lovelace.json', persona);
+    await startFromUpload(notification(world.deps.store.bucket, 'personas/ada-lovelace.json'), world.deps);
+    await world.stepFunctions!.settled();
+    const [again] = await startFromUpload(notification(world.deps.store.bucket, 'personas/ada-lovelace.json'), world.deps);
+    expect(again!.started).toEqual([]);
+    expect(again!.alreadyStarted.map((s) => s.personaId)).toEqual(['ada-lovelace']);
+    expect(await executions(world)).toHaveLength(1);
+  });
+
+  it('starts N-1 executions for a JSON Lines file of N personas with one bad line, and reports that line', async () => {
+    const world = await startWorld();
+    const text = [
+      line({ ...persona, id: 'p1' }),
+      line({ ...persona, id: 'p2', firstname: 'Grace' }),
+      line({ ...persona, id: 'p3', gender: '' }),
+      '',
+      line({ persona: { ...persona, id: 'p4' }, images: 8 }),
+    ].join('\n');
+    await world.deps.store.put('personas/team.jsonl', text, 'application/x-ndjson');
+    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/team.jsonl'), world.deps);
+    expect(outcome!.started.map((s) => s.personaId).sort()).toEqual(['p1', 'p2', 'p4']);
+    expect(await executions(world)).toHaveLength(3);
+    expect(await keysUnder(world, 'rejected/')).toEqual(['rejected/personas/team.jsonl.error.json']);
+    const report = JSON.parse(await world.deps.store.getText('rejected/personas/team.jsonl.error.json'));
+    expect(report).toMatchObject({ key: 'personas/team.jsonl', problems: [{ line: 3, field: 'persona.gender' }] });
+    expect(report.problems).toHaveLength(1);
+    // The upload itself is kept as it was.
+    expect(await world.deps.store.getText('personas/team.jsonl')).toBe(text);
+    await world.stepFunctions!.settled();
+  });
+
+  it('reports a file that is not JSON and starts nothing', async () => {
+    const world = await startWorld();
+    await world.deps.store.put('personas/broken.json', '{"id": "x", ', 'application/json');
+    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/broken.json'), world.deps);
+    expect(outcome!.rejected).toEqual([expect.objectContaining({ field: '(json)', message: expect.stringContaining('not valid JSON') })]);
+    expect(await executions(world)).toEqual([]);
+    expect(await world.deps.store.getText('personas/broken.json')).toBe('{"id": "x", ');
+  });
+
+  it('names the persona after its file when the file gives no id', async () => {
+    const world = await startWorld();
+    const { id: _id, ...withoutId } = persona;
+    await world.deps.store.putJson('personas/grace-hopper.json', withoutId);
+    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/grace-hopper.json'), world.deps);
+    expect(outcome!.started.map((s) => s.personaId)).toEqual(['grace-hopper']);
+    await world.stepFunctions!.settled();
+  });
+
+  it('removes the report once the corrected file is uploaded', async () => {
+    const world = await startWorld();
+    const key = 'personas/ada-lovelace.json';
+    await world.deps.store.putJson(key, { ...persona, firstname: '' });
+    await startFromUpload(notification(world.deps.store.bucket, key), world.deps);
+    expect(await keysUnder(world, 'rejected/')).toHaveLength(1);
+    await world.deps.store.putJson(key, persona);
+    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, key), world.deps);
+    expect(outcome!.started).toHaveLength(1);
+    expect(await keysUnder(world, 'rejected/')).toEqual([]);
+    await world.stepFunctions!.settled();
+  });
+
+  it('ignores uploads outside personas/ and objects that are gone', async () => {
+    const world = await startWorld();
+    const outcomes = await startFromUpload(notification(world.deps.store.bucket, 'avatars/x/manifest.json', 'personas/deleted.json'), world.deps);
+    expect(outcomes).toEqual([]);
+    expect(await executions(world)).toEqual([]);
+  });
+});
+
+describe('execution names', () => {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_';
+  const randomId = (i: number) =>
+    Array.from({ length: 1 + (i % 64) }, (_, j) => alphabet[(i * 31 + j * 17 + ((i * j) % 7)) % alphabet.length]).join('').replace(/^[-_]/, 'a');
+
+  it('is always valid for Step Functions, whatever the persona id', () => {
+    const ids = [...Array.from({ length: 300 }, (_, i) => randomId(i)), 'a'.repeat(64), '9', 'x_-_-_'];
+    for (const id of ids) {
+      const name = executionName(parseRunRequest({ persona: { ...persona, id } }));
+      expect(name, id).toMatch(EXECUTION_NAME_PATTERN);
+      expect(name.length, id).toBeLessThanOrEqual(80);
+    }
+    // Even ids that never pass validation cannot produce an invalid name.
+    for (const id of ['ünïcødé persona', 'a/b\\c', ' ', '💥'.repeat(100), 'x'.repeat(500)]) {
+      expect(executionName({ persona: { ...persona, id }, images: 4, mode: 'grid' } as never), id).toMatch(EXECUTION_NAME_PATTERN);
+    }
+  });
+
+  it('is the same for the same persona content in any field order, and differs when the content does', () => {
+    const reordered = Object.fromEntries(Object.entries(persona).reverse());
+    const name = executionName(parseRunRequest({ persona }));
+    expect(executionName(parseRunRequest({ persona: reordered }))).toBe(name);
+    expect(executionName(parseRunRequest({ persona, images: 8 }))).not.toBe(name);
+    expect(executionName(parseRunRequest({ persona: { ...persona, bio_x: 'Counting machines.' } }))).not.toBe(name);
+    expect(name.startsWith('ada-lovelace-')).toBe(true);
+  });
+});
+
+describe('avatars start and status', () => {
+  const sfnEnv = (world: World) => ({
+    AWS_ENDPOINT_URL_SFN: world.stepFunctions!.endpoint,
+    AWS_ACCESS_KEY_ID: 'local',
+    AWS_SECRET_ACCESS_KEY: 'local',
+    STATE_MACHINE_ARN: world.stepFunctions!.stateMachineArn,
+  });
+
+  it('starts an execution, prints each state transition as it happens, then the avatars', async () => {
+    const world = await startWorld();
+    const { code, stdout, stderr } = await avatars(work, ['start', join(eventsDir, 'persona.json'), '--wait', '--poll-interval', '50'], sfnEnv(world));
+    expect(code, stderr).toBe(0);
+    expect(stdout).toMatch(/^started: arn:aws:states:us-east-1:000000000000:execution:PersonaAvatars:ada-lovelace-[0-9a-f]{16}$/m);
+    const transitions = stderr.split('\n').filter((l) => /^\s+[→✓]/.test(l));
+    for (const state of ['PlanRun', 'PromptAndBase', 'WritePrompt', 'GenerateBase', 'GenerateGrids', 'GenerateGrid', 'SplitGrid', 'Publish']) {
+      expect(transitions, state).toContainEqual(expect.stringMatching(new RegExp(`→ ${state}$`)));
+      expect(transitions, state).toContainEqual(expect.stringMatching(new RegExp(`✓ ${state} \\d+ ms$`)));
+    }
+    expect(transitions.indexOf('  → PlanRun')).toBeLessThan(transitions.indexOf('  → Publish'));
+    expect(stdout).toContain('✓ 4 avatars for ada-lovelace');
+    expect(stdout).toContain('avatars/ada-lovelace/img_4.png');
+  });
+
+  it('exits non-zero with the error name and cause when the execution fails', async () => {
+    const world = await startWorld([{ kind: 'policy', times: Infinity, route: 'generations' }]);
+    const { code, stderr } = await avatars(work, ['start', join(eventsDir, 'persona.json'), '--wait', '--poll-interval', '50'], sfnEnv(world));
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/✗ GenerateBase ContentPolicyViolation: base image for persona ada-lovelace/);
+    expect(stderr).toContain('→ RecordFailure');
+    expect(stderr).toMatch(/✗ execution arn:\S+ FAILED: ContentPolicyViolation: /);
+  });
+
+  it('follows an execution started elsewhere with avatars status', async () => {
+    const world = await startWorld();
+    const { executionArn } = await world.deps.sfn.send(
+      new StartExecutionCommand({ stateMachineArn: world.deps.settings.stateMachineArn!, name: 'from-the-console', input: JSON.stringify({ persona, images: 8 }) }),
+    );
+    const { code, stdout, stderr } = await avatars(work, ['status', executionArn!, '--poll-interval', '50', '--json'], sfnEnv(world));
+    expect(code, stderr).toBe(0);
+    expect(stderr).toContain('✓ Publish');
+    const result = JSON.parse(stdout);
+    expect(result).toMatchObject({ executionArn, status: 'SUCCEEDED' });
+    expect(result.output.images).toHaveLength(8);
+  });
+
+  it('says the persona already started instead of starting it twice', async () => {
+    const world = await startWorld();
+    const file = join(eventsDir, 'persona.json');
+    expect((await avatars(work, ['start', file, '--wait', '--poll-interval', '50'], sfnEnv(world))).code).toBe(0);
+    const again = await avatars(work, ['start', file], sfnEnv(world));
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/^already started \(pass --name to start another run\): arn:/m);
+    expect(await executions(world)).toHaveLength(1);
+  });
+
+  it('rejects a malformed persona before starting anything, naming the field', async () => {
+    const world = await startWorld();
+    const { code, stderr } = await avatars(work, ['start', join(eventsDir, 'persona.json'), '--images', '0'], sfnEnv(world));
+    expect(code).toBe(2);
+    expect(stderr).toContain('images');
+    expect(await executions(world)).toEqual([]);
+  });
+
+  it('asks for the state machine when none is given', async () => {
+    const { code, stderr } = await avatars(work, ['start', join(eventsDir, 'persona.json')]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('--state-machine-arn');
+  });
+});
+
+describe('avatars invoke start-from-upload', () => {
+  it('replays the S3 event fixture: starts the persona it names and waits for the run', async () => {
+    const data = join(work, 'invoke-data');
+    const { code, stdout, stderr } = await avatars(work, [
+      'invoke',
+      'start-from-upload',
+      '--event',
+      join(eventsDir, 's3-persona-uploaded.json'),
+      '--put',
+      `personas/ada-lovelace.json=${join(eventsDir, 'persona.json')}`,
+      '--data',
+      data,
+    ]);
+    expect(code, stderr).toBe(0);
+    const [outcome] = JSON.parse(stdout);
+    expect(outcome).toMatchObject({ key: 'personas/ada-lovelace.json', rejected: [] });
+    expect(outcome.started).toHaveLength(1);
+    expect(stderr).toMatch(/execution ada-lovelace-[0-9a-f]{16}: SUCCEEDED, 4 avatars/);
+  });
+});
+
+describe('avatars dev', () => {
+  it('runs the workflow for each persona file put under personas/ and saves its avatars', async () => {
+    const out = join(work, 'dev-out');
+    const child = spawn(process.execPath, [cliPath, 'dev', '--data', join(work, 'dev-data'), '--out', out], { cwd: work, env: { PATH: process.env.PATH, HOME: work } });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    const seen = (pattern: RegExp) =>
+      new Promise<RegExpMatchArray>((resolve, reject) => {
+        const check = () => {
+          const match = pattern.exec(stdout);
+          if (match) resolve(match);
+        };
+        child.stdout.on('data', (chunk) => {
+          stdout += chunk;
+          check();
+        });
+        child.on('exit', () => reject(new Error(`avatars dev exited: ${stderr}`)));
+        check();
+      });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      const [, endpoint] = await seen(/S3 endpoint: (http:\/\/127\.0\.0\.1:\d+)/);
+      const s3 = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+      await s3.send(new PutObjectCommand({ Bucket: 'avatars', Key: 'personas/ada-lovelace.json', Body: JSON.stringify(persona), ContentType: 'application/json' }));
+      s3.destroy();
+      await seen(/✓ 4 avatars for ada-lovelace/);
+      expect(readdirSync(join(out, 'ada-lovelace'))).toEqual(expect.arrayContaining(['img_1.png', 'img_4.png', 'index.html', 'manifest.json']));
+      expect(stderr).toMatch(/personas\/ada-lovelace\.json: started ada-lovelace-[0-9a-f]{16}/);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+  });
+});
+
+describe('the local Step Functions API', () => {
+  it('refuses a second start under the same name with other input, as the service does', async () => {
+    const world = await startWorld();
+    const stateMachineArn = world.deps.settings.stateMachineArn!;
+    await world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'same', input: JSON.stringify({ persona }) }));
+    await expect(world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'same', input: JSON.stringify({ persona, images: 8 }) }))).rejects.toMatchObject({
+      name: 'ExecutionAlreadyExists',
+    });
+    await expect(world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'has space', input: '{}' }))).rejects.toMatchObject({ name: 'InvalidName' });
+    await world.stepFunctions!.settled();
+    const described = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: `${stateMachineArn.replace(':stateMachine:', ':execution:')}:same` }));
+    expect(described.status).toBe('SUCCEEDED');
+    expect(described.stopDate).toBeInstanceOf(Date);
+  });
+});
