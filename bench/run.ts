@@ -87,10 +87,11 @@ function bundleBench(): void {
     const template = app.synth().getStackByName(stack.stackName).template as { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
     const size = (path: string): number => (statSync(path).isDirectory() ? readdirSync(path).reduce((sum, f) => sum + size(join(path, f)), 0) : statSync(path).size);
     out('Lambda assets (bundled with esbuild; sharp copied in for split-grid)');
-    for (const fn of Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function')) {
+    // Our stages only: CDK adds a helper function of its own for the bucket notifications.
+    for (const fn of Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function' && r.Properties.Environment?.Variables?.STAGE)) {
       const dir = join(outdir, `asset.${String(fn.Properties.Code.S3Key).replace(/\.zip$/, '')}`);
       const js = statSync(join(dir, 'index.js')).size;
-      out(`  ${String(fn.Properties.Environment.Variables.STAGE).padEnd(15)} index.js ${(js / 1024).toFixed(0).padStart(5)} KiB, asset ${(size(dir) / 2 ** 20).toFixed(1).padStart(5)} MiB`);
+      out(`  ${String(fn.Properties.Environment.Variables.STAGE).padEnd(17)} index.js ${(js / 1024).toFixed(0).padStart(5)} KiB, asset ${(size(dir) / 2 ** 20).toFixed(1).padStart(5)} MiB`);
     }
   } finally {
     rmSync(outdir, { recursive: true, force: true });
