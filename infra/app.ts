@@ -2,6 +2,7 @@ import { App, Aspects } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { PersonaAvatarsStack } from './persona-avatars-stack.ts';
 import type { LambdaArchitecture } from './stage-functions.ts';
+import { MAX_IMAGES } from '../lambdas/shared/persona.ts';
 
 export const STACK_NAME = 'PersonaAvatars';
 
@@ -28,6 +29,10 @@ export function buildApp(options: BuildOptions = {}) {
   };
   const architecture = ctx('architecture', 'x86_64') as LambdaArchitecture;
   if (architecture !== 'x86_64' && architecture !== 'arm64') throw new Error(`context architecture must be x86_64 or arm64, got ${architecture}`);
+  const defaultImages = Number(ctx('images', '4'));
+  if (!Number.isInteger(defaultImages) || defaultImages < 1 || defaultImages > MAX_IMAGES) {
+    throw new Error(`context images must be a whole number from 1 to ${MAX_IMAGES}, got ${ctx('images', '4')}`);
+  }
   const stack = new PersonaAvatarsStack(app, STACK_NAME, {
     description: 'persona-avatars: persona in, consistent avatar photos out',
     existingBucketName: app.node.tryGetContext('bucketName') || undefined,
@@ -40,6 +45,7 @@ export function buildApp(options: BuildOptions = {}) {
       imageFallbackModel: ctx('imageFallbackModel', 'gpt-image-2'),
       imageSize: ctx('imageSize', '1024x1024'),
       imageQuality: ctx('imageQuality', 'medium'),
+      defaultImages,
       textModel: ctx('textModel', 'gpt-4.1-mini'),
       tileFormat: ctx('tileFormat', 'png'),
       publicBaseUrl: app.node.tryGetContext('publicBaseUrl') || undefined,

@@ -19,6 +19,8 @@ export interface StageSettings {
   imageFallbackModel?: string;
   imageSize: string;
   imageQuality: string;
+  /** Images per run when the execution input does not say. */
+  defaultImages: number;
   textModel: string;
   tileFormat: string;
   publicBaseUrl?: string;
@@ -89,6 +91,7 @@ export class StageFunctions extends Construct {
       IMAGE_MODEL: settings.imageModel,
       IMAGE_SIZE: settings.imageSize,
       IMAGE_QUALITY: settings.imageQuality,
+      DEFAULT_IMAGES: String(settings.defaultImages),
       TEXT_MODEL: settings.textModel,
       TILE_FORMAT: settings.tileFormat,
       ...(settings.imageFallbackModel ? { IMAGE_FALLBACK_MODEL: settings.imageFallbackModel } : {}),

@@ -10,6 +10,7 @@ import { stageNames, stages, type StageName } from '../lambdas/stages.ts';
 import { sfnClientFromEnv } from '../lambdas/shared/clients.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
 import { parseRunRequest, type RunRequest } from '../lambdas/shared/persona.ts';
+import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
 import { splitGrid } from '../lambdas/split-grid/split.ts';
@@ -233,9 +234,10 @@ interface StartFlags extends FollowFlags {
 }
 
 async function startCommand(personaFile: string, flags: StartFlags): Promise<number> {
+  const input = await readRunInput(personaFile, flags);
   let request: RunRequest;
   try {
-    request = parseRunRequest(await readRunInput(personaFile, flags));
+    request = parseRunRequest(input, settingsFromEnv().defaultImages);
   } catch (error) {
     if (error instanceof InvalidPersona) throw new UsageError(`${personaFile}: ${error.message}`);
     throw error;
@@ -250,7 +252,8 @@ async function startCommand(personaFile: string, flags: StartFlags): Promise<num
   let executionArn: string;
   let existing = false;
   try {
-    executionArn = (await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(request) }))).executionArn!;
+    // As given: what it leaves out, the deployment's defaults fill in.
+    executionArn = (await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }))).executionArn!;
   } catch (error) {
     if (!(error instanceof ExecutionAlreadyExists)) throw error;
     executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;

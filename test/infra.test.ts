@@ -57,6 +57,13 @@ describe('the synthesized stack', () => {
     expect(JSON.stringify(imageFn.Properties.Environment.Variables.OPENAI_API_KEY_SECRET_ARN)).toContain('persona-avatars/openai-api-key');
   });
 
+  it('takes the model, size, quality and image count defaults from context', () => {
+    const custom = Template.fromStack(buildApp({ bundle: false, context: { images: 8, imageModel: 'gpt-image-2', imageSize: '1024x1536', imageQuality: 'high' } }).stack);
+    const variables = Object.values(custom.findResources('AWS::Lambda::Function')).filter((f) => f.Properties.Environment?.Variables?.STAGE).map((f) => f.Properties.Environment.Variables);
+    for (const v of variables) expect(v).toMatchObject({ DEFAULT_IMAGES: '8', IMAGE_MODEL: 'gpt-image-2', IMAGE_SIZE: '1024x1536', IMAGE_QUALITY: 'high' });
+    expect(() => buildApp({ bundle: false, context: { images: 0 } })).toThrow(/context images/);
+  });
+
   it('scopes each function to the bucket prefixes it needs', () => {
     const resourcesOf = (stage: string) => JSON.stringify(statementsOf(stage).filter((s) => String(s.Action).includes('s3:')));
     expect(resourcesOf('publish')).toContain('/avatars/*');

@@ -5,10 +5,12 @@ import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { generateGrid } from '../lambdas/generate-grid/core.ts';
-import { planRun } from '../lambdas/plan-run/core.ts';
+import { planRun as plan, type PlanRunEvent } from '../lambdas/plan-run/core.ts';
 import { publish } from '../lambdas/publish/core.ts';
 import { recordFailure } from '../lambdas/record-failure/core.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
+import { settingsFromEnv } from '../lambdas/shared/settings.ts';
+import type { StageDeps } from '../lambdas/shared/stage.ts';
 import { splitGrid } from '../lambdas/split-grid/core.ts';
 import { writePrompt } from '../lambdas/write-prompt/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
@@ -33,6 +35,10 @@ async function baseAndPrompt(deps: Awaited<ReturnType<typeof environment>>['deps
 }
 
 describe('plan-run', () => {
+  // Planning reads nothing but its settings.
+  const planDeps = (env: Record<string, string> = {}) => ({ settings: settingsFromEnv(env) }) as StageDeps;
+  const planRun = (event: PlanRunEvent, deps = planDeps()) => plan(event, deps);
+
   it('plans one grid per four images, the last one partial', async () => {
     const plan = await planRun({ input: { persona, images: 10 }, runId: 'r1' });
     expect(plan.grids).toEqual([{ index: 0, count: 4 }, { index: 1, count: 4 }, { index: 2, count: 2 }]);
@@ -52,6 +58,13 @@ describe('plan-run', () => {
 
   it('turns any execution name into a run id that is safe in keys', async () => {
     expect((await planRun({ input: { persona }, runId: 'a/b c:d' })).runId).toBe('a-b-c-d');
+  });
+
+  it('makes the deployment\u2019s default number of images when the input names none', async () => {
+    expect((await planRun({ input: { persona }, runId: 'r1' })).images).toBe(4);
+    const plan8 = await planRun({ input: { persona }, runId: 'r1' }, planDeps({ DEFAULT_IMAGES: '8' }));
+    expect(plan8.grids).toHaveLength(2);
+    expect((await planRun({ input: { persona, images: 1 }, runId: 'r1' }, planDeps({ DEFAULT_IMAGES: '8' }))).images).toBe(1);
   });
 });
 

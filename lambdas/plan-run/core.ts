@@ -1,4 +1,5 @@
 import { IMAGES_PER_GRID, parseRunRequest, type GenerationMode, type Persona } from '../shared/persona.ts';
+import type { StageDeps } from '../shared/stage.ts';
 
 export interface PlanRunEvent {
   /** The execution input: `{ persona, images?, mode? }`. */
@@ -29,8 +30,8 @@ export function safeRunId(name: string): string {
 }
 
 /** Validates the execution input and splits the request into grids of four. */
-export async function planRun(event: PlanRunEvent): Promise<RunPlan> {
-  const request = parseRunRequest(event.input);
+export async function planRun(event: PlanRunEvent, deps: StageDeps): Promise<RunPlan> {
+  const request = parseRunRequest(event.input, deps.settings.defaultImages);
   const grids: GridPlan[] = [];
   for (let first = 0; first < request.images; first += IMAGES_PER_GRID) {
     grids.push({ index: grids.length, count: Math.min(IMAGES_PER_GRID, request.images - first) });

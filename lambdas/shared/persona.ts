@@ -33,7 +33,7 @@ export type GenerationMode = (typeof generationModes)[number];
 
 export const runRequestSchema = z.object({
   persona: z.unknown(),
-  images: z.number().int().min(1).max(MAX_IMAGES).default(IMAGES_PER_GRID),
+  images: z.number().int().min(1).max(MAX_IMAGES).optional(),
   mode: z.enum(generationModes).default('grid'),
 });
 
@@ -52,11 +52,11 @@ export function parsePersona(value: unknown, fieldPrefix = ''): Persona {
   return parsed.data;
 }
 
-/** Parses an execution input `{ persona, images?, mode? }`. */
-export function parseRunRequest(value: unknown): RunRequest {
+/** Parses an execution input `{ persona, images?, mode? }`; `defaultImages` is the deployment's. */
+export function parseRunRequest(value: unknown, defaultImages = IMAGES_PER_GRID): RunRequest {
   const parsed = runRequestSchema.safeParse(value);
   if (!parsed.success) throw firstIssue(parsed.error, '');
-  return { ...parsed.data, persona: parsePersona(parsed.data.persona, 'persona') };
+  return { ...parsed.data, images: parsed.data.images ?? defaultImages, persona: parsePersona(parsed.data.persona, 'persona') };
 }
 
 /** The first bio the persona has, preferring Facebook's as the seed service did. */

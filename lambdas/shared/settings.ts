@@ -1,5 +1,6 @@
 import type { TileFormat } from './keys.ts';
 import { ConfigurationError } from './errors.ts';
+import { IMAGES_PER_GRID, MAX_IMAGES } from './persona.ts';
 
 /** Everything a stage reads from its environment, parsed once. Names match the seed's `.env`. */
 export interface Settings {
@@ -8,6 +9,8 @@ export interface Settings {
   imageFallbackModel: string | undefined;
   imageSize: string;
   imageQuality: string;
+  /** Images per run when the execution input does not say (DEFAULT_IMAGES). */
+  defaultImages: number;
   textModel: string;
   /** Upper bound for one image call; the handler lowers it to fit the Lambda's remaining time. */
   imageTimeoutMs: number;
@@ -42,6 +45,8 @@ export function settingsFromEnv(env: Env = process.env): Settings {
   if (!tileFormats.includes(tileFormat)) {
     throw new ConfigurationError(`TILE_FORMAT must be one of ${tileFormats.join(', ')}, got "${tileFormat}"`);
   }
+  const defaultImages = positiveInt(env, 'DEFAULT_IMAGES', IMAGES_PER_GRID);
+  if (defaultImages > MAX_IMAGES) throw new ConfigurationError(`DEFAULT_IMAGES must be at most ${MAX_IMAGES}, got ${defaultImages}`);
   const flowiseUrl = env.FLOWISE_URL;
   const chatflowId = env.FLOWISE_CHATFLOW_ID;
   return {
@@ -50,6 +55,7 @@ export function settingsFromEnv(env: Env = process.env): Settings {
     imageFallbackModel: env.IMAGE_FALLBACK_MODEL || undefined,
     imageSize: env.IMAGE_SIZE || '1024x1024',
     imageQuality: env.IMAGE_QUALITY || 'medium',
+    defaultImages,
     textModel: env.TEXT_MODEL || 'gpt-4.1-mini',
     imageTimeoutMs: positiveInt(env, 'IMAGE_TIMEOUT_MS', 600_000),
     promptProvider: env.PROMPT_PROVIDER === 'template' ? 'template' : 'auto',

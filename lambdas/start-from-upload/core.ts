@@ -72,7 +72,7 @@ function problemOf(error: unknown, line: number | undefined): Problem {
  * The run requests in one uploaded file: a persona or an execution input `{ persona, images,
  * mode }` per `.json` file (its id defaults to the file name), or one per line of a `.jsonl` file.
  */
-export function parseUpload(key: string, text: string): { requests: RunRequest[]; problems: Problem[] } {
+export function parseUpload(key: string, text: string, defaultImages?: number): { requests: RunRequest[]; problems: Problem[] } {
   const requests: RunRequest[] = [];
   const problems: Problem[] = [];
   const fileId = key.endsWith('.json') ? basename(key, '.json') : undefined;
@@ -84,7 +84,7 @@ export function parseUpload(key: string, text: string): { requests: RunRequest[]
       if (fileId && request.persona && typeof request.persona === 'object' && !('id' in request.persona)) {
         request.persona = { id: fileId, ...request.persona };
       }
-      requests.push(parseRunRequest(request));
+      requests.push(parseRunRequest(request, defaultImages));
     } catch (error) {
       problems.push(problemOf(error, line));
     }
@@ -145,7 +145,7 @@ async function handleUpload(deps: StageDeps, stateMachineArn: string, key: strin
     deps.logger.warn('uploaded persona file is gone', { key });
     return undefined;
   }
-  const { requests, problems } = parseUpload(key, text);
+  const { requests, problems } = parseUpload(key, text, deps.settings.defaultImages);
   const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: problems };
   await startAll(deps, stateMachineArn, requests, outcome);
   const reportKey = rejectedKey(key);
