@@ -1,6 +1,6 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { HeadObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
@@ -8,6 +8,7 @@ import { generateGrid } from '../lambdas/generate-grid/core.ts';
 import { planRun as plan, type PlanRunEvent } from '../lambdas/plan-run/core.ts';
 import { publish } from '../lambdas/publish/core.ts';
 import { recordFailure } from '../lambdas/record-failure/core.ts';
+import { s3ClientFromEnv } from '../lambdas/shared/clients.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
@@ -218,6 +219,21 @@ describe('publish and record-failure', () => {
     expect(result.images[0]!.url).toBe('https://cdn.example.test/avatars/ada-lovelace/img_1.png');
   });
 
+  it('returns presigned URLs that fetch the image when no public or S3-compatible base URL is set', async () => {
+    const { deps } = await environment();
+    const { prompt, base } = await baseAndPrompt(deps);
+    const generated = await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
+    const settings = { ...deps.settings, s3Endpoint: undefined, urlExpirySeconds: 600 };
+    const result = await publish({ ...run, images: 1, mode: 'grid', prompt, base, grids: [split] }, { ...deps, settings });
+    const url = new URL(result.images[0]!.url);
+    expect(url.searchParams.get('X-Amz-Expires')).toBe('600');
+    expect(url.searchParams.get('X-Amz-Signature')).toMatch(/^[0-9a-f]{64}$/);
+    const response = await fetch(url);
+    expect(response.status).toBe(200);
+    expect(Buffer.from(await response.arrayBuffer())).toEqual(await deps.store.getBytes(result.images[0]!.key));
+  });
+
   it('records a failure next to where the images would have gone, with the message from the Lambda error', async () => {
     const { deps } = await environment();
     const cause = JSON.stringify({ errorType: 'ContentPolicyViolation', errorMessage: 'base image for persona ada-lovelace: rejected' });
@@ -230,5 +246,19 @@ describe('publish and record-failure', () => {
     const { deps } = await environment();
     const record = await recordFailure({ input: { persona: { id: '../x' } }, runId: 'r-1', error: { Error: 'InvalidPersona', Cause: 'Invalid persona: persona.id' } }, deps);
     expect(record.failureKey).toBe('avatars/_invalid/failures/r-1.json');
+  });
+});
+
+describe('S3 configuration', () => {
+  it('reaches an S3-compatible server named by AWS_ENDPOINT_URL_S3 alone, path-style', async () => {
+    const { env: used } = await environment();
+    const s3 = s3ClientFromEnv({ AWS_ENDPOINT_URL_S3: used.S3_ENDPOINT, S3_ACCESS_KEY: 'S3RVER', S3_SECRET_KEY: 'S3RVER' });
+    try {
+      await s3.send(new PutObjectCommand({ Bucket: used.S3_BUCKET_NAME, Key: 'personas/x.json', Body: '{}' }));
+      const got = await s3.send(new GetObjectCommand({ Bucket: used.S3_BUCKET_NAME, Key: 'personas/x.json' }));
+      expect(await got.Body!.transformToString()).toBe('{}');
+    } finally {
+      s3.destroy();
+    }
   });
 });

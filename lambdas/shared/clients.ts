@@ -22,7 +22,8 @@ export function s3ClientFromEnv(env: Env = process.env): S3Client {
       : undefined;
   return new S3Client({
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1',
-    ...(env.S3_ENDPOINT ? { endpoint: env.S3_ENDPOINT } : {}),
+    // Passed on, not left to the SDK: `env` need not be process.env.
+    ...(endpoint ? { endpoint } : {}),
     ...(credentials ? { credentials } : {}),
     ...(endpoint
       ? {

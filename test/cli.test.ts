@@ -1,0 +1,96 @@
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { afterAll, describe, expect, it } from 'vitest';
+import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf } from '../local/avatar-art.ts';
+import { avatars as avatarsIn, eventsDir } from './support.ts';
+
+const work = mkdtempSync(join(tmpdir(), 'avatars-cli-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+const avatars = (...args: string[]) => avatarsIn(work, args);
+
+async function gridFile(name: string, width: number, height: number): Promise<string> {
+  const rnd = random(seedOf(name));
+  const look = lookFor(name);
+  const cells = gridLayout(width, height, 2, 2, rnd);
+  const pictures = await Promise.all(cells.map((c, i) => drawAvatar(look, c.width, c.height, i)));
+  const file = join(work, `${name}.png`);
+  writeFileSync(file, await composeGrid(width, height, cells, pictures, rnd));
+  return file;
+}
+
+describe('avatars split', () => {
+  it('splits many grids in one go into DIR/<grid name>/img_<i>.png, row-major, each the size of its cell', async () => {
+    const files = [await gridFile('square', 1024, 1024), await gridFile('wide', 1536, 1024)];
+    const out = join(work, 'tiles');
+    const { code, stdout, stderr } = await avatars('split', ...files, '--out', out);
+    expect(code, stderr).toBe(0);
+    for (const name of ['square', 'wide']) {
+      expect(readdirSync(join(out, name)).sort()).toEqual(['img_0.png', 'img_1.png', 'img_2.png', 'img_3.png']);
+      const printed = stdout.split('\n').find((l) => l.includes(`${name}.png:`))!;
+      const boxes = [...printed.matchAll(/img_(\d) (\d+)x(\d+)\+(\d+)\+(\d+)/g)].map((m) => m.slice(1).map(Number));
+      expect(boxes).toHaveLength(4);
+      // Row-major: left column first in each row, top row first.
+      expect(boxes[0]![3]).toBeLessThan(boxes[1]![3]!);
+      expect(boxes[0]![4]).toBeLessThan(boxes[2]![4]!);
+      for (const [i, width, height] of boxes) {
+        const meta = await sharp(join(out, name, `img_${i}.png`)).metadata();
+        expect([meta.width, meta.height]).toEqual([width, height]);
+      }
+    }
+  });
+
+  it('names a missing file and a grid of the wrong layout, splits the rest, and exits 1', async () => {
+    const good = await gridFile('good', 1024, 1024);
+    const rnd = random(seedOf('three'));
+    const three = join(work, 'three.png');
+    const cells = gridLayout(1536, 1024, 1, 3, rnd, 30);
+    writeFileSync(three, await composeGrid(1536, 1024, cells, await Promise.all(cells.map((c, i) => drawAvatar(lookFor('x'), c.width, c.height, i))), rnd));
+    const out = join(work, 'mixed');
+    const { code, stderr } = await avatars('split', join(work, 'missing.png'), three, good, '--out', out);
+    expect(code).toBe(1);
+    expect(stderr).toContain('missing.png: no such file');
+    expect(stderr).toMatch(/three\.png: GridLayoutMismatch: .* is not a 2x2 grid/);
+    expect(readdirSync(out)).toEqual(['good']);
+  });
+});
+
+describe('avatars invoke', () => {
+  it('replays the stage fixtures in order on one run, from the plan to the published avatars', async () => {
+    const data = join(work, 'invoke');
+    let published = '';
+    for (const stage of ['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'publish']) {
+      const { code, stdout, stderr } = await avatars('invoke', stage, '--event', join(eventsDir, `${stage}.json`), '--data', data);
+      expect(code, `${stage}: ${stderr}`).toBe(0);
+      published = stdout;
+    }
+    const result = JSON.parse(published);
+    expect(result.images.map((i: { key: string }) => i.key)).toEqual([1, 2, 3, 4].map((n) => `avatars/ada-lovelace/img_${n}.png`));
+  });
+
+  it('reports the named error of a failing stage and exits 1', async () => {
+    const { code, stderr } = await avatars('invoke', 'generate-base', '--event', join(eventsDir, 'generate-base.json'), '--data', join(work, 'invoke-fail'), '--fault', 'policy:always');
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/✗ generate-base failed: ContentPolicyViolation: base image for persona ada-lovelace/);
+  });
+
+  it('names the stages it knows when given another', async () => {
+    const { code, stderr } = await avatars('invoke', 'resize', '--event', join(eventsDir, 'plan-run.json'));
+    expect(code).toBe(2);
+    expect(stderr).toContain('unknown stage "resize": one of plan-run, write-prompt');
+  });
+});
+
+describe('avatars --help', () => {
+  it('explains every command', async () => {
+    const commands = ['run', 'invoke', 'start', 'status', 'dev', 'split'];
+    const [top, ...helps] = await Promise.all([avatars('--help'), ...commands.map((command) => avatars(command, '--help'))]);
+    expect(top!.code).toBe(0);
+    commands.forEach((command, i) => {
+      expect(top!.stdout, command).toMatch(new RegExp(`^\\s+${command} `, 'm'));
+      expect(helps[i]!.code, command).toBe(0);
+      expect(helps[i]!.stdout, command).toContain(`Usage: avatars ${command}`);
+    });
+  });
+});
