@@ -3,6 +3,7 @@
  * --wait` and `avatars status` print it: against AWS, or any endpoint that speaks its API.
  */
 import { DescribeExecutionCommand, GetExecutionHistoryCommand, type HistoryEvent, type SFNClient } from '@aws-sdk/client-sfn';
+import { causeMessage } from '../lambdas/shared/errors.ts';
 import type { ProgressEvent } from './runner.ts';
 
 export type ExecutionEnd =
@@ -48,7 +49,8 @@ export function historyReader(): (event: HistoryEvent) => ProgressEvent | undefi
     }
     if (FAILED_TASK_EVENTS.test(event.type ?? '')) {
       const details = event.taskFailedEventDetails ?? event.lambdaFunctionFailedEventDetails ?? event.taskTimedOutEventDetails ?? event.lambdaFunctionTimedOutEventDetails ?? {};
-      return { kind: 'failed', state: thread?.state ?? 'task', stateType: 'Task', error: details.error ?? event.type!, cause: details.cause ?? '', at };
+      // On AWS a Lambda's cause is its JSON error report; the message is what a person reads.
+      return { kind: 'failed', state: thread?.state ?? 'task', stateType: 'Task', error: details.error ?? event.type!, cause: causeMessage(details.cause), at };
     }
     return undefined;
   };

@@ -3,10 +3,11 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { EXECUTION_NAME_PATTERN, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import { historyReader } from '../local/follow.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { avatars, cliPath, eventsDir, persona, startTestEnvironment } from './support.ts';
 
@@ -226,6 +227,39 @@ describe('avatars start and status', () => {
     const { code, stderr } = await avatars(work, ['start', join(eventsDir, 'persona.json')]);
     expect(code).toBe(2);
     expect(stderr).toContain('--state-machine-arn');
+  });
+});
+
+describe('reading an execution history from AWS', () => {
+  it('ties each task event to its state across parallel branches, with durations and the Lambda\u2019s message', () => {
+    const t0 = Date.parse('2026-11-25T10:00:00Z');
+    const at = (s: number) => new Date(t0 + s * 1000);
+    const cause = JSON.stringify({ errorType: 'RateLimited', errorMessage: 'base image for persona ada-lovelace: rate limited', trace: [] });
+    const history: HistoryEvent[] = [
+      { id: 1, previousEventId: 0, timestamp: at(0), type: 'ExecutionStarted' },
+      { id: 2, previousEventId: 1, timestamp: at(0), type: 'ParallelStateEntered', stateEnteredEventDetails: { name: 'PromptAndBase' } },
+      { id: 3, previousEventId: 2, timestamp: at(0), type: 'ParallelStateStarted' },
+      { id: 4, previousEventId: 3, timestamp: at(1), type: 'TaskStateEntered', stateEnteredEventDetails: { name: 'WritePrompt' } },
+      { id: 5, previousEventId: 3, timestamp: at(1), type: 'TaskStateEntered', stateEnteredEventDetails: { name: 'GenerateBase' } },
+      { id: 6, previousEventId: 4, timestamp: at(1), type: 'TaskScheduled' },
+      { id: 7, previousEventId: 5, timestamp: at(1), type: 'TaskScheduled' },
+      { id: 8, previousEventId: 7, timestamp: at(2), type: 'TaskStarted' },
+      { id: 9, previousEventId: 6, timestamp: at(2), type: 'TaskStarted' },
+      { id: 10, previousEventId: 8, timestamp: at(4), type: 'TaskFailed', taskFailedEventDetails: { resourceType: 'lambda', resource: 'invoke', error: 'RateLimited', cause } },
+      { id: 11, previousEventId: 9, timestamp: at(5), type: 'TaskSucceeded' },
+      { id: 12, previousEventId: 11, timestamp: at(5), type: 'TaskStateExited', stateExitedEventDetails: { name: 'WritePrompt' } },
+    ];
+    const read = historyReader();
+    const progress = history.map(read).filter((p) => p !== undefined);
+    expect(progress.map((p) => [p.kind, p.state])).toEqual([
+      ['entered', 'PromptAndBase'],
+      ['entered', 'WritePrompt'],
+      ['entered', 'GenerateBase'],
+      ['failed', 'GenerateBase'],
+      ['exited', 'WritePrompt'],
+    ]);
+    expect(progress[3]).toMatchObject({ error: 'RateLimited', cause: 'base image for persona ada-lovelace: rate limited' });
+    expect(progress[4]!.ms).toBe(4000);
   });
 });
 
