@@ -17,11 +17,12 @@ export interface FollowOptions {
   onProgress(event: ProgressEvent): void;
 }
 
-/** What a history event belongs to: the state it is part of, and when that state was entered. */
+/** What a history event belongs to: its state, when that was entered, and its Map iteration. */
 interface Thread {
   state: string;
   stateType: string;
   enteredAt: number;
+  index?: number;
 }
 
 const FAILED_TASK_EVENTS = /^(Task|LambdaFunction)(Failed|TimedOut|StartFailed|ScheduleFailed|SubmitFailed)$/;
@@ -35,26 +36,33 @@ export function historyReader(): (event: HistoryEvent) => ProgressEvent | undefi
   return (event) => {
     const id = event.id!;
     const at = event.timestamp?.getTime() ?? Date.now();
+    const previous = threads.get(event.previousEventId ?? -1);
     const entered = /^(\w+)StateEntered$/.exec(event.type ?? '');
     if (entered) {
-      const thread = { state: event.stateEnteredEventDetails!.name!, stateType: entered[1]!, enteredAt: at };
+      const thread: Thread = { state: event.stateEnteredEventDetails!.name!, stateType: entered[1]!, enteredAt: at, ...inIteration(previous?.index) };
       threads.set(id, thread);
-      return { kind: 'entered', state: thread.state, stateType: thread.stateType, at };
+      return { kind: 'entered', state: thread.state, stateType: thread.stateType, at, ...inIteration(thread.index) };
     }
-    const thread = threads.get(event.previousEventId ?? -1);
-    if (thread) threads.set(id, thread);
+    if (event.type === 'MapIterationStarted') {
+      threads.set(id, { ...(previous ?? { state: '', stateType: 'Map', enteredAt: at }), index: event.mapIterationStartedEventDetails?.index });
+      return undefined;
+    }
+    if (previous) threads.set(id, previous);
+    const where = { ...inIteration(previous?.index), at };
     if (/StateExited$/.test(event.type ?? '')) {
-      const state = event.stateExitedEventDetails?.name ?? thread?.state ?? '?';
-      return { kind: 'exited', state, ...(thread ? { stateType: thread.stateType, ms: at - thread.enteredAt } : {}), at };
+      const state = event.stateExitedEventDetails?.name ?? previous?.state ?? '?';
+      return { kind: 'exited', state, ...(previous ? { stateType: previous.stateType, ms: at - previous.enteredAt } : {}), ...where };
     }
     if (FAILED_TASK_EVENTS.test(event.type ?? '')) {
       const details = event.taskFailedEventDetails ?? event.lambdaFunctionFailedEventDetails ?? event.taskTimedOutEventDetails ?? event.lambdaFunctionTimedOutEventDetails ?? {};
       // On AWS a Lambda's cause is its JSON error report; the message is what a person reads.
-      return { kind: 'failed', state: thread?.state ?? 'task', stateType: 'Task', error: details.error ?? event.type!, cause: causeMessage(details.cause), at };
+      return { kind: 'failed', state: previous?.state ?? 'task', stateType: 'Task', error: details.error ?? event.type!, cause: causeMessage(details.cause), ...where };
     }
     return undefined;
   };
 }
+
+const inIteration = (index: number | undefined) => (index === undefined ? {} : { index });
 
 /** Every history event after `afterId`, oldest first, across pages. */
 async function newEvents(sfn: SFNClient, executionArn: string, afterId: number): Promise<HistoryEvent[]> {

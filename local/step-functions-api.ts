@@ -102,9 +102,12 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     const execution: LocalExecution = { executionArn: executionArnOf(name), name, input, status: 'RUNNING', startDate, history: [], done: Promise.resolve() };
     append(execution, { timestamp: seconds(startDate), type: 'ExecutionStarted', executionStartedEventDetails: { input, roleArn: 'arn:aws:iam::000000000000:role/local' } });
     executions.set(name, execution);
-    // A state's later events point back to its entry, as on the service, so readers can tell
+    // As on the service, a state's later events point back to its entry, and the states of a
+    // Map iteration back to a MapIterationStarted event with its index, so readers can tell
     // which of two grids running side by side an event belongs to.
     const entries = new Map<string, number>();
+    const iterations = new Map<number, number>();
+    let map = '';
     execution.done = runLocally({
       input: JSON.parse(input),
       deps: options.deps,
@@ -113,7 +116,11 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       onProgress: (event) => {
         const wire = historyEventOf(event);
         const thread = `${event.state}#${event.index ?? ''}`;
-        if (wire && event.kind === 'entered') entries.set(thread, append(execution, wire));
+        if (event.kind === 'entered' && event.stateType === 'Map') map = event.state;
+        if (event.kind === 'entered' && event.index !== undefined && !iterations.has(event.index)) {
+          iterations.set(event.index, append(execution, { timestamp: seconds(event.at), type: 'MapIterationStarted', mapIterationStartedEventDetails: { name: map, index: event.index } }));
+        }
+        if (wire && event.kind === 'entered') entries.set(thread, append(execution, wire, event.index === undefined ? undefined : iterations.get(event.index)));
         else if (wire) append(execution, wire, entries.get(thread));
         options.onProgress?.(execution, event);
       },

@@ -175,8 +175,9 @@ describe('avatars start and status', () => {
     expect(stdout).toMatch(/^started: arn:aws:states:us-east-1:000000000000:execution:PersonaAvatars:ada-lovelace-[0-9a-f]{16}$/m);
     const transitions = stderr.split('\n').filter((l) => /^\s+[→✓]/.test(l));
     for (const state of ['PlanRun', 'PromptAndBase', 'WritePrompt', 'GenerateBase', 'GenerateGrids', 'GenerateGrid', 'SplitGrid', 'Publish']) {
-      expect(transitions, state).toContainEqual(expect.stringMatching(new RegExp(`→ ${state}$`)));
-      expect(transitions, state).toContainEqual(expect.stringMatching(new RegExp(`✓ ${state} \\d+ ms$`)));
+      const grid = ['GenerateGrid', 'SplitGrid'].includes(state) ? ' \\[grid 0\\]' : '';
+      expect(transitions, state).toContainEqual(expect.stringMatching(new RegExp(`→ ${state}${grid}$`)));
+      expect(transitions, state).toContainEqual(expect.stringMatching(new RegExp(`✓ ${state}${grid} \\d+ ms$`)));
     }
     expect(transitions.indexOf('  → PlanRun')).toBeLessThan(transitions.indexOf('  → Publish'));
     expect(stdout).toContain('✓ 4 avatars for ada-lovelace');
@@ -200,6 +201,9 @@ describe('avatars start and status', () => {
     const { code, stdout, stderr } = await avatars(work, ['status', executionArn!, '--poll-interval', '50', '--json'], sfnEnv(world));
     expect(code, stderr).toBe(0);
     expect(stderr).toContain('✓ Publish');
+    // Eight images: two grids, each state shown with the grid it worked on.
+    expect(stderr).toMatch(/✓ SplitGrid \[grid 0\] \d+ ms/);
+    expect(stderr).toMatch(/✓ SplitGrid \[grid 1\] \d+ ms/);
     const result = JSON.parse(stdout);
     expect(result).toMatchObject({ executionArn, status: 'SUCCEEDED' });
     expect(result.output.images).toHaveLength(8);
@@ -231,7 +235,7 @@ describe('avatars start and status', () => {
 });
 
 describe('reading an execution history from AWS', () => {
-  it('ties each task event to its state across parallel branches, with durations and the Lambda\u2019s message', () => {
+  it('ties each event to its state and grid across parallel branches, with durations and the Lambda\u2019s message', () => {
     const t0 = Date.parse('2026-11-25T10:00:00Z');
     const at = (s: number) => new Date(t0 + s * 1000);
     const cause = JSON.stringify({ errorType: 'RateLimited', errorMessage: 'base image for persona ada-lovelace: rate limited', trace: [] });
@@ -248,6 +252,12 @@ describe('reading an execution history from AWS', () => {
       { id: 10, previousEventId: 8, timestamp: at(4), type: 'TaskFailed', taskFailedEventDetails: { resourceType: 'lambda', resource: 'invoke', error: 'RateLimited', cause } },
       { id: 11, previousEventId: 9, timestamp: at(5), type: 'TaskSucceeded' },
       { id: 12, previousEventId: 11, timestamp: at(5), type: 'TaskStateExited', stateExitedEventDetails: { name: 'WritePrompt' } },
+      { id: 13, previousEventId: 12, timestamp: at(6), type: 'MapStateEntered', stateEnteredEventDetails: { name: 'GenerateGrids' } },
+      { id: 14, previousEventId: 13, timestamp: at(6), type: 'MapStateStarted' },
+      { id: 15, previousEventId: 14, timestamp: at(6), type: 'MapIterationStarted', mapIterationStartedEventDetails: { name: 'GenerateGrids', index: 1 } },
+      { id: 16, previousEventId: 15, timestamp: at(6), type: 'TaskStateEntered', stateEnteredEventDetails: { name: 'GenerateGrid' } },
+      { id: 17, previousEventId: 16, timestamp: at(9), type: 'TaskStateExited', stateExitedEventDetails: { name: 'GenerateGrid' } },
+      { id: 18, previousEventId: 17, timestamp: at(9), type: 'TaskStateEntered', stateEnteredEventDetails: { name: 'SplitGrid' } },
     ];
     const read = historyReader();
     const progress = history.map(read).filter((p) => p !== undefined);
@@ -257,7 +267,12 @@ describe('reading an execution history from AWS', () => {
       ['entered', 'GenerateBase'],
       ['failed', 'GenerateBase'],
       ['exited', 'WritePrompt'],
+      ['entered', 'GenerateGrids'],
+      ['entered', 'GenerateGrid'],
+      ['exited', 'GenerateGrid'],
+      ['entered', 'SplitGrid'],
     ]);
+    expect(progress.slice(5).map((p) => p.index)).toEqual([undefined, 1, 1, 1]);
     expect(progress[3]).toMatchObject({ error: 'RateLimited', cause: 'base image for persona ada-lovelace: rate limited' });
     expect(progress[4]!.ms).toBe(4000);
   });
