@@ -111,6 +111,15 @@ describe('the upload trigger', () => {
     await world.stepFunctions!.settled();
   });
 
+  it('reads a file saved with a byte-order mark', async () => {
+    const world = await startWorld();
+    await world.deps.store.put('personas/ada-lovelace.json', `\uFEFF${JSON.stringify(persona)}`, 'application/json');
+    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/ada-lovelace.json'), world.deps);
+    expect(outcome!.rejected).toEqual([]);
+    expect(outcome!.started).toHaveLength(1);
+    await world.stepFunctions!.settled();
+  });
+
   it('removes the report once the corrected file is uploaded', async () => {
     const world = await startWorld();
     const key = 'personas/ada-lovelace.json';

@@ -145,7 +145,8 @@ async function handleUpload(deps: StageDeps, stateMachineArn: string, key: strin
     deps.logger.warn('uploaded persona file is gone', { key });
     return undefined;
   }
-  const { requests, problems } = parseUpload(key, text, deps.settings.defaultImages);
+  // Editors on Windows save JSON with a byte-order mark, which JSON.parse refuses.
+  const { requests, problems } = parseUpload(key, text.replace(/^\uFEFF/, ''), deps.settings.defaultImages);
   const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: problems };
   await startAll(deps, stateMachineArn, requests, outcome);
   const reportKey = rejectedKey(key);
