@@ -1,14 +1,18 @@
-import type { IFunction } from 'aws-cdk-lib/aws-lambda';
+import { CfnOutput, Duration } from 'aws-cdk-lib';
+import type { Function as LambdaFunction } from 'aws-cdk-lib/aws-lambda';
+import { SqsDestination } from 'aws-cdk-lib/aws-lambda-destinations';
 import { EventType, type IBucket } from 'aws-cdk-lib/aws-s3';
 import { LambdaDestination } from 'aws-cdk-lib/aws-s3-notifications';
+import { Queue, QueueEncryption } from 'aws-cdk-lib/aws-sqs';
 import type { IStateMachine } from 'aws-cdk-lib/aws-stepfunctions';
+import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { Prefixes } from '../lambdas/shared/keys.ts';
 
 export interface UploadTriggerProps {
   bucket: IBucket;
   /** The start-from-upload function. */
-  trigger: IFunction & { addEnvironment(key: string, value: string): unknown };
+  trigger: LambdaFunction;
   stateMachine: IStateMachine;
 }
 
@@ -17,9 +21,13 @@ export const PERSONA_UPLOAD_SUFFIXES = ['.json', '.jsonl'];
 
 /**
  * Uploads under personas/ start runs: S3 notifies the trigger function, which validates each
- * persona and starts this state machine, and nothing else, under an idempotent name.
+ * persona and starts this state machine, and nothing else, under an idempotent name. A
+ * notification the function could not handle in three tries (throttled, say) is kept in a
+ * queue with its error instead of being dropped; its names make replaying it safe.
  */
 export class UploadTrigger extends Construct {
+  readonly failedUploads: Queue;
+
   constructor(scope: Construct, id: string, props: UploadTriggerProps) {
     super(scope, id);
     props.trigger.addEnvironment('STATE_MACHINE_ARN', props.stateMachine.stateMachineArn);
@@ -27,5 +35,15 @@ export class UploadTrigger extends Construct {
     for (const suffix of PERSONA_UPLOAD_SUFFIXES) {
       props.bucket.addEventNotification(EventType.OBJECT_CREATED, new LambdaDestination(props.trigger), { prefix: Prefixes.personas, suffix });
     }
+    this.failedUploads = new Queue(this, 'FailedUploads', {
+      encryption: QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    props.trigger.configureAsyncInvoke({ retryAttempts: 2, onFailure: new SqsDestination(this.failedUploads) });
+    NagSuppressions.addResourceSuppressions(this.failedUploads, [
+      { id: 'AwsSolutions-SQS3', reason: 'This queue is where failed upload notifications end up: it is the dead-letter queue, and needs none of its own.' },
+    ]);
+    new CfnOutput(this, 'FailedUploadsQueueUrl', { value: this.failedUploads.queueUrl, description: 'upload notifications the trigger could not handle' });
   }
 }

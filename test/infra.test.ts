@@ -91,6 +91,17 @@ describe('the synthesized stack', () => {
     expect(filters).toHaveLength(2);
   });
 
+  it('keeps upload notifications the trigger failed on three times in an encrypted queue', () => {
+    const triggerId = Object.entries(stageFunctionIds()).find(([, stage]) => stage === 'start-from-upload')![0];
+    const queueId = Object.keys(template.findResources('AWS::SQS::Queue'))[0]!;
+    template.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: triggerId },
+      MaximumRetryAttempts: 2,
+      DestinationConfig: { OnFailure: { Destination: { 'Fn::GetAtt': [queueId, 'Arn'] } } },
+    });
+    template.hasResourceProperties('AWS::SQS::Queue', { SqsManagedSseEnabled: true });
+  });
+
   it('lets the upload trigger start this one state machine and nothing else', () => {
     const machineId = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'))[0]!;
     const states = statementsOf('start-from-upload').filter((s) => String(s.Action).includes('states:'));
