@@ -17,7 +17,7 @@ export interface UploadTriggerProps {
 }
 
 /** Persona files are uploaded as one JSON persona or as JSON Lines of many. */
-export const PERSONA_UPLOAD_SUFFIXES = ['.json', '.jsonl'];
+const PERSONA_UPLOAD_SUFFIXES = ['.json', '.jsonl'];
 
 /**
  * Uploads under personas/ start runs: S3 notifies the trigger function, which validates each

@@ -7,15 +7,16 @@ import { basename, extname, join, resolve } from 'node:path';
 import { ExecutionAlreadyExists, StartExecutionCommand, type SFNClient } from '@aws-sdk/client-sfn';
 import { Argument, Command, InvalidArgumentError, Option } from 'commander';
 import { stageNames, stages, type StageName } from '../lambdas/stages.ts';
-import { sfnClientFromEnv } from '../lambdas/shared/clients.ts';
+import { customSfnEndpoint, sfnClientFromEnv } from '../lambdas/shared/clients.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
 import { parseRunRequest, type RunRequest } from '../lambdas/shared/persona.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
 import { splitGrid } from '../lambdas/split-grid/split.ts';
-import { executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import { executionArn as executionArnOf, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment } from './environment.ts';
+import { isRunning } from './step-functions-api.ts';
 import { consoleUrl, followExecution } from './follow.ts';
 import { writeContactSheet, writeGallery } from './gallery.ts';
 import { parseFaults } from './offline-openai.ts';
@@ -221,10 +222,6 @@ async function followAndReport(sfn: SFNClient, executionArn: string, flags: Foll
   return 0;
 }
 
-function customSfnEndpoint(): boolean {
-  return !!(process.env.AWS_ENDPOINT_URL_SFN || process.env.AWS_ENDPOINT_URL);
-}
-
 interface StartFlags extends FollowFlags {
   images?: number;
   mode?: string;
@@ -256,10 +253,10 @@ async function startCommand(personaFile: string, flags: StartFlags): Promise<num
     executionArn = (await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }))).executionArn!;
   } catch (error) {
     if (!(error instanceof ExecutionAlreadyExists)) throw error;
-    executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+    executionArn = executionArnOf(stateMachineArn, name);
     existing = true;
   }
-  const url = consoleUrl(executionArn, customSfnEndpoint());
+  const url = consoleUrl(executionArn, !!customSfnEndpoint());
   if (flags.json && !flags.wait) {
     process.stdout.write(`${JSON.stringify({ executionArn, name, alreadyStarted: existing, ...(url ? { consoleUrl: url } : {}) }, null, 2)}\n`);
     return 0;
@@ -335,7 +332,7 @@ async function devCommand(flags: DevFlags): Promise<number> {
     process.once('SIGINT', () => resolveStop());
     process.once('SIGTERM', () => resolveStop());
   });
-  const running = [...stepFunctions.executions.values()].filter((e) => e.status === 'RUNNING').length;
+  const running = [...stepFunctions.executions.values()].filter(isRunning).length;
   if (running > 0) log(`stopping after ${running} running execution${running === 1 ? '' : 's'}…`);
   await env.close();
   return 0;

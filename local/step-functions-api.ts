@@ -8,12 +8,11 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
+import { executionArn } from '../lambdas/start-from-upload/core.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { runLocally, type ProgressEvent, type RunOutcome } from './runner.ts';
 
-export const LOCAL_STATE_MACHINE_ARN = 'arn:aws:states:us-east-1:000000000000:stateMachine:PersonaAvatars';
-
-type Status = 'RUNNING' | 'SUCCEEDED' | 'FAILED';
+const LOCAL_STATE_MACHINE_ARN = 'arn:aws:states:us-east-1:000000000000:stateMachine:PersonaAvatars';
 
 /** One event of GetExecutionHistory, as the service writes it (timestamps in epoch seconds). */
 interface HistoryEntry {
@@ -28,9 +27,9 @@ export interface LocalExecution {
   executionArn: string;
   name: string;
   input: string;
-  status: Status;
   startDate: number;
   stopDate?: number;
+  /** Set when the execution ends. */
   outcome?: RunOutcome;
   history: WireHistoryEvent[];
   done: Promise<void>;
@@ -54,6 +53,9 @@ export interface LocalStepFunctions {
   /** Waits for running executions, then stops listening. */
   close(): Promise<void>;
 }
+
+export const isRunning = (execution: LocalExecution) => execution.outcome === undefined;
+const statusOf = (execution: LocalExecution) => execution.outcome?.status ?? 'RUNNING';
 
 class ApiError extends Error {
   readonly code: string;
@@ -89,7 +91,7 @@ function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
 export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
   const executions = new Map<string, LocalExecution>();
   const stateMachineArn = LOCAL_STATE_MACHINE_ARN;
-  const executionArnOf = (name: string) => `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+  const executionArnOf = (name: string) => executionArn(stateMachineArn, name);
 
   const append = (execution: LocalExecution, event: HistoryEntry, previousEventId = execution.history.length) => {
     const id = execution.history.length + 1;
@@ -99,7 +101,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
 
   function start(name: string, input: string): LocalExecution {
     const startDate = Date.now();
-    const execution: LocalExecution = { executionArn: executionArnOf(name), name, input, status: 'RUNNING', startDate, history: [], done: Promise.resolve() };
+    const execution: LocalExecution = { executionArn: executionArnOf(name), name, input, startDate, history: [], done: Promise.resolve() };
     append(execution, { timestamp: seconds(startDate), type: 'ExecutionStarted', executionStartedEventDetails: { input, roleArn: 'arn:aws:iam::000000000000:role/local' } });
     executions.set(name, execution);
     // As on the service, a state's later events point back to its entry, and the states of a
@@ -127,7 +129,6 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     }).then(async (outcome) => {
       execution.outcome = outcome;
       execution.stopDate = Date.now();
-      execution.status = outcome.status;
       append(
         execution,
         outcome.status === 'SUCCEEDED'
@@ -154,7 +155,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     executionArn: e.executionArn,
     stateMachineArn,
     name: e.name,
-    status: e.status,
+    status: statusOf(e),
     startDate: seconds(e.startDate),
     ...(e.stopDate ? { stopDate: seconds(e.stopDate) } : {}),
   });
@@ -173,7 +174,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       const existing = executions.get(name);
       if (existing) {
         // The service's idempotency: same name and input while running answers with that execution.
-        if (existing.status === 'RUNNING' && existing.input === input) return { executionArn: existing.executionArn, startDate: seconds(existing.startDate) };
+        if (isRunning(existing) && existing.input === input) return { executionArn: existing.executionArn, startDate: seconds(existing.startDate) };
         throw new ApiError('ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
       }
       const execution = start(name, input);
@@ -198,7 +199,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     },
     ListExecutions(body) {
       checkStateMachine(body.stateMachineArn);
-      const listed = [...executions.values()].filter((e) => !body.statusFilter || e.status === body.statusFilter).reverse();
+      const listed = [...executions.values()].filter((e) => !body.statusFilter || statusOf(e) === body.statusFilter).reverse();
       return { executions: listed.map(summary) };
     },
   };
@@ -224,7 +225,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
   );
   const settled = async () => {
     // Executions may start more executions' worth of work while we wait; loop until none is left.
-    while ([...executions.values()].some((e) => e.status === 'RUNNING')) await Promise.all([...executions.values()].map((e) => e.done));
+    while ([...executions.values()].some(isRunning)) await Promise.all([...executions.values()].map((e) => e.done));
   };
   return {
     endpoint: `http://127.0.0.1:${server.port}`,

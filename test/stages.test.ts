@@ -8,7 +8,7 @@ import { generateGrid } from '../lambdas/generate-grid/core.ts';
 import { planRun as plan, type PlanRunEvent } from '../lambdas/plan-run/core.ts';
 import { publish } from '../lambdas/publish/core.ts';
 import { recordFailure } from '../lambdas/record-failure/core.ts';
-import { s3ClientFromEnv } from '../lambdas/shared/clients.ts';
+import { s3ClientFromEnv, sfnClientFromEnv } from '../lambdas/shared/clients.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
@@ -249,7 +249,14 @@ describe('publish and record-failure', () => {
   });
 });
 
-describe('S3 configuration', () => {
+describe('AWS SDK configuration', () => {
+  it('talks to Step Functions in the region of the ARN it is given, else the configured one', async () => {
+    const arn = 'arn:aws:states:eu-west-3:123456789012:stateMachine:PersonaAvatars';
+    const clients = [sfnClientFromEnv({ AWS_REGION: 'us-west-2' }, arn), sfnClientFromEnv({ AWS_REGION: 'us-west-2' })];
+    expect(await Promise.all(clients.map((c) => c.config.region()))).toEqual(['eu-west-3', 'us-west-2']);
+    for (const c of clients) c.destroy();
+  });
+
   it('reaches an S3-compatible server named by AWS_ENDPOINT_URL_S3 alone, path-style', async () => {
     const { env: used } = await environment();
     const s3 = s3ClientFromEnv({ AWS_ENDPOINT_URL_S3: used.S3_ENDPOINT, S3_ACCESS_KEY: 'S3RVER', S3_SECRET_KEY: 'S3RVER' });

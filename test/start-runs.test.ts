@@ -6,7 +6,7 @@ import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/clien
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
-import { EXECUTION_NAME_PATTERN, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import { EXECUTION_NAME_PATTERN, executionArn, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
 import { historyReader } from '../local/follow.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { avatars, cliPath, eventsDir, persona, startTestEnvironment } from './support.ts';
@@ -135,6 +135,8 @@ describe('the upload trigger', () => {
 
   it('ignores uploads outside personas/ and objects that are gone', async () => {
     const world = await startWorld();
+    // A valid persona, but not an upload: the trigger must not start it.
+    await world.deps.store.putJson('avatars/x/manifest.json', persona);
     const outcomes = await startFromUpload(notification(world.deps.store.bucket, 'avatars/x/manifest.json', 'personas/deleted.json'), world.deps);
     expect(outcomes).toEqual([]);
     expect(await executions(world)).toEqual([]);
@@ -354,7 +356,7 @@ describe('the local Step Functions API', () => {
     });
     await expect(world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'has space', input: '{}' }))).rejects.toMatchObject({ name: 'InvalidName' });
     await world.stepFunctions!.settled();
-    const described = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: `${stateMachineArn.replace(':stateMachine:', ':execution:')}:same` }));
+    const described = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(stateMachineArn, 'same') }));
     expect(described.status).toBe('SUCCEEDED');
     expect(described.stopDate).toBeInstanceOf(Date);
   });

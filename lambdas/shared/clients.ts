@@ -57,12 +57,17 @@ export function openAiClient(apiKey: string, baseURL?: string): OpenAI {
   return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0 });
 }
 
+/** A Step Functions-compatible endpoint instead of AWS itself, if one is configured. */
+export function customSfnEndpoint(env: Env = process.env): string | undefined {
+  return env.AWS_ENDPOINT_URL_SFN || env.AWS_ENDPOINT_URL || undefined;
+}
+
 /**
  * Step Functions from the standard chain (credentials, profiles, AWS_ENDPOINT_URL_SFN). An ARN's
  * region wins over the default one: that is where the state machine is.
  */
 export function sfnClientFromEnv(env: Env = process.env, arn?: string): SFNClient {
-  const endpoint = env.AWS_ENDPOINT_URL_SFN || env.AWS_ENDPOINT_URL || undefined;
+  const endpoint = customSfnEndpoint(env);
   const region = arn?.split(':')[3] || env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1';
   return new SFNClient({ region, ...(endpoint ? { endpoint } : {}) });
 }

@@ -54,6 +54,11 @@ function canonical(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/** The ARN Step Functions gives the execution `name` of a state machine. */
+export function executionArn(stateMachineArn: string, name: string): string {
+  return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+}
+
 /** `{personaId}-{hash of the request}`: the same request always gets the same, valid name. */
 export function executionName(request: RunRequest): string {
   const hash = createHash('sha256').update(canonical(request)).digest('hex').slice(0, HASH_LENGTH);
@@ -72,7 +77,7 @@ function problemOf(error: unknown, line: number | undefined): Problem {
  * The run requests in one uploaded file: a persona or an execution input `{ persona, images,
  * mode }` per `.json` file (its id defaults to the file name), or one per line of a `.jsonl` file.
  */
-export function parseUpload(key: string, text: string, defaultImages?: number): { requests: RunRequest[]; problems: Problem[] } {
+function parseUpload(key: string, text: string, defaultImages?: number): { requests: RunRequest[]; problems: Problem[] } {
   const requests: RunRequest[] = [];
   const problems: Problem[] = [];
   const fileId = key.endsWith('.json') ? basename(key, '.json') : undefined;
