@@ -1,13 +1,14 @@
-import { App, Aspects } from 'aws-cdk-lib';
+import { App, Aspects, Annotations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { PersonaAvatarsStack } from './persona-avatars-stack.ts';
-import type { LambdaArchitecture } from './stage-functions.ts';
-import { MAX_IMAGES } from '../lambdas/shared/persona.ts';
+import { projectContext } from './context.ts';
+import { checkImageSettings } from '../lambdas/shared/models.ts';
+import { settingsFromContext, stackSettingsFromContext } from '../lambdas/shared/settings.ts';
 
 export const STACK_NAME = 'PersonaAvatars';
 
 export interface BuildOptions {
-  /** Extra context, as `cdk synth -c key=value` gives it. */
+  /** Context over cdk.json's, as `cdk synth -c key=value` gives it. */
   context?: Record<string, unknown>;
   /** Bundle the Lambda code with esbuild (false: only the template and definition are wanted). */
   bundle?: boolean;
@@ -15,43 +16,25 @@ export interface BuildOptions {
 }
 
 /**
- * The CDK app: one stack, configured by context (cdk.json or `-c`). Used by `cdk synth`, by the
- * tests, and by the local runner, which executes the definition this produces.
+ * The CDK app: one stack, configured by context. cdk.json's context comes first (the CLI passes
+ * it too, and `-c` values over it), then `options.context`; every setting is read and checked
+ * through the one settings schema, so a bad model, size or quality fails here, before deploying.
  */
 export function buildApp(options: BuildOptions = {}) {
   const app = new App({
-    context: { ...options.context, ...(options.bundle === false ? { 'aws:cdk:bundling-stacks': [] } : {}) },
+    context: projectContext(),
+    postCliContext: { ...options.context, ...(options.bundle === false ? { 'aws:cdk:bundling-stacks': [] } : {}) },
     ...(options.outdir ? { outdir: options.outdir } : {}),
   });
-  const ctx = (key: string, fallback: string) => {
-    const value = app.node.tryGetContext(key);
-    return value === undefined || value === '' ? fallback : String(value);
-  };
-  const architecture = ctx('architecture', 'x86_64') as LambdaArchitecture;
-  if (architecture !== 'x86_64' && architecture !== 'arm64') throw new Error(`context architecture must be x86_64 or arm64, got ${architecture}`);
-  const defaultImages = Number(ctx('images', '4'));
-  if (!Number.isInteger(defaultImages) || defaultImages < 1 || defaultImages > MAX_IMAGES) {
-    throw new Error(`context images must be a whole number from 1 to ${MAX_IMAGES}, got ${ctx('images', '4')}`);
-  }
+  const context = app.node.getAllContext() as Record<string, unknown>;
+  const settings = settingsFromContext(context);
   const stack = new PersonaAvatarsStack(app, STACK_NAME, {
     description: 'persona-avatars: persona in, consistent avatar photos out',
-    existingBucketName: app.node.tryGetContext('bucketName') || undefined,
-    runExpiryDays: Number(ctx('runExpiryDays', '7')),
-    openAiSecretName: ctx('openAiSecretName', 'persona-avatars/openai-api-key'),
-    architecture,
-    gridConcurrency: Number(ctx('gridConcurrency', '4')),
-    settings: {
-      imageModel: ctx('imageModel', 'gpt-image-1.5'),
-      imageFallbackModel: ctx('imageFallbackModel', 'gpt-image-2'),
-      imageSize: ctx('imageSize', '1024x1024'),
-      imageQuality: ctx('imageQuality', 'medium'),
-      defaultImages,
-      textModel: ctx('textModel', 'gpt-4.1-mini'),
-      tileFormat: ctx('tileFormat', 'png'),
-      publicBaseUrl: app.node.tryGetContext('publicBaseUrl') || undefined,
-    },
+    ...stackSettingsFromContext(context),
+    settings,
     env: { account: process.env.CDK_DEFAULT_ACCOUNT, region: process.env.CDK_DEFAULT_REGION },
   });
+  for (const warning of checkImageSettings(settings).warnings) Annotations.of(stack).addWarningV2('persona-avatars:models', warning);
   Aspects.of(app).add(new AwsSolutionsChecks({ verbose: true }));
   return { app, stack };
 }

@@ -62,6 +62,3 @@ export const plainStageRetries = [retryLambdaService];
 
 /** Stages that call the image or text API. */
 export const apiStageRetries = [retryLambdaService, retryRateLimited, retryTransient];
-
-/** Errors that end the run at once, whatever stage throws them. */
-export const FATAL_ERRORS = [ErrorNames.InvalidPersona, ErrorNames.ConfigurationError];

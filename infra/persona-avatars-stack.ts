@@ -3,18 +3,14 @@ import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { NagSuppressions } from 'cdk-nag';
 import type { Construct } from 'constructs';
 import { AvatarBucket } from './avatar-bucket.ts';
-import { StageFunctions, type LambdaArchitecture, type StageSettings } from './stage-functions.ts';
+import type { Settings, StackSettings } from '../lambdas/shared/settings.ts';
+import { StageFunctions } from './stage-functions.ts';
 import { UploadTrigger } from './upload-trigger.ts';
 import { AvatarWorkflow } from './workflow.ts';
 
-export interface PersonaAvatarsProps extends StackProps {
-  existingBucketName?: string;
-  runExpiryDays: number;
-  /** Name of the Secrets Manager secret holding the OpenAI key as plain text. */
-  openAiSecretName: string;
-  architecture: LambdaArchitecture;
-  gridConcurrency: number;
-  settings: StageSettings;
+export interface PersonaAvatarsProps extends StackProps, StackSettings {
+  /** What the stages run with (from context): written into every function's environment. */
+  settings: Settings;
 }
 
 export class PersonaAvatarsStack extends Stack {
@@ -23,7 +19,7 @@ export class PersonaAvatarsStack extends Stack {
 
   constructor(scope: Construct, id: string, props: PersonaAvatarsProps) {
     super(scope, id, props);
-    const { bucket } = new AvatarBucket(this, 'Avatars', { existingBucketName: props.existingBucketName, runExpiryDays: props.runExpiryDays });
+    const { bucket } = new AvatarBucket(this, 'Avatars', { existingBucketName: props.bucketName, runExpiryDays: props.runExpiryDays });
     // Referenced, never copied: the key stays in Secrets Manager and out of the template.
     const openAiKey = Secret.fromSecretNameV2(this, 'OpenAiKey', props.openAiSecretName);
     this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: props.settings });

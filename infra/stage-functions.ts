@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Duration } from 'aws-cdk-lib';
 import { Architecture, LoggingFormat, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
@@ -8,29 +7,17 @@ import type { IBucket } from 'aws-cdk-lib/aws-s3';
 import type { ISecret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 import { Prefixes } from '../lambdas/shared/keys.ts';
+import { environmentOf, type Settings, type StackSettings } from '../lambdas/shared/settings.ts';
 import type { StageName } from '../lambdas/stages.ts';
+import { projectRoot } from './context.ts';
 
-export const projectRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
-
-export type LambdaArchitecture = 'x86_64' | 'arm64';
-
-export interface StageSettings {
-  imageModel: string;
-  imageFallbackModel?: string;
-  imageSize: string;
-  imageQuality: string;
-  /** Images per run when the execution input does not say. */
-  defaultImages: number;
-  textModel: string;
-  tileFormat: string;
-  publicBaseUrl?: string;
-}
+export type LambdaArchitecture = StackSettings['architecture'];
 
 export interface StageFunctionsProps {
   bucket: IBucket;
   openAiKey: ISecret;
   architecture: LambdaArchitecture;
-  settings: StageSettings;
+  settings: Settings;
 }
 
 /** What each stage may do to the bucket: the least its code needs. */
@@ -87,15 +74,8 @@ export class StageFunctions extends Construct {
     super(scope, id);
     const { bucket, openAiKey, architecture, settings } = props;
     const environment: Record<string, string> = {
+      ...environmentOf(settings),
       S3_BUCKET_NAME: bucket.bucketName,
-      IMAGE_MODEL: settings.imageModel,
-      IMAGE_SIZE: settings.imageSize,
-      IMAGE_QUALITY: settings.imageQuality,
-      DEFAULT_IMAGES: String(settings.defaultImages),
-      TEXT_MODEL: settings.textModel,
-      TILE_FORMAT: settings.tileFormat,
-      ...(settings.imageFallbackModel ? { IMAGE_FALLBACK_MODEL: settings.imageFallbackModel } : {}),
-      ...(settings.publicBaseUrl ? { PUBLIC_BASE_URL: settings.publicBaseUrl } : {}),
       POWERTOOLS_SERVICE_NAME: 'persona-avatars',
       NODE_OPTIONS: '--enable-source-maps',
     };

@@ -3,7 +3,6 @@ import { generateGrid } from './generate-grid/core.ts';
 import { planRun } from './plan-run/core.ts';
 import { publish } from './publish/core.ts';
 import { recordFailure } from './record-failure/core.ts';
-import type { StageCore } from './shared/stage.ts';
 import { splitGrid } from './split-grid/core.ts';
 import { startFromUpload } from './start-from-upload/core.ts';
 import { writePrompt } from './write-prompt/core.ts';
@@ -21,11 +20,8 @@ export const stages = {
   publish,
   'record-failure': recordFailure,
   'start-from-upload': startFromUpload,
-} satisfies Record<string, StageCore<never, unknown>>;
+} satisfies Record<string, (event: never, deps: never) => Promise<unknown>>;
 
 export type StageName = keyof typeof stages;
 
 export const stageNames = Object.keys(stages) as StageName[];
-
-/** Stages that call the image API and so need the OpenAI key and the long timeout. */
-export const imageStages: StageName[] = ['write-prompt', 'generate-base', 'generate-grid'];

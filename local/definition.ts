@@ -33,6 +33,8 @@ export interface SynthesizedWorkflow {
   definition: AslMachine;
   /** Task state name → the stage its Lambda runs. */
   taskStages: Record<string, StageName>;
+  /** As the console lists it. */
+  stateMachineName: string;
   template: { Resources: Record<string, CfnResource> };
 }
 
@@ -75,7 +77,7 @@ export function workflowFromTemplate(template: SynthesizedWorkflow['template']):
     if (!stage) throw new Error(`Task state ${name} invokes ${state.Resource}, which is no stage function`);
     taskStages[name] = stage;
   }
-  return { definition, taskStages, template };
+  return { definition, taskStages, stateMachineName: String(machines[0]!.Properties.StateMachineName), template };
 }
 
 let cached: SynthesizedWorkflow | undefined;

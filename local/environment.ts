@@ -6,17 +6,27 @@
 import { join } from 'node:path';
 import { Logger } from '@aws-lambda-powertools/logger';
 import { SFNClient } from '@aws-sdk/client-sfn';
-import { depsFromEnv, type StageDeps } from '../lambdas/shared/stage.ts';
+import { projectContext } from '../infra/context.ts';
+import { openAiClients } from '../lambdas/shared/openai.ts';
+import { storeClient } from '../lambdas/shared/s3.ts';
+import { environmentOf, settingsFromContext } from '../lambdas/shared/settings.ts';
+import { sfnClient } from '../lambdas/shared/sfn.ts';
+import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { startOfflineBackend, type Fault, type OfflineBackend } from './offline-openai.ts';
 import { startLocalStepFunctions, type LocalStepFunctions, type LocalStepFunctionsOptions } from './step-functions-api.ts';
 
 export interface LocalEnvironmentOptions {
+  /** Variables over cdk.json's context (default: the process environment). */
   env?: Record<string, string | undefined>;
   /** Where the embedded S3 keeps its data. */
   dataDir: string;
+  /** CDK context the settings start from (default: cdk.json's, as `cdk synth` reads it). */
+  context?: Record<string, unknown>;
   faults?: Fault[];
   latencyMs?: number;
+  /** Models the offline backend answers `model_not_found` for (default: those shut down by today). */
+  retiredModels?: string[];
   logLevel?: 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
   /**
    * Serve a local Step Functions API running the synthesized workflow, for whatever starts
@@ -26,7 +36,7 @@ export interface LocalEnvironmentOptions {
 }
 
 export interface LocalEnvironment {
-  deps: StageDeps;
+  deps: Deps;
   /** The variables the stages ran with (secrets left out), for `avatars invoke` and display. */
   env: Record<string, string | undefined>;
   s3: 'embedded' | 'endpoint' | 'aws';
@@ -41,8 +51,16 @@ function usesAwsS3(env: Record<string, string | undefined>): boolean {
   return !!env.S3_BUCKET_NAME && !!(env.AWS_ACCESS_KEY_ID || env.AWS_PROFILE || env.AWS_ENDPOINT_URL_S3);
 }
 
+/**
+ * What a deployed function would run with: the settings cdk.json's context gives the stack,
+ * under the variables given here, so `"images": 8` in cdk.json makes 8 avatars locally too.
+ */
+export function localVariables(env: Record<string, string | undefined> = process.env, context = projectContext()): Record<string, string | undefined> {
+  return { ...environmentOf(settingsFromContext(context), context), ...env };
+}
+
 export async function startLocalEnvironment(options: LocalEnvironmentOptions): Promise<LocalEnvironment> {
-  const env: Record<string, string | undefined> = { ...(options.env ?? process.env) };
+  const env = localVariables(options.env ?? process.env, options.context);
   const closers: (() => Promise<void>)[] = [];
   const s3: LocalEnvironment['s3'] = env.S3_ENDPOINT ? 'endpoint' : usesAwsS3(env) ? 'aws' : 'embedded';
   let embeddedS3: EmbeddedS3 | undefined;
@@ -55,14 +73,14 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   let backend: OfflineBackend | undefined;
   const images: LocalEnvironment['images'] = env.OPENAI_API_KEY ? 'openai' : 'offline';
   if (images === 'offline') {
-    backend = await startOfflineBackend({ faults: options.faults ?? [], latencyMs: options.latencyMs ?? 0 });
+    backend = await startOfflineBackend({ faults: options.faults ?? [], latencyMs: options.latencyMs ?? 0, ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}) });
     closers.push(backend.close);
     // The offline backend only draws; the prompt comes from the built-in template.
     Object.assign(env, { OPENAI_BASE_URL: backend.baseUrl, OPENAI_API_KEY: 'offline', PROMPT_PROVIDER: env.PROMPT_PROVIDER || 'template' });
   }
   try {
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    let deps = await depsFromEnv(env, logger);
+    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient]);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {

@@ -64,16 +64,20 @@ export function historyReader(): (event: HistoryEvent) => ProgressEvent | undefi
 
 const inIteration = (index: number | undefined) => (index === undefined ? {} : { index });
 
-/** Every history event after `afterId`, oldest first, across pages. */
+/**
+ * The history events after `afterId`, oldest first. Read newest first and only until an event
+ * already seen, so each poll costs what happened since the last one, not the whole history.
+ */
 async function newEvents(sfn: SFNClient, executionArn: string, afterId: number): Promise<HistoryEvent[]> {
   const events: HistoryEvent[] = [];
   let nextToken: string | undefined;
   do {
-    const page = await sfn.send(new GetExecutionHistoryCommand({ executionArn, maxResults: 1000, nextToken, includeExecutionData: false }));
-    events.push(...(page.events ?? []).filter((e) => e.id! > afterId));
-    nextToken = page.nextToken;
+    const page = await sfn.send(new GetExecutionHistoryCommand({ executionArn, maxResults: 100, nextToken, reverseOrder: true, includeExecutionData: false }));
+    const fresh = (page.events ?? []).filter((e) => e.id! > afterId);
+    events.push(...fresh);
+    nextToken = fresh.length === (page.events ?? []).length ? page.nextToken : undefined;
   } while (nextToken);
-  return events;
+  return events.sort((a, b) => a.id! - b.id!);
 }
 
 export async function followExecution(options: FollowOptions): Promise<ExecutionEnd> {

@@ -1,12 +1,16 @@
 /**
  * The offline image backend: an OpenAI-compatible HTTP server on loopback that answers
  * /v1/images/generations, /v1/images/edits and /v1/chat/completions with the real response
- * shapes (base64 PNG plus `usage`), so the real `openai` client runs unchanged. Faults can be
+ * shapes (base64 images plus `usage`), so the real `openai` client runs unchanged. It checks
+ * requests as the API does from the model table: sizes and qualities the model takes, options it
+ * does not (`input_fidelity` on gpt-image-2), and retired models answer `model_not_found`. Faults can be
  * injected (rate limits, 5xx, hangs, policy refusals, wrong grid layouts, latency) to drive
  * every Retry and Catch branch of the workflow.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import busboy from 'busboy';
+import sharp from 'sharp';
+import { IMAGE_MODELS, parseSize, sizeProblem } from '../lambdas/shared/models.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
@@ -27,6 +31,8 @@ export interface RecordedRequest {
   prompt: string;
   n: number;
   size: string;
+  /** Every other option sent (quality, output_format, moderation, input_fidelity…). */
+  options: Record<string, unknown>;
   /** Multipart parts of an edit: field name, file name and declared type. */
   files: { field: string; filename: string; mimeType: string }[];
   authorization: string | undefined;
@@ -36,8 +42,9 @@ export interface OfflineBackendOptions {
   faults?: Fault[];
   /** Added to every image answer, as a stand-in for the model's time. */
   latencyMs?: number;
-  /** Models that answer `model_not_found`, as retired ones do. */
+  /** Models that answer `model_not_found`; default: those the model table says are shut down by `today`. */
   retiredModels?: string[];
+  today?: Date;
 }
 
 export interface OfflineBackend {
@@ -91,21 +98,42 @@ function readMultipart(req: IncomingMessage): Promise<Multipart> {
   });
 }
 
-function usage(prompt: string, imageInputs: number, outputs: number) {
+/** Usage as the API reports it: output tokens grow with the pixels and the quality asked. */
+function usage(model: string, quality: string, size: [number, number], prompt: string, imageInputs: number, outputs: number) {
   const text = Math.ceil(prompt.length / 4);
   const image = imageInputs * 323;
-  const output = outputs * 1056;
+  const per1024 = IMAGE_MODELS[model]?.outputTokens1024?.[quality] ?? 1056;
+  const output = outputs * Math.round((per1024 * size[0] * size[1]) / (1024 * 1024));
   return { input_tokens: text + image, input_tokens_details: { text_tokens: text, image_tokens: image }, output_tokens: output, total_tokens: text + image + output };
 }
 
 function dimensions(size: string): [number, number] {
-  const match = /^(\d+)x(\d+)$/.exec(size);
-  return match ? [Number(match[1]), Number(match[2])] : [1024, 1024];
+  const parsed = parseSize(size);
+  return parsed ? [parsed.width, parsed.height] : [1024, 1024];
 }
+
+/** What the API answers 400 to, from the model table; undefined when the request is fine. */
+function invalidRequest(model: string, body: Record<string, unknown>, edit: boolean): { param: string; message: string } | undefined {
+  const spec = IMAGE_MODELS[model];
+  if (!spec) return undefined;
+  const size = String(body.size ?? 'auto');
+  const sizeError = sizeProblem(model, size);
+  if (sizeError) return { param: 'size', message: `Invalid size '${size}': ${sizeError}.` };
+  const quality = body.quality === undefined ? 'auto' : String(body.quality);
+  if (!spec.qualities.includes(quality)) return { param: 'quality', message: `Invalid quality '${quality}' for ${model}; supported: ${spec.qualities.join(', ')}.` };
+  if (body.input_fidelity !== undefined && (!edit || !spec.inputFidelity.includes(body.input_fidelity as 'high'))) {
+    return { param: 'input_fidelity', message: `input_fidelity '${String(body.input_fidelity)}' is not supported for ${model}.` };
+  }
+  if (body.moderation !== undefined && !['auto', 'low'].includes(String(body.moderation))) return { param: 'moderation', message: `Invalid moderation '${String(body.moderation)}'.` };
+  return undefined;
+}
+
+const FORMATS = new Set(['png', 'webp', 'jpeg']);
 
 export async function startOfflineBackend(options: OfflineBackendOptions = {}): Promise<OfflineBackend> {
   const faults = (options.faults ?? []).map((f) => ({ ...f }));
-  const retired = new Set(options.retiredModels ?? []);
+  const today = (options.today ?? new Date()).toISOString().slice(0, 10);
+  const retired = new Set(options.retiredModels ?? Object.entries(IMAGE_MODELS).filter(([, m]) => m.shutdown && m.shutdown.on <= today).map(([name]) => name));
   const requests: RecordedRequest[] = [];
   // The backend knows the people it drew, so edits of its own base images stay consistent.
   const drawn = new Map<string, AvatarLook>();
@@ -158,17 +186,24 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     const prompt = route === 'chat' ? JSON.stringify(body.messages ?? []) : String(body.prompt ?? '');
     const size = String(body.size ?? '1024x1024');
     const n = Number(body.n ?? 1);
+    const { model: _m, prompt: _p, n: _n, size: _s, messages: _messages, ...rest } = body;
     requests.push({
       route,
       model,
       prompt,
       n,
       size,
+      options: rest,
       files: form.files.map(({ field, filename, mimeType }) => ({ field, filename, mimeType })),
       authorization: req.headers.authorization,
     });
     if (retired.has(model)) {
       apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
+      return;
+    }
+    const invalid = route === 'chat' ? undefined : invalidRequest(model, body, route === 'edits');
+    if (invalid) {
+      apiError(res, 400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
       return;
     }
     const fault = takeFault(route);
@@ -225,14 +260,20 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
         images = variations.concat(variations).slice(0, n);
       }
     }
+    const format = FORMATS.has(String(body.output_format)) ? (String(body.output_format) as 'png' | 'webp' | 'jpeg') : 'png';
+    if (format !== 'png') {
+      const quality = body.output_compression === undefined ? 100 : Number(body.output_compression);
+      images = await Promise.all(images.map((image) => sharp(image).toFormat(format, { quality }).toBuffer()));
+    }
+    const quality = String(body.quality ?? 'auto');
     sendJson(res, 200, {
       created: Math.floor(Date.now() / 1000),
       background: 'opaque',
-      output_format: 'png',
-      quality: String(body.quality ?? 'medium'),
+      output_format: format,
+      quality,
       size,
       data: images.map((image) => ({ b64_json: image.toString('base64') })),
-      usage: usage(prompt, route === 'edits' ? 1 : 0, images.length),
+      usage: usage(model, quality, [width, height], prompt, route === 'edits' ? 1 : 0, images.length),
     });
   };
 

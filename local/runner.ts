@@ -4,7 +4,7 @@
  */
 import { ExecutionError, StateMachine } from 'aws-local-stepfunctions';
 import { stages } from '../lambdas/stages.ts';
-import type { StageDeps } from '../lambdas/shared/stage.ts';
+import type { Deps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
 import { allStates, synthesizeWorkflow } from './definition.ts';
 
@@ -30,7 +30,7 @@ export type RunOutcome =
 
 export interface LocalRunOptions {
   input: unknown;
-  deps: StageDeps;
+  deps: Deps;
   runId?: string;
   /** Pause before each retry, instead of the definition's backoff (minutes on AWS). */
   retryDelayMs?: number;
@@ -80,7 +80,7 @@ export async function runLocally(options: LocalRunOptions): Promise<RunOutcome> 
     Object.entries(taskStages).map(([state, stage]) => [
       state,
       // The runtime passes states JSON; each core takes its own event shape.
-      (input: unknown) => (stages[stage] as (e: unknown, d: StageDeps) => Promise<unknown>)(input, options.deps).catch(asLambdaReports),
+      (input: unknown) => (stages[stage] as (e: unknown, d: Deps) => Promise<unknown>)(input, options.deps).catch(asLambdaReports),
     ]),
   );
   const retryIntervalOverrides = Object.fromEntries(

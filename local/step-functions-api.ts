@@ -7,12 +7,12 @@
  * run against the real @aws-sdk/client-sfn, here as on AWS.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { StageDeps } from '../lambdas/shared/stage.ts';
-import { executionArn } from '../lambdas/start-from-upload/core.ts';
+import { executionArn } from '../lambdas/shared/sfn.ts';
+import type { Deps } from '../lambdas/shared/stage.ts';
+import { synthesizeWorkflow } from './definition.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { runLocally, type ProgressEvent, type RunOutcome } from './runner.ts';
 
-const LOCAL_STATE_MACHINE_ARN = 'arn:aws:states:us-east-1:000000000000:stateMachine:PersonaAvatars';
 
 /** One event of GetExecutionHistory, as the service writes it (timestamps in epoch seconds). */
 interface HistoryEntry {
@@ -37,7 +37,7 @@ export interface LocalExecution {
 
 export interface LocalStepFunctionsOptions {
   /** The stages' clients: every execution runs its tasks with them. */
-  deps: StageDeps;
+  deps: Deps;
   /** Pause before each retry instead of the deployed backoff. */
   retryDelayMs?: number;
   onProgress?: (execution: LocalExecution, event: ProgressEvent) => void;
@@ -90,7 +90,8 @@ function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
 
 export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
   const executions = new Map<string, LocalExecution>();
-  const stateMachineArn = LOCAL_STATE_MACHINE_ARN;
+  // Named as the stack names it on AWS.
+  const stateMachineArn = `arn:aws:states:us-east-1:000000000000:stateMachine:${synthesizeWorkflow().stateMachineName}`;
   const executionArnOf = (name: string) => executionArn(stateMachineArn, name);
 
   const append = (execution: LocalExecution, event: HistoryEntry, previousEventId = execution.history.length) => {

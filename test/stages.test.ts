@@ -8,7 +8,8 @@ import { generateGrid } from '../lambdas/generate-grid/core.ts';
 import { planRun as plan, type PlanRunEvent } from '../lambdas/plan-run/core.ts';
 import { publish } from '../lambdas/publish/core.ts';
 import { recordFailure } from '../lambdas/record-failure/core.ts';
-import { s3ClientFromEnv, sfnClientFromEnv } from '../lambdas/shared/clients.ts';
+import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
+import { sfnClientFromEnv } from '../lambdas/shared/sfn.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
@@ -98,10 +99,9 @@ describe('write-prompt', () => {
     });
     await new Promise<void>((r) => flowise.listen(0, '127.0.0.1', r));
     try {
-      const { deps } = await environment();
       const url = `http://127.0.0.1:${(flowise.address() as AddressInfo).port}`;
-      const settings = { ...deps.settings, promptProvider: 'auto' as const, flowise: { url, chatflowId: 'flow-1', apiKey: 'fw-key' } };
-      const result = await writePrompt(run, { ...deps, settings });
+      const { deps } = await environment([], { PROMPT_PROVIDER: 'auto', FLOWISE_URL: url, FLOWISE_CHATFLOW_ID: 'flow-1', FLOWISE_API_KEY: 'fw-key' });
+      const result = await writePrompt(run, deps);
       expect(result.provider).toBe('flowise');
       expect(seen).toMatchObject({ url: '/api/v1/prediction/flow-1', auth: 'Bearer fw-key' });
       expect(seen.question).toContain('Facebook bio');
@@ -122,10 +122,10 @@ describe('write-prompt', () => {
 });
 
 describe('generate-base', () => {
-  it('calls images/generations with gpt-image-1.5 and stores the PNG under the run', async () => {
+  it('calls images/generations with gpt-image-2 and stores the PNG under the run', async () => {
     const { deps, backend } = await environment();
     const result = await generateBase(run, deps);
-    expect(backend!.requests[0]).toMatchObject({ route: 'generations', model: 'gpt-image-1.5', size: '1024x1024' });
+    expect(backend!.requests[0]).toMatchObject({ route: 'generations', model: 'gpt-image-2', size: '1024x1024' });
     expect(result.baseKey).toBe('runs/ada-lovelace/test-run/base.png');
     const meta = await sharp(await deps.store.getBytes(result.baseKey)).metadata();
     expect([meta.format, meta.width]).toEqual(['png', 1024]);
@@ -133,8 +133,8 @@ describe('generate-base', () => {
   });
 
   it('falls back to the second model when the first answers model_not_found', async () => {
-    const { deps, backend } = await environment([{ kind: 'model-gone', times: 1 }], { IMAGE_FALLBACK_MODEL: 'gpt-image-2' });
-    const result = await generateBase(run, { ...deps, settings: { ...deps.settings, imageFallbackModel: 'gpt-image-2' } });
+    const { deps, backend } = await environment([{ kind: 'model-gone', times: 1 }], { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODEL: 'gpt-image-2' });
+    const result = await generateBase(run, deps);
     expect(result.model).toBe('gpt-image-2');
     expect(backend!.requests.map((r) => r.model)).toEqual(['gpt-image-1.5', 'gpt-image-2']);
   });
@@ -201,9 +201,10 @@ describe('publish and record-failure', () => {
     expect(result.images[0]!.url).toBe(`${deps.settings.s3Endpoint}/avatars/avatars/ada-lovelace/img_1.png`);
     await deps.store.s3.send(new HeadObjectCommand({ Bucket: deps.store.bucket, Key: 'avatars/ada-lovelace/img_3.png' }));
     const manifest = JSON.parse(await deps.store.getText(result.manifestKey));
-    expect(manifest).toMatchObject({ personaId: 'ada-lovelace', runId: 'test-run', model: 'gpt-image-1.5', size: '1024x1024', quality: 'medium' });
+    expect(manifest).toMatchObject({ personaId: 'ada-lovelace', runId: 'test-run', model: 'gpt-image-2', size: '1024x1024', quality: 'medium' });
     expect(manifest.prompt.text).toContain('Ada');
     expect(manifest.timingsMs.grids[0]).toHaveProperty('split-grid');
+    // The built-in template wrote the prompt: no usage of its own.
     expect(manifest.usage.map((u: { stage: string }) => u.stage)).toEqual(['generate-base', 'generate-grid 0']);
     expect(manifest.estimatedCostUsd).toBeGreaterThan(0);
     expect(manifest.images).toHaveLength(3);

@@ -6,7 +6,8 @@ import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/clien
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
-import { EXECUTION_NAME_PATTERN, executionArn, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import { executionArn } from '../lambdas/shared/sfn.ts';
+import { EXECUTION_NAME_PATTERN, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
 import { historyReader } from '../local/follow.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { avatars, cliPath, eventsDir, persona, startTestEnvironment } from './support.ts';

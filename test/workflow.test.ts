@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { s3ClientFromEnv } from '../lambdas/shared/clients.ts';
+import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import type { Fault } from '../local/offline-openai.ts';

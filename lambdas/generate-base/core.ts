@@ -1,4 +1,4 @@
-import { generateImage, type ImageUsage } from '../shared/images.ts';
+import type { TokenUsage } from '../shared/models.ts';
 import { runKeys } from '../shared/keys.ts';
 import { primaryBio, type Persona } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
@@ -11,11 +11,17 @@ export interface GenerateBaseEvent {
   promptKey?: string;
 }
 
-export interface BaseResult {
-  baseKey: string;
+/** What one image call made, as every image stage reports it for the manifest. */
+export interface Generation {
   model: string;
-  usage?: ImageUsage;
+  usage?: TokenUsage;
+  estimatedCostUsd: number | null;
+  warnings: string[];
   ms: number;
+}
+
+export interface BaseResult extends Generation {
+  baseKey: string;
 }
 
 /** The seed's base selfie: one person, from the main bio and gender, ready to vary. */
@@ -28,7 +34,7 @@ export function basePrompt(persona: Persona): string {
   ].join(' ');
 }
 
-export async function generateBase(event: GenerateBaseEvent, deps: StageDeps): Promise<BaseResult> {
+export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<BaseResult> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
   let prompt: string;
@@ -39,7 +45,9 @@ export async function generateBase(event: GenerateBaseEvent, deps: StageDeps): P
     // Kept so a refusal can be rewritten from what was actually sent.
     await deps.store.put(keys.basePrompt, prompt, 'text/plain; charset=utf-8');
   }
-  const result = await generateImage(deps, `base image for persona ${event.personaId}`, prompt);
+  // PNG: the base is the reference of every edit, so it stays lossless.
+  const result = await deps.images.generate({ what: `base image for persona ${event.personaId}`, prompt, n: 1, format: 'png', timeoutMs: deps.imageTimeoutMs });
   await deps.store.put(keys.base, result.images[0]!, 'image/png');
-  return { baseKey: keys.base, model: result.model, ...(result.usage ? { usage: result.usage } : {}), ms: Date.now() - started };
+  const { model, usage, estimatedCostUsd, warnings } = result;
+  return { baseKey: keys.base, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings, ms: Date.now() - started };
 }

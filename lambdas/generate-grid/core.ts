@@ -1,7 +1,7 @@
-import { editImage, type ImageUsage } from '../shared/images.ts';
-import { runKeys } from '../shared/keys.ts';
+import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { GenerationMode } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
+import type { Generation } from '../generate-base/core.ts';
 import type { GridPlan } from '../plan-run/core.ts';
 
 export interface GenerateGridEvent {
@@ -13,7 +13,7 @@ export interface GenerateGridEvent {
   baseKey: string;
 }
 
-export interface GridResult {
+export interface GridResult extends Generation {
   gridIndex: number;
   mode: GenerationMode;
   count: number;
@@ -21,9 +21,6 @@ export interface GridResult {
   gridKey?: string;
   /** Separate mode: the images themselves, already one per file. */
   imageKeys?: string[];
-  model: string;
-  usage?: ImageUsage;
-  ms: number;
 }
 
 export const GRID_ROWS = 2;
@@ -43,20 +40,29 @@ export function separatePrompt(scenes: string): string {
 }
 
 /** Image-to-image from the base selfie: a 2x2 grid, or `count` separate images. */
-export async function generateGrid(event: GenerateGridEvent, deps: StageDeps): Promise<GridResult> {
+export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<GridResult> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
-  const [base, scenes] = await Promise.all([deps.store.getBytes(event.baseKey), deps.store.getText(event.promptKey)]);
+  const [reference, scenes] = await Promise.all([deps.store.getBytes(event.baseKey), deps.store.getText(event.promptKey)]);
   const what = `grid ${event.grid.index} for persona ${event.personaId}`;
-  const common = { gridIndex: event.grid.index, mode: event.mode, count: event.grid.count };
-  if (event.mode === 'separate') {
-    const result = await editImage(deps, what, base, separatePrompt(scenes), event.grid.count);
-    const imageKeys = result.images.map((_, i) => keys.tile(event.grid.index, i));
-    await Promise.all(result.images.map((image, i) => deps.store.put(imageKeys[i]!, image, 'image/png')));
-    return { ...common, imageKeys, model: result.model, ...(result.usage ? { usage: result.usage } : {}), ms: Date.now() - started };
+  const separate = event.mode === 'separate';
+  const result = await deps.images.edit({
+    what,
+    reference,
+    prompt: separate ? separatePrompt(scenes) : gridPrompt(scenes),
+    n: separate ? event.grid.count : 1,
+    // A grid is cut up, so it comes lossless; separate images are avatars as they are.
+    format: separate ? deps.settings.tileFormat : 'png',
+    timeoutMs: deps.imageTimeoutMs,
+  });
+  const { model, usage, estimatedCostUsd, warnings } = result;
+  const common = { gridIndex: event.grid.index, mode: event.mode, count: event.grid.count, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings };
+  if (separate) {
+    const imageKeys = result.images.map((_, i) => keys.tile(event.grid.index, i, result.format));
+    await Promise.all(result.images.map((image, i) => deps.store.put(imageKeys[i]!, image, contentTypes[result.format])));
+    return { ...common, imageKeys, ms: Date.now() - started };
   }
-  const result = await editImage(deps, what, base, gridPrompt(scenes), 1);
   const gridKey = keys.grid(event.grid.index);
   await deps.store.put(gridKey, result.images[0]!, 'image/png');
-  return { ...common, gridKey, model: result.model, ...(result.usage ? { usage: result.usage } : {}), ms: Date.now() - started };
+  return { ...common, gridKey, ms: Date.now() - started };
 }

@@ -31,16 +31,17 @@ export function safeRunId(name: string): string {
 
 /** Validates the execution input and splits the request into grids of four. */
 export async function planRun(event: PlanRunEvent, deps: StageDeps): Promise<RunPlan> {
-  const request = parseRunRequest(event.input, deps.settings.defaultImages);
+  const request = parseRunRequest(event.input);
+  const images = request.images ?? deps.settings.defaultImages;
   const grids: GridPlan[] = [];
-  for (let first = 0; first < request.images; first += IMAGES_PER_GRID) {
-    grids.push({ index: grids.length, count: Math.min(IMAGES_PER_GRID, request.images - first) });
+  for (let first = 0; first < images; first += IMAGES_PER_GRID) {
+    grids.push({ index: grids.length, count: Math.min(IMAGES_PER_GRID, images - first) });
   }
   return {
     personaId: request.persona.id,
     runId: safeRunId(event.runId),
     persona: request.persona,
-    images: request.images,
+    images,
     mode: request.mode,
     grids,
   };

@@ -5,7 +5,7 @@ import { objectUrl } from '../shared/urls.ts';
 import type { BaseResult } from '../generate-base/core.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import type { PromptResult } from '../write-prompt/core.ts';
-import { estimateCostUsd, type Usage } from './cost.ts';
+import type { TokenUsage } from '../shared/models.ts';
 
 export interface PublishEvent {
   personaId: string;
@@ -25,6 +25,8 @@ export interface PublishedImage {
   width: number;
   height: number;
   bytes: number;
+  /** The image model that drew it. */
+  model: string;
 }
 
 export interface PublishResult {
@@ -34,43 +36,49 @@ export interface PublishResult {
   manifestKey: string;
   manifestUrl: string;
   estimatedCostUsd: number | null;
+  /** Retired models skipped and the like, for a person to act on. */
+  warnings: string[];
 }
 
 interface UsageLine {
   stage: string;
-  model: string;
-  usage: Usage | undefined;
+  model: string | undefined;
+  usage: TokenUsage | undefined;
+  estimatedCostUsd: number | null;
 }
 
+/** The run's estimate: unknown as soon as one call's is. */
 function sumCosts(lines: UsageLine[]): number | null {
-  let total = 0;
-  for (const line of lines) {
-    if (!line.usage) continue;
-    const cost = estimateCostUsd(line.model, line.usage);
-    if (cost === null) return null;
-    total += cost;
-  }
-  return Math.round(total * 1e6) / 1e6;
+  if (lines.some((l) => l.estimatedCostUsd === null)) return null;
+  return Math.round(lines.reduce((sum, l) => sum + l.estimatedCostUsd!, 0) * 1e6) / 1e6;
 }
 
 /** Copies the tiles to their final names, writes the manifest and returns where they are. */
-export async function publish(event: PublishEvent, deps: StageDeps): Promise<PublishResult> {
+export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Promise<PublishResult> {
   const started = Date.now();
   const keys = avatarKeys(event.personaId);
   const format = deps.settings.tileFormat;
-  const tiles = [...event.grids].sort((a, b) => a.gridIndex - b.gridIndex).flatMap((g) => g.tiles).slice(0, event.images);
+  const grids = [...event.grids].sort((a, b) => a.gridIndex - b.gridIndex);
+  const tiles = grids.flatMap((g) => g.tiles.map((tile) => ({ ...tile, model: g.generation.model }))).slice(0, event.images);
   const images = await Promise.all(
     tiles.map(async (tile, i): Promise<PublishedImage> => {
       const key = keys.image(i + 1, tile.key.endsWith('.png') ? 'png' : format);
       await deps.store.copy(tile.key, key);
-      return { n: i + 1, key, url: await objectUrl(deps, key), width: tile.box.width, height: tile.box.height, bytes: tile.bytes };
+      return { n: i + 1, key, url: await objectUrl(deps, key), width: tile.box.width, height: tile.box.height, bytes: tile.bytes, model: tile.model };
     }),
   );
+  const line = (stage: string, g: { model?: string; usage?: TokenUsage; estimatedCostUsd: number | null }): UsageLine => ({
+    stage,
+    model: g.model,
+    usage: g.usage,
+    estimatedCostUsd: g.estimatedCostUsd,
+  });
   const usage: UsageLine[] = [
-    { stage: 'write-prompt', model: deps.settings.textModel, usage: event.prompt.usage },
-    { stage: 'generate-base', model: event.base.model, usage: event.base.usage },
-    ...event.grids.map((g) => ({ stage: `generate-grid ${g.gridIndex}`, model: g.generation.model, usage: g.generation.usage })),
+    line('write-prompt', event.prompt),
+    line('generate-base', event.base),
+    ...grids.map((g) => line(`generate-grid ${g.gridIndex}`, g.generation)),
   ];
+  const warnings = [...new Set([event.base, ...grids.map((g) => g.generation)].flatMap((g) => g.warnings ?? []))];
   const estimatedCostUsd = sumCosts(usage);
   const manifest = {
     personaId: event.personaId,
@@ -88,8 +96,9 @@ export async function publish(event: PublishEvent, deps: StageDeps): Promise<Pub
       grids: event.grids.map((g) => ({ gridIndex: g.gridIndex, 'generate-grid': g.generation.ms, 'split-grid': g.ms })),
       publish: Date.now() - started,
     },
-    usage: usage.filter((u) => u.usage).map((u) => ({ ...u, estimatedCostUsd: estimateCostUsd(u.model, u.usage) })),
+    usage: usage.filter((u) => u.usage),
     estimatedCostUsd,
+    warnings,
     images: images.map(({ url: _url, ...image }) => image),
   };
   await deps.store.putJson(keys.manifest, manifest);
@@ -100,5 +109,6 @@ export async function publish(event: PublishEvent, deps: StageDeps): Promise<Pub
     manifestKey: keys.manifest,
     manifestUrl: await objectUrl(deps, keys.manifest),
     estimatedCostUsd,
+    warnings,
   };
 }

@@ -1,4 +1,5 @@
+import { storeClient } from '../shared/s3.ts';
 import { lambdaHandler } from '../shared/stage.ts';
 import { publish } from './core.ts';
 
-export const handler = lambdaHandler('publish', publish);
+export const handler = lambdaHandler('publish', publish, [storeClient]);

@@ -23,7 +23,7 @@ export interface FailureRecord {
 export const UNKNOWN_PERSONA = '_invalid';
 
 /** Writes why the run failed next to where its images would have gone, so no failure is silent. */
-export async function recordFailure(event: RecordFailureEvent, deps: StageDeps): Promise<FailureRecord> {
+export async function recordFailure(event: RecordFailureEvent, deps: StageDeps<'store'>): Promise<FailureRecord> {
   const id = personaIdOf(event);
   const personaId = id && PERSONA_ID_PATTERN.test(id) ? id : UNKNOWN_PERSONA;
   const failureKey = avatarKeys(personaId).failure(safeRunId(event.runId));

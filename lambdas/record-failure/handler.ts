@@ -1,4 +1,5 @@
+import { storeClient } from '../shared/s3.ts';
 import { lambdaHandler } from '../shared/stage.ts';
 import { recordFailure } from './core.ts';
 
-export const handler = lambdaHandler('record-failure', recordFailure);
+export const handler = lambdaHandler('record-failure', recordFailure, [storeClient]);

@@ -37,10 +37,8 @@ export class ContentPolicyViolation extends AvatarError {
 }
 
 export class RateLimited extends AvatarError {
-  readonly retryAfterSeconds: number | undefined;
-  constructor(message: string, retryAfterSeconds: number | undefined, options?: { cause?: unknown }) {
+  constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorNames.RateLimited, message, options);
-    this.retryAfterSeconds = retryAfterSeconds;
   }
 }
 

@@ -18,6 +18,13 @@ export const Prefixes = {
 
 export type TileFormat = 'png' | 'webp' | 'jpeg';
 
+export const contentTypes: Record<TileFormat, string> = { png: 'image/png', webp: 'image/webp', jpeg: 'image/jpeg' };
+
+/** File extension of a format: jpeg files are .jpg. */
+export function extensionOf(format: TileFormat): string {
+  return format === 'jpeg' ? 'jpg' : format;
+}
+
 export function runKeys(personaId: string, runId: string) {
   const root = `${Prefixes.runs}${personaId}/${runId}`;
   return {
@@ -27,14 +34,14 @@ export function runKeys(personaId: string, runId: string) {
     base: `${root}/base.png`,
     grid: (gridIndex: number) => `${root}/grid_${gridIndex}.png`,
     tile: (gridIndex: number, tileIndex: number, format: TileFormat = 'png') =>
-      `${root}/tiles/grid_${gridIndex}_${tileIndex}.${format === 'jpeg' ? 'jpg' : format}`,
+      `${root}/tiles/grid_${gridIndex}_${tileIndex}.${extensionOf(format)}`,
   };
 }
 
 export function avatarKeys(personaId: string) {
   const root = `${Prefixes.avatars}${personaId}`;
   return {
-    image: (n: number, format: TileFormat = 'png') => `${root}/img_${n}.${format === 'jpeg' ? 'jpg' : format}`,
+    image: (n: number, format: TileFormat = 'png') => `${root}/img_${n}.${extensionOf(format)}`,
     manifest: `${root}/manifest.json`,
     failure: (runId: string) => `${root}/failures/${runId}.json`,
   };

@@ -37,7 +37,8 @@ export const runRequestSchema = z.object({
   mode: z.enum(generationModes).default('grid'),
 });
 
-export type RunRequest = { persona: Persona; images: number; mode: GenerationMode };
+/** A run as asked for: `images` stays unset when not given, for the deployment's default to fill. */
+export type RunRequest = { persona: Persona; images?: number; mode: GenerationMode };
 
 function firstIssue(error: z.ZodError, prefix: string): InvalidPersona {
   const issue = error.issues[0]!;
@@ -52,11 +53,12 @@ export function parsePersona(value: unknown, fieldPrefix = ''): Persona {
   return parsed.data;
 }
 
-/** Parses an execution input `{ persona, images?, mode? }`; `defaultImages` is the deployment's. */
-export function parseRunRequest(value: unknown, defaultImages = IMAGES_PER_GRID): RunRequest {
+/** Parses an execution input `{ persona, images?, mode? }`. */
+export function parseRunRequest(value: unknown): RunRequest {
   const parsed = runRequestSchema.safeParse(value);
   if (!parsed.success) throw firstIssue(parsed.error, '');
-  return { ...parsed.data, images: parsed.data.images ?? defaultImages, persona: parsePersona(parsed.data.persona, 'persona') };
+  const { images, mode } = parsed.data;
+  return { persona: parsePersona(parsed.data.persona, 'persona'), ...(images !== undefined ? { images } : {}), mode };
 }
 
 /** The first bio the persona has, preferring Facebook's as the seed service did. */

@@ -1,69 +1,166 @@
-import type { TileFormat } from './keys.ts';
+/**
+ * Every setting, once: its environment name (the seed's `.env` names where it had one), its CDK
+ * context name, its default and its meaning. From this table come the stages' settings, the
+ * Lambda environment the stack writes (from context), the local runner's settings (cdk.json's
+ * context under the shell's variables) and README's configuration table (`avatars config --markdown`).
+ */
+import { z } from 'zod';
 import { ConfigurationError } from './errors.ts';
+import { checkImageSettings } from './models.ts';
 import { IMAGES_PER_GRID, MAX_IMAGES } from './persona.ts';
 
-/** Everything a stage reads from its environment, parsed once. Names match the seed's `.env`. */
-export interface Settings {
-  bucket: string;
-  imageModel: string;
-  imageFallbackModel: string | undefined;
-  imageSize: string;
-  imageQuality: string;
-  /** Images per run when the execution input does not say (DEFAULT_IMAGES). */
-  defaultImages: number;
-  textModel: string;
-  /** Upper bound for one image call; the handler lowers it to fit the Lambda's remaining time. */
-  imageTimeoutMs: number;
-  /** auto: Flowise if configured, else OpenAI if a key is, else the template. */
-  promptProvider: 'auto' | 'template';
-  flowise: { url: string; chatflowId: string; apiKey: string | undefined } | undefined;
-  publicBaseUrl: string | undefined;
-  /** S3_ENDPOINT: an S3-compatible server, whose object URLs are plain paths. */
-  s3Endpoint: string | undefined;
-  tileFormat: TileFormat;
-  urlExpirySeconds: number;
-  /** The workflow the upload trigger starts (STATE_MACHINE_ARN). */
-  stateMachineArn: string | undefined;
+/** SigV4 presigned URLs live at most seven days, and only as long as the credentials that sign them. */
+export const MAX_PRESIGNED_SECONDS = 7 * 24 * 3600;
+
+type Scope = 'stage' | 'stack' | 'client';
+
+interface Spec<T> {
+  scope: Scope;
+  /** Environment variable; older names it also answers to follow in `aliases`. */
+  env?: string;
+  aliases?: string[];
+  /** CDK context key (cdk.json or `-c key=value`). */
+  context?: string;
+  default?: string;
+  doc: string;
+  schema: z.ZodType<T>;
 }
 
-type Env = Record<string, string | undefined>;
+const spec = <T, S extends Scope>(s: Spec<T> & { scope: S }) => s;
+const text = z.string().trim().min(1);
+const optionalText = text.optional();
+const wholeNumber = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const url = z.url().transform((u) => u.replace(/\/+$/, ''));
+const list = z.string().transform((s) => s.split(',').map((m) => m.trim()).filter(Boolean));
 
-function positiveInt(env: Env, name: string, fallback: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) {
-    throw new ConfigurationError(`${name} must be a positive whole number, got "${raw}"`);
-  }
-  return value;
+export const SETTINGS = {
+  bucket: spec({ scope: 'stage', env: 'S3_BUCKET_NAME', default: 'avatars', doc: 'the bucket every stage reads and writes (on AWS: set by the stack)', schema: text }),
+  imageModel: spec({ scope: 'stage', env: 'IMAGE_MODEL', context: 'imageModel', default: 'gpt-image-2', doc: 'image model; any in the model table (README: Image models)', schema: text }),
+  imageFallbackModels: spec({
+    scope: 'stage',
+    env: 'IMAGE_FALLBACK_MODELS',
+    aliases: ['IMAGE_FALLBACK_MODEL'],
+    context: 'imageFallbackModels',
+    default: 'gpt-image-2',
+    doc: 'comma-separated models tried in order when one answers `model_not_found` (`IMAGE_FALLBACK_MODEL` still works)',
+    schema: list,
+  }),
+  imageSize: spec({ scope: 'stage', env: 'IMAGE_SIZE', context: 'imageSize', default: '1024x1024', doc: 'size of the base and of each grid; gpt-image-2 takes any WxH in multiples of 16 (2048x2048: avatars of about 1000 px)', schema: text }),
+  imageQuality: spec({ scope: 'stage', env: 'IMAGE_QUALITY', context: 'imageQuality', default: 'medium', doc: '`low`, `medium`, `high` or `auto` (gpt-image-2.5 also `xhigh`, `max`)', schema: text }),
+  imageModeration: spec({ scope: 'stage', env: 'IMAGE_MODERATION', context: 'imageModeration', default: 'auto', doc: 'the image API\'s moderation level, `auto` or `low`', schema: z.enum(['auto', 'low']) }),
+  imageInputFidelity: spec({
+    scope: 'stage',
+    env: 'IMAGE_INPUT_FIDELITY',
+    context: 'imageInputFidelity',
+    default: 'high',
+    doc: '`input_fidelity` on edits, for models that take it (keeps the reference face)',
+    schema: z.enum(['high', 'low']),
+  }),
+  defaultImages: spec({ scope: 'stage', env: 'DEFAULT_IMAGES', context: 'images', default: String(IMAGES_PER_GRID), doc: 'images per run when the execution input names none', schema: wholeNumber(1, MAX_IMAGES) }),
+  textModel: spec({ scope: 'stage', env: 'TEXT_MODEL', context: 'textModel', default: 'gpt-4.1-mini', doc: 'prompt-writing model', schema: text }),
+  imageTimeoutMs: spec({ scope: 'stage', env: 'IMAGE_TIMEOUT_MS', context: 'imageTimeoutMs', default: '600000', doc: 'cap for one image call (on Lambda also kept 20 s under the remaining time)', schema: wholeNumber(100, 3_600_000) }),
+  textTimeoutMs: spec({ scope: 'stage', env: 'TEXT_TIMEOUT_MS', context: 'textTimeoutMs', default: '120000', doc: 'cap for one prompt-writing call (OpenAI text model or Flowise)', schema: wholeNumber(100, 3_600_000) }),
+  promptProvider: spec({ scope: 'stage', env: 'PROMPT_PROVIDER', context: 'promptProvider', default: 'auto', doc: '`auto` (Flowise if configured, else the OpenAI text model, else the template) or `template`', schema: z.enum(['auto', 'template']) }),
+  flowiseUrl: spec({ scope: 'stage', env: 'FLOWISE_URL', context: 'flowiseUrl', doc: 'write prompts with this Flowise server…', schema: url.optional() }),
+  flowiseChatflowId: spec({ scope: 'stage', env: 'FLOWISE_CHATFLOW_ID', context: 'flowiseChatflowId', doc: '…and this chatflow', schema: optionalText }),
+  flowiseApiKey: spec({ scope: 'stage', env: 'FLOWISE_API_KEY', doc: 'bearer key for the chatflow', schema: optionalText }),
+  publicBaseUrl: spec({ scope: 'stage', env: 'PUBLIC_BASE_URL', context: 'publicBaseUrl', doc: 'return `{PUBLIC_BASE_URL}/{key}` instead of presigned URLs', schema: url.optional() }),
+  s3Endpoint: spec({ scope: 'stage', env: 'S3_ENDPOINT', doc: 'an S3-compatible server (path-style, checksums only when required)', schema: url.optional() }),
+  tileFormat: spec({ scope: 'stage', env: 'TILE_FORMAT', context: 'tileFormat', default: 'png', doc: 'avatar format: `png`, `webp` or `jpeg` (asked of the image API too)', schema: z.enum(['png', 'webp', 'jpeg']) }),
+  outputCompression: spec({ scope: 'stage', env: 'OUTPUT_COMPRESSION', context: 'outputCompression', default: '90', doc: 'quality 0-100 of webp and jpeg avatars (the API\'s `output_compression`)', schema: wholeNumber(0, 100) }),
+  urlExpirySeconds: spec({ scope: 'stage', env: 'URL_EXPIRY_SECONDS', context: 'urlExpirySeconds', default: String(MAX_PRESIGNED_SECONDS), doc: 'presigned URL lifetime, at most 604800 (7 days)', schema: wholeNumber(1, MAX_PRESIGNED_SECONDS) }),
+  stateMachineArn: spec({ scope: 'stage', env: 'STATE_MACHINE_ARN', doc: 'the state machine `avatars start` and the upload trigger start (on AWS: set by the stack)', schema: optionalText }),
+
+  bucketName: spec({ scope: 'stack', context: 'bucketName', doc: 'import this existing bucket instead of creating one', schema: optionalText }),
+  runExpiryDays: spec({ scope: 'stack', context: 'runExpiryDays', default: '7', doc: 'days intermediate files under `runs/` are kept', schema: wholeNumber(1, 3650) }),
+  openAiSecretName: spec({ scope: 'stack', context: 'openAiSecretName', default: 'persona-avatars/openai-api-key', doc: 'Secrets Manager secret holding the OpenAI key', schema: text }),
+  architecture: spec({ scope: 'stack', context: 'architecture', default: 'x86_64', doc: '`x86_64` or `arm64` (needs sharp\'s linux-arm64 packages installed)', schema: z.enum(['x86_64', 'arm64']) }),
+  gridConcurrency: spec({ scope: 'stack', context: 'gridConcurrency', default: '4', doc: 'grids generated at once per run', schema: wholeNumber(1, 40) }),
+
+  openAiKey: spec({ scope: 'client', env: 'OPENAI_API_KEY', doc: 'OpenAI key (on AWS: the secret named by `OPENAI_API_KEY_SECRET_ARN`); without one, runs use the offline backend', schema: optionalText }),
+  openAiBaseUrl: spec({ scope: 'client', env: 'OPENAI_BASE_URL', doc: 'an OpenAI-compatible server', schema: optionalText }),
+  s3Credentials: spec({ scope: 'client', env: 'S3_ACCESS_KEY', aliases: ['S3_SECRET_KEY'], doc: 'credentials for `S3_ENDPOINT`', schema: optionalText }),
+} as const;
+
+type Specs = typeof SETTINGS;
+type KeysOf<S extends Scope> = { [K in keyof Specs]: Specs[K]['scope'] extends S ? K : never }[keyof Specs];
+type Parsed<K extends keyof Specs> = z.output<Specs[K]['schema']>;
+
+/** Everything a stage reads, parsed and checked once. */
+export type Settings = { [K in KeysOf<'stage'>]: Parsed<K> };
+/** What only the stack reads, from context. */
+export type StackSettings = { [K in KeysOf<'stack'>]: Parsed<K> };
+
+type Source = Record<string, unknown>;
+
+function parseOne<K extends keyof Specs>(key: K, source: Source, by: 'env' | 'context'): Parsed<K> {
+  const s = SETTINGS[key] as Spec<Parsed<K>>;
+  const names = by === 'env' ? [s.env, ...(s.aliases ?? [])] : [s.context];
+  const name = names.find((n) => n && source[n] !== undefined && source[n] !== '');
+  const raw = name ? source[name] : s.default;
+  const label = by === 'env' ? (name ?? s.env) : `context ${s.context}`;
+  const parsed = s.schema.safeParse(raw === undefined ? undefined : Array.isArray(raw) ? raw.join(',') : String(raw));
+  if (!parsed.success) throw new ConfigurationError(`${label}: ${parsed.error.issues[0]!.message}, got "${String(raw)}"`);
+  return parsed.data;
 }
 
-const tileFormats: TileFormat[] = ['png', 'webp', 'jpeg'];
+function keysOf(scope: Scope): (keyof Specs)[] {
+  return (Object.keys(SETTINGS) as (keyof Specs)[]).filter((k) => SETTINGS[k].scope === scope);
+}
 
-export function settingsFromEnv(env: Env = process.env): Settings {
-  const tileFormat = (env.TILE_FORMAT || 'png') as TileFormat;
-  if (!tileFormats.includes(tileFormat)) {
-    throw new ConfigurationError(`TILE_FORMAT must be one of ${tileFormats.join(', ')}, got "${tileFormat}"`);
+/** Model, size and quality together; errors name the setting as the source spells it. */
+function checkModels(settings: Settings, by: 'env' | 'context'): void {
+  const { errors } = checkImageSettings(settings);
+  if (errors.length === 0) return;
+  const label = (k: keyof Specs) => (by === 'env' ? SETTINGS[k].env : `context ${SETTINGS[k].context}`);
+  throw new ConfigurationError(errors.map((e) => `${label(e.setting)}: ${e.message}`).join('; '));
+}
+
+function parseStage(source: Source, by: 'env' | 'context'): Settings {
+  const settings = Object.fromEntries(keysOf('stage').map((k) => [k, parseOne(k, source, by)])) as Settings;
+  if (!!settings.flowiseUrl !== !!settings.flowiseChatflowId) {
+    throw new ConfigurationError(`${by === 'env' ? 'FLOWISE_URL and FLOWISE_CHATFLOW_ID' : 'context flowiseUrl and flowiseChatflowId'} go together: set both or neither`);
   }
-  const defaultImages = positiveInt(env, 'DEFAULT_IMAGES', IMAGES_PER_GRID);
-  if (defaultImages > MAX_IMAGES) throw new ConfigurationError(`DEFAULT_IMAGES must be at most ${MAX_IMAGES}, got ${defaultImages}`);
-  const flowiseUrl = env.FLOWISE_URL;
-  const chatflowId = env.FLOWISE_CHATFLOW_ID;
-  return {
-    bucket: env.S3_BUCKET_NAME || 'avatars',
-    imageModel: env.IMAGE_MODEL || 'gpt-image-1.5',
-    imageFallbackModel: env.IMAGE_FALLBACK_MODEL || undefined,
-    imageSize: env.IMAGE_SIZE || '1024x1024',
-    imageQuality: env.IMAGE_QUALITY || 'medium',
-    defaultImages,
-    textModel: env.TEXT_MODEL || 'gpt-4.1-mini',
-    imageTimeoutMs: positiveInt(env, 'IMAGE_TIMEOUT_MS', 600_000),
-    promptProvider: env.PROMPT_PROVIDER === 'template' ? 'template' : 'auto',
-    flowise: flowiseUrl && chatflowId ? { url: flowiseUrl.replace(/\/+$/, ''), chatflowId, apiKey: env.FLOWISE_API_KEY || undefined } : undefined,
-    publicBaseUrl: env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined,
-    s3Endpoint: env.S3_ENDPOINT ? env.S3_ENDPOINT.replace(/\/+$/, '') : undefined,
-    tileFormat,
-    urlExpirySeconds: positiveInt(env, 'URL_EXPIRY_SECONDS', 7 * 24 * 3600),
-    stateMachineArn: env.STATE_MACHINE_ARN || undefined,
-  };
+  checkModels(settings, by);
+  return settings;
+}
+
+/** The stages' settings from the environment (names match the seed's `.env`). */
+export function settingsFromEnv(env: Record<string, string | undefined> = process.env): Settings {
+  return parseStage(env, 'env');
+}
+
+/** The stages' settings from CDK context: what the stack will configure its functions with. */
+export function settingsFromContext(context: Source): Settings {
+  return parseStage(context, 'context');
+}
+
+export function stackSettingsFromContext(context: Source): StackSettings {
+  return Object.fromEntries(keysOf('stack').map((k) => [k, parseOne(k, context, 'context')])) as StackSettings;
+}
+
+/**
+ * Environment variables that carry the context-configurable settings to a stage, as parsed; with
+ * `only`, just those the context sets (so the variables a caller adds still win over defaults).
+ */
+export function environmentOf(settings: Settings, only?: Record<string, unknown>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const key of keysOf('stage')) {
+    const s = SETTINGS[key];
+    const value = settings[key as keyof Settings];
+    if (!s.context || !s.env || value === undefined || (only && only[s.context] === undefined)) continue;
+    env[s.env] = Array.isArray(value) ? value.join(',') : String(value);
+  }
+  return env;
+}
+
+/** The configuration table README shows, generated from this schema. */
+export function settingsTable(): string {
+  const rows = (Object.values(SETTINGS) as Spec<unknown>[]).map((s) => {
+    const names = [s.env, ...(s.aliases ?? [])].filter(Boolean).map((n) => `\`${n}\``).join(', ') || '—';
+    const context = s.context ? `\`${s.context}\`` : '—';
+    const fallback = s.default !== undefined ? `\`${s.default}\`` : '—';
+    return `| ${names} | ${context} | ${fallback} | ${s.doc} |`;
+  });
+  return ['| variable | context | default | meaning |', '| --- | --- | --- | --- |', ...rows].join('\n');
 }

@@ -2,46 +2,46 @@ import { Logger } from '@aws-lambda-powertools/logger';
 import type { Context } from 'aws-lambda';
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
-import { openAiClient, openAiKeyFromEnv, s3ClientFromEnv, sfnClientFromEnv } from './clients.ts';
+import type { ImageProvider } from './image-provider.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
-import { ObjectStore } from './store.ts';
+import type { ObjectStore } from './store.ts';
 
-/** What a stage's core is given: its clients and settings, never the environment itself. */
-export interface StageDeps {
-  store: ObjectStore;
+/**
+ * Everything any stage may be given. A core names the part it uses (`StageDeps<'store'>`), its
+ * handler builds only those clients, and its bundle holds only their code: a stage's cold start
+ * pays for what it calls, nothing else.
+ */
+export interface Deps {
   settings: Settings;
-  /** Undefined when no key is configured: prompt writing then falls back to its template. */
-  openai: OpenAI | undefined;
   logger: Logger;
-  /** Timeout for one image call, kept below what is left of the Lambda's own time. */
-  imageTimeoutMs: number;
+  store: ObjectStore;
+  /** Whoever draws: OpenAI's image API (or a compatible server). */
+  images: ImageProvider;
+  /** The prompt-writing text model; undefined when no key is configured. */
+  text: OpenAI | undefined;
   fetch: typeof fetch;
   /** Starts executions (the upload trigger only). */
   sfn: SFNClient;
+  /** Timeouts for one call, kept below what is left of the Lambda's own time. */
+  imageTimeoutMs: number;
+  textTimeoutMs: number;
 }
 
-export type StageCore<E, R> = (event: E, deps: StageDeps) => Promise<R>;
+export type StageDeps<K extends keyof Deps = never> = Pick<Deps, 'settings' | 'logger' | K>;
 
-/** Time kept back from the Lambda's remaining time so an image call times out first. */
+export type StageCore<E, R, K extends keyof Deps = never> = (event: E, deps: StageDeps<K>) => Promise<R>;
+
+type Env = Record<string, string | undefined>;
+
+/** Builds some of a stage's clients; a handler lists the ones its core uses. */
+export type ClientFactory = (env: Env, settings: Settings, logger: Logger) => Partial<Deps> | Promise<Partial<Deps>>;
+
+/** Time kept back from the Lambda's remaining time so a call times out before the Lambda does. */
 const LAMBDA_SAFETY_MARGIN_MS = 20_000;
 
-export function callTimeout(settings: Settings, remainingMs: number | undefined): number {
-  if (remainingMs === undefined) return settings.imageTimeoutMs;
-  return Math.max(1_000, Math.min(settings.imageTimeoutMs, remainingMs - LAMBDA_SAFETY_MARGIN_MS));
-}
-
-export async function depsFromEnv(env: Record<string, string | undefined>, logger: Logger): Promise<StageDeps> {
-  const settings = settingsFromEnv(env);
-  const key = await openAiKeyFromEnv(env);
-  return {
-    store: new ObjectStore(s3ClientFromEnv(env), settings.bucket),
-    settings,
-    openai: key ? openAiClient(key, env.OPENAI_BASE_URL) : undefined,
-    logger,
-    imageTimeoutMs: settings.imageTimeoutMs,
-    fetch: globalThis.fetch,
-    sfn: sfnClientFromEnv(env),
-  };
+export function callTimeout(capMs: number, remainingMs: number | undefined): number {
+  if (remainingMs === undefined) return capMs;
+  return Math.max(1_000, Math.min(capMs, remainingMs - LAMBDA_SAFETY_MARGIN_MS));
 }
 
 interface StageEvent {
@@ -56,21 +56,45 @@ export function personaIdOf(event: unknown): string | undefined {
   return typeof id === 'string' ? id : undefined;
 }
 
+/** Settings, logger and the clients the factories build, once per container. */
+export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFactory[]): Promise<Deps> {
+  const settings = settingsFromEnv(env);
+  const built = await Promise.all(clients.map((make) => make(env, settings, logger)));
+  return {
+    settings,
+    logger,
+    fetch: globalThis.fetch,
+    imageTimeoutMs: settings.imageTimeoutMs,
+    textTimeoutMs: settings.textTimeoutMs,
+    ...Object.assign({}, ...built),
+  } as Deps;
+}
+
 /**
- * Wraps a stage core as a Lambda handler: builds clients once per container, tags logs with
+ * Wraps a stage core as a Lambda handler: builds its clients once per container, tags logs with
  * stage and persona, and lets named errors through unchanged for the state machine to match.
  */
-export function lambdaHandler<E, R>(stage: string, core: StageCore<E, R>) {
+export function lambdaHandler<E, R, K extends keyof Deps>(stage: string, core: StageCore<E, R, K>, clients: ClientFactory[] = []) {
   const logger = new Logger({ serviceName: 'persona-avatars', persistentKeys: { stage } });
-  let base: Promise<StageDeps> | undefined;
+  let base: Promise<Deps> | undefined;
   return async (event: E, context: Context): Promise<R> => {
-    base ??= depsFromEnv(process.env, logger);
+    // A failed set-up (a throttled secret fetch, say) is not kept: the next call tries again.
+    base ??= depsFromEnv(process.env, logger, clients).catch((error: unknown) => {
+      base = undefined;
+      throw error;
+    });
     const deps = await base;
     logger.addContext(context);
     logger.appendKeys({ personaId: personaIdOf(event) });
     const started = Date.now();
+    const remaining = context.getRemainingTimeInMillis();
     try {
-      const result = await core(event, { ...deps, imageTimeoutMs: callTimeout(deps.settings, context.getRemainingTimeInMillis()) });
+      const call: Deps = {
+        ...deps,
+        imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining),
+        textTimeoutMs: callTimeout(deps.settings.textTimeoutMs, remaining),
+      };
+      const result = await core(event, call);
       logger.info('stage succeeded', { ms: Date.now() - started });
       return result;
     } catch (error) {

@@ -1,10 +1,10 @@
 import sharp from 'sharp';
-import { runKeys } from '../shared/keys.ts';
+import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { GridResult } from '../generate-grid/core.ts';
 import { GRID_COLS, GRID_ROWS } from '../generate-grid/core.ts';
 import type { Box } from './detect.ts';
-import { contentTypes, splitGrid as splitImage } from './split.ts';
+import { splitGrid as splitImage } from './split.ts';
 
 export interface SplitGridEvent {
   personaId: string;
@@ -26,7 +26,7 @@ export interface SplitResult {
 }
 
 /** Cuts a grid into its cells (or, in separate mode, measures the images) and stores the tiles. */
-export async function splitGrid(event: SplitGridEvent, deps: StageDeps): Promise<SplitResult> {
+export async function splitGrid(event: SplitGridEvent, deps: StageDeps<'store'>): Promise<SplitResult> {
   const started = Date.now();
   const { gridKey, imageKeys, ...generation } = event.generated;
   const keys = runKeys(event.personaId, event.runId);

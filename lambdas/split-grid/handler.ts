@@ -1,4 +1,5 @@
+import { storeClient } from '../shared/s3.ts';
 import { lambdaHandler } from '../shared/stage.ts';
 import { splitGrid } from './core.ts';
 
-export const handler = lambdaHandler('split-grid', splitGrid);
+export const handler = lambdaHandler('split-grid', splitGrid, [storeClient]);

@@ -7,8 +7,6 @@ export interface Tile {
   data: Buffer;
 }
 
-export const contentTypes: Record<TileFormat, string> = { png: 'image/png', webp: 'image/webp', jpeg: 'image/jpeg' };
-
 /** Decodes once, flattening transparency onto white so it reads as background. */
 export async function decode(image: Buffer): Promise<RawImage> {
   const { data, info } = await sharp(image).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });

@@ -7,11 +7,13 @@
 import { createHash } from 'node:crypto';
 import { basename } from 'node:path';
 import { NoSuchKey } from '@aws-sdk/client-s3';
-import { ExecutionAlreadyExists, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { ConfigurationError, InvalidPersona } from '../shared/errors.ts';
 import { Prefixes, rejectedKey } from '../shared/keys.ts';
 import { parseRunRequest, type RunRequest } from '../shared/persona.ts';
+import { startOnce } from '../shared/sfn.ts';
 import type { StageDeps } from '../shared/stage.ts';
+
+type TriggerDeps = StageDeps<'store' | 'sfn'>;
 
 /** An S3 event notification, as S3 (or the embedded S3 server) delivers it. */
 export interface S3Notification {
@@ -54,12 +56,10 @@ function canonical(value: unknown): string {
   return JSON.stringify(value);
 }
 
-/** The ARN Step Functions gives the execution `name` of a state machine. */
-export function executionArn(stateMachineArn: string, name: string): string {
-  return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
-}
-
-/** `{personaId}-{hash of the request}`: the same request always gets the same, valid name. */
+/**
+ * `{personaId}-{hash of the request}`: the same request always gets the same, valid name. The
+ * request is hashed as asked (no deployment default filled in), so every way of starting it agrees.
+ */
 export function executionName(request: RunRequest): string {
   const hash = createHash('sha256').update(canonical(request)).digest('hex').slice(0, HASH_LENGTH);
   const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80 - HASH_LENGTH - 1);
@@ -77,7 +77,7 @@ function problemOf(error: unknown, line: number | undefined): Problem {
  * The run requests in one uploaded file: a persona or an execution input `{ persona, images,
  * mode }` per `.json` file (its id defaults to the file name), or one per line of a `.jsonl` file.
  */
-function parseUpload(key: string, text: string, defaultImages?: number): { requests: RunRequest[]; problems: Problem[] } {
+function parseUpload(key: string, text: string): { requests: RunRequest[]; problems: Problem[] } {
   const requests: RunRequest[] = [];
   const problems: Problem[] = [];
   const fileId = key.endsWith('.json') ? basename(key, '.json') : undefined;
@@ -89,7 +89,7 @@ function parseUpload(key: string, text: string, defaultImages?: number): { reque
       if (fileId && request.persona && typeof request.persona === 'object' && !('id' in request.persona)) {
         request.persona = { id: fileId, ...request.persona };
       }
-      requests.push(parseRunRequest(request, defaultImages));
+      requests.push(parseRunRequest(request));
     } catch (error) {
       problems.push(problemOf(error, line));
     }
@@ -105,7 +105,7 @@ function parseUpload(key: string, text: string, defaultImages?: number): { reque
   return { requests, problems };
 }
 
-function uploadedKeys(event: S3Notification, deps: StageDeps): string[] {
+function uploadedKeys(event: S3Notification, deps: TriggerDeps): string[] {
   return (event.Records ?? [])
     .filter((r) => {
       if (r.s3.bucket.name === deps.store.bucket) return true;
@@ -118,21 +118,17 @@ function uploadedKeys(event: S3Notification, deps: StageDeps): string[] {
     .filter((key) => key.startsWith(Prefixes.personas) && (key.endsWith('.json') || key.endsWith('.jsonl')));
 }
 
-async function startRun(deps: StageDeps, stateMachineArn: string, request: RunRequest, outcome: UploadOutcome): Promise<void> {
+async function startRun(deps: TriggerDeps, stateMachineArn: string, request: RunRequest, outcome: UploadOutcome): Promise<void> {
   const name = executionName(request);
   const personaId = request.persona.id;
-  try {
-    const started = await deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(request) }));
-    outcome.started.push({ personaId, name, executionArn: started.executionArn! });
-  } catch (error) {
-    // The name is taken: this persona content was started before (Step Functions keeps names
-    // for 90 days). A second delivery of the same notification ends here.
-    if (!(error instanceof ExecutionAlreadyExists)) throw error;
-    outcome.alreadyStarted.push({ personaId, name });
-  }
+  // A taken name means this persona content was started before (Step Functions keeps names for
+  // 90 days): a second delivery of the same notification ends here.
+  const { executionArn, existing } = await startOnce(deps.sfn, stateMachineArn, name, request);
+  if (existing) outcome.alreadyStarted.push({ personaId, name });
+  else outcome.started.push({ personaId, name, executionArn });
 }
 
-async function startAll(deps: StageDeps, stateMachineArn: string, requests: RunRequest[], outcome: UploadOutcome): Promise<void> {
+async function startAll(deps: TriggerDeps, stateMachineArn: string, requests: RunRequest[], outcome: UploadOutcome): Promise<void> {
   const queue = [...requests];
   const worker = async () => {
     for (let request = queue.shift(); request; request = queue.shift()) await startRun(deps, stateMachineArn, request, outcome);
@@ -140,7 +136,7 @@ async function startAll(deps: StageDeps, stateMachineArn: string, requests: RunR
   await Promise.all(Array.from({ length: Math.min(START_CONCURRENCY, queue.length) }, worker));
 }
 
-async function handleUpload(deps: StageDeps, stateMachineArn: string, key: string): Promise<UploadOutcome | undefined> {
+async function handleUpload(deps: TriggerDeps, stateMachineArn: string, key: string): Promise<UploadOutcome | undefined> {
   let text: string;
   try {
     text = await deps.store.getText(key);
@@ -151,7 +147,7 @@ async function handleUpload(deps: StageDeps, stateMachineArn: string, key: strin
     return undefined;
   }
   // Editors on Windows save JSON with a byte-order mark, which JSON.parse refuses.
-  const { requests, problems } = parseUpload(key, text.replace(/^\uFEFF/, ''), deps.settings.defaultImages);
+  const { requests, problems } = parseUpload(key, text.replace(/^\uFEFF/, ''));
   const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: problems };
   await startAll(deps, stateMachineArn, requests, outcome);
   const reportKey = rejectedKey(key);
@@ -172,7 +168,7 @@ async function handleUpload(deps: StageDeps, stateMachineArn: string, key: strin
   return outcome;
 }
 
-export async function startFromUpload(event: S3Notification, deps: StageDeps): Promise<UploadOutcome[]> {
+export async function startFromUpload(event: S3Notification, deps: TriggerDeps): Promise<UploadOutcome[]> {
   const stateMachineArn = deps.settings.stateMachineArn;
   if (!stateMachineArn) throw new ConfigurationError('STATE_MACHINE_ARN is not set: the upload trigger does not know which workflow to start');
   const outcomes: UploadOutcome[] = [];

@@ -1,7 +1,8 @@
 import { runKeys } from '../shared/keys.ts';
 import { primaryBio, type Persona } from '../shared/persona.ts';
 import { UpstreamError, causeMessage } from '../shared/errors.ts';
-import { toAvatarError } from '../shared/images.ts';
+import { estimateTextCost } from '../shared/models.ts';
+import { toAvatarError } from '../shared/openai.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
 export interface WritePromptEvent {
@@ -15,7 +16,10 @@ export interface WritePromptEvent {
 export interface PromptResult {
   promptKey: string;
   provider: 'flowise' | 'openai' | 'template';
+  /** The text model that wrote it, when one did. */
+  model?: string;
   usage?: { input_tokens: number; output_tokens: number; total_tokens: number };
+  estimatedCostUsd: number | null;
   ms: number;
 }
 
@@ -72,8 +76,11 @@ export function templateSaferPrompt(persona: Persona, target: 'base' | 'grid'): 
     : `Four wholesome, photorealistic photos of ${subject} from the reference selfie: a park, a café, a library and a beach at sunset. Same face in every photo; casual clothes; no text or logos.`;
 }
 
-async function askFlowise(deps: StageDeps, question: string): Promise<Written> {
-  const flowise = deps.settings.flowise!;
+type PromptDeps = StageDeps<'store' | 'text' | 'fetch' | 'textTimeoutMs'>;
+
+async function askFlowise(deps: PromptDeps, question: string): Promise<Written> {
+  const { flowiseUrl, flowiseChatflowId: chatflowId, flowiseApiKey: apiKey } = deps.settings;
+  const flowise = { url: flowiseUrl!, chatflowId: chatflowId!, apiKey };
   const response = await deps.fetch(`${flowise.url}/api/v1/prediction/${encodeURIComponent(flowise.chatflowId)}`, {
     method: 'POST',
     headers: {
@@ -81,7 +88,7 @@ async function askFlowise(deps: StageDeps, question: string): Promise<Written> {
       ...(flowise.apiKey ? { authorization: `Bearer ${flowise.apiKey}` } : {}),
     },
     body: JSON.stringify({ question }),
-    signal: AbortSignal.timeout(deps.imageTimeoutMs),
+    signal: AbortSignal.timeout(deps.textTimeoutMs),
   }).catch((error: unknown) => {
     throw new UpstreamError(`Flowise chatflow ${flowise.chatflowId} unreachable: ${(error as Error).message}`);
   });
@@ -95,10 +102,10 @@ async function askFlowise(deps: StageDeps, question: string): Promise<Written> {
   return { text: answer.text.trim() };
 }
 
-async function askOpenAi(deps: StageDeps, system: string, question: string): Promise<Written> {
-  const completion = await deps.openai!.chat.completions.create(
+async function askOpenAi(deps: PromptDeps, system: string, question: string): Promise<Written> {
+  const completion = await deps.text!.chat.completions.create(
     { model: deps.settings.textModel, messages: [{ role: 'system', content: system }, { role: 'user', content: question }] },
-    { timeout: deps.imageTimeoutMs },
+    { timeout: deps.textTimeoutMs },
   );
   const text = completion.choices[0]?.message?.content?.trim();
   if (!text) throw new UpstreamError(`text model ${deps.settings.textModel} answered with no prompt`);
@@ -108,14 +115,14 @@ async function askOpenAi(deps: StageDeps, system: string, question: string): Pro
   return { text, usage };
 }
 
-function provider(deps: StageDeps): PromptResult['provider'] {
+function provider(deps: PromptDeps): PromptResult['provider'] {
   if (deps.settings.promptProvider === 'template') return 'template';
-  if (deps.settings.flowise) return 'flowise';
-  return deps.openai ? 'openai' : 'template';
+  if (deps.settings.flowiseUrl) return 'flowise';
+  return deps.text ? 'openai' : 'template';
 }
 
 /** Asks the configured text provider; `fallback` is the built-in answer when there is none. */
-async function ask(deps: StageDeps, personaId: string, system: string, question: string, fallback: () => string): Promise<Written> {
+async function ask(deps: PromptDeps, personaId: string, system: string, question: string, fallback: () => string): Promise<Written> {
   switch (provider(deps)) {
     case 'flowise':
       return askFlowise(deps, `${system}\n\n${question}`);
@@ -123,7 +130,7 @@ async function ask(deps: StageDeps, personaId: string, system: string, question:
       try {
         return await askOpenAi(deps, system, question);
       } catch (error) {
-        throw toAvatarError(error, `prompt for persona ${personaId}`, deps.imageTimeoutMs);
+        throw toAvatarError(error, `prompt for persona ${personaId}`, deps.textTimeoutMs, 'TEXT_TIMEOUT_MS');
       }
     case 'template':
       return { text: fallback() };
@@ -131,7 +138,7 @@ async function ask(deps: StageDeps, personaId: string, system: string, question:
 }
 
 /** Writes the image prompt (or its safer rewrite) to the run's prefix and returns its key. */
-export async function writePrompt(event: WritePromptEvent, deps: StageDeps): Promise<PromptResult> {
+export async function writePrompt(event: WritePromptEvent, deps: PromptDeps): Promise<PromptResult> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
   let written: Written;
@@ -147,5 +154,15 @@ export async function writePrompt(event: WritePromptEvent, deps: StageDeps): Pro
     key = keys.prompt;
   }
   await deps.store.put(key, written.text, 'text/plain; charset=utf-8');
-  return { promptKey: key, provider: provider(deps), ...(written.usage ? { usage: written.usage } : {}), ms: Date.now() - started };
+  const by = provider(deps);
+  const model = by === 'openai' ? deps.settings.textModel : undefined;
+  return {
+    promptKey: key,
+    provider: by,
+    ...(model ? { model } : {}),
+    ...(written.usage ? { usage: written.usage } : {}),
+    // The template is free; Flowise bills elsewhere.
+    estimatedCostUsd: model ? estimateTextCost(model, written.usage) : by === 'template' ? 0 : null,
+    ms: Date.now() - started,
+  };
 }

@@ -1,0 +1,180 @@
+/**
+ * OpenAI as image provider and prompt writer: the key (from the environment or Secrets Manager),
+ * the client, the image calls with the options each model takes, model fallback, and the mapping
+ * of API errors onto the names the state machine retries or catches.
+ */
+import type { Logger } from '@aws-lambda-powertools/logger';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import OpenAI, { toFile } from 'openai';
+import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
+import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
+import { IMAGE_MODELS, estimateImageCost, modelChain, type TokenUsage } from './models.ts';
+import type { Settings } from './settings.ts';
+
+type Env = Record<string, string | undefined>;
+
+let cachedSecretKey: Promise<string> | undefined;
+
+/** The OpenAI key: OPENAI_API_KEY, else the Secrets Manager secret named by OPENAI_API_KEY_SECRET_ARN. */
+export async function openAiKeyFromEnv(env: Env = process.env): Promise<string | undefined> {
+  if (env.OPENAI_API_KEY) return env.OPENAI_API_KEY;
+  const secretId = env.OPENAI_API_KEY_SECRET_ARN;
+  if (!secretId) return undefined;
+  cachedSecretKey ??= new SecretsManagerClient({})
+    .send(new GetSecretValueCommand({ SecretId: secretId }))
+    .then((r) => (r.SecretString ?? '').trim())
+    .catch((error: Error) => {
+      // Only a key is kept: a throttled or failed fetch is tried again on the next call.
+      cachedSecretKey = undefined;
+      throw new UpstreamError(`reading the OpenAI key from Secrets Manager (${secretId}) failed: ${error.name}: ${error.message}; retried`, { cause: error });
+    });
+  return cachedSecretKey;
+}
+
+/**
+ * The SDK's own retries stay low: the state machine owns retries, with backoff that outlives
+ * a per-minute rate limit. Without `baseURL` the SDK reads OPENAI_BASE_URL itself.
+ */
+export function openAiClient(apiKey: string, baseURL?: string): OpenAI {
+  return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0 });
+}
+
+const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
+
+function retryAfterSeconds(headers: Headers | undefined): number | undefined {
+  const ms = Number(headers?.get('retry-after-ms'));
+  if (Number.isFinite(ms) && ms > 0) return Math.ceil(ms / 1000);
+  const seconds = Number(headers?.get('retry-after'));
+  return Number.isFinite(seconds) && seconds > 0 ? seconds : undefined;
+}
+
+function isModelNotFound(error: unknown): boolean {
+  return error instanceof OpenAI.APIError && (error.code === 'model_not_found' || (error.status === 404 && /model/i.test(error.message)));
+}
+
+/**
+ * Maps the OpenAI client's errors onto the names the state machine retries or catches.
+ * `what` says which call failed ("base image for persona ada"), so every message names the persona.
+ */
+export function toAvatarError(error: unknown, what: string, timeoutMs: number, timeoutSetting = 'IMAGE_TIMEOUT_MS'): Error {
+  if (error instanceof AvatarError) return error;
+  if (error instanceof OpenAI.APIConnectionTimeoutError) {
+    return new ImageTimeout(
+      `${what}: no answer within ${Math.round(timeoutMs / 1000)} s; retried by the state machine, raise ${timeoutSetting} if the model is just slow`,
+      { cause: error },
+    );
+  }
+  if (error instanceof OpenAI.APIConnectionError) {
+    return new UpstreamError(`${what}: connection to the API failed (${error.message}); retried`, { cause: error });
+  }
+  if (error instanceof OpenAI.APIError) {
+    const body = (error.error ?? {}) as Record<string, unknown>;
+    if (error.status === 400 && moderationCodes.has(String(error.code))) {
+      const details = body.moderation_details ?? (body as { error?: Record<string, unknown> }).error?.moderation_details;
+      return new ContentPolicyViolation(
+        `${what}: rejected by the content policy (${error.code}): ${error.message}` +
+          (details ? `; moderation_details: ${JSON.stringify(details)}` : '') +
+          '; the workflow rewrites the prompt once into a safer one, then gives up on this persona',
+        { cause: error },
+      );
+    }
+    if (error.status === 429) {
+      if (error.code === 'insufficient_quota') {
+        return new ConfigurationError(`${what}: the OpenAI account has no quota left (${error.message}); add credit, retrying will not help`);
+      }
+      const after = retryAfterSeconds(error.headers);
+      return new RateLimited(`${what}: rate limited (${error.message})${after ? `; the API asks to retry after ${after} s` : ''}; retried with backoff`, { cause: error });
+    }
+    if (error.status === 401 || error.status === 403) {
+      return new ConfigurationError(`${what}: the API refused the key (${error.status}); check OPENAI_API_KEY or the secret`);
+    }
+    if (error.status !== undefined && error.status >= 500) {
+      return new UpstreamError(`${what}: the API failed with ${error.status} (${error.message}); retried`, { cause: error });
+    }
+    return new ConfigurationError(`${what}: the API rejected the request with ${error.status} (${error.message})`);
+  }
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+type Call = (model: string, options: Record<string, unknown>) => Promise<OpenAI.ImagesResponse>;
+
+/**
+ * Images from OpenAI's API. Each model gets only the options the model table says it takes.
+ * A model that answers `model_not_found` (OpenAI retires image models) is skipped for the next in
+ * IMAGE_FALLBACK_MODELS, and for the rest of this container's life.
+ */
+export function openAiImages(client: OpenAI | undefined, settings: Settings, logger: Pick<Logger, 'warn'>): ImageProvider {
+  const gone = new Set<string>();
+
+  const optionsFor = (model: string, request: ImageRequest, edit: boolean): Record<string, unknown> => {
+    const spec = IMAGE_MODELS[model];
+    const options: Record<string, unknown> = { size: settings.imageSize, quality: settings.imageQuality };
+    if (!spec) return options;
+    options.output_format = request.format;
+    if (request.format !== 'png') options.output_compression = settings.outputCompression;
+    if (spec.moderation) options.moderation = settings.imageModeration;
+    if (edit && spec.inputFidelity.includes(settings.imageInputFidelity)) options.input_fidelity = settings.imageInputFidelity;
+    return options;
+  };
+
+  const run = async (request: ImageRequest, edit: boolean, call: Call): Promise<ImageResult> => {
+    const { what } = request;
+    if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+    const chain = modelChain(settings).filter((m) => !gone.has(m));
+    const warnings: string[] = [];
+    for (const [i, model] of chain.entries()) {
+      let answer: OpenAI.ImagesResponse;
+      try {
+        answer = await call(model, optionsFor(model, request, edit));
+      } catch (error) {
+        if (!isModelNotFound(error)) throw toAvatarError(error, what, request.timeoutMs);
+        gone.add(model);
+        const next = chain[i + 1];
+        if (!next) {
+          throw new ConfigurationError(`${what}: model ${model} does not exist (retired?) and no fallback is left; set IMAGE_MODEL or IMAGE_FALLBACK_MODELS, e.g. gpt-image-2`);
+        }
+        const warning = `image model ${model} answered model_not_found (retired): used ${next}; set IMAGE_MODEL=${next}`;
+        warnings.push(warning);
+        logger.warn(warning, { model, fallback: next });
+        continue;
+      }
+      const images = (answer.data ?? []).map((d) => {
+        if (!d.b64_json) throw new UpstreamError(`${what}: the image API answered without image data; retried`);
+        return Buffer.from(d.b64_json, 'base64');
+      });
+      if (images.length === 0) throw new UpstreamError(`${what}: the image API answered with no images; retried`);
+      const usage = answer.usage as TokenUsage | undefined;
+      return { images, format: formatOf(images[0]!) ?? 'png', model, usage, estimatedCostUsd: estimateImageCost(model, usage), warnings };
+    }
+    throw new ConfigurationError(`${what}: every image model configured (${modelChain(settings).join(', ')}) is gone; set IMAGE_MODEL to gpt-image-2`);
+  };
+
+  return {
+    name: 'openai',
+    generate: (request) =>
+      run(request, false, (model, options) =>
+        client!.images.generate({ model, prompt: request.prompt, n: request.n, ...options } as OpenAI.ImageGenerateParamsNonStreaming, { timeout: request.timeoutMs }),
+      ),
+    edit: (request) =>
+      run(request, true, async (model, options) =>
+        client!.images.edit(
+          {
+            model,
+            // Without an explicit type the API sees application/octet-stream and rejects the file.
+            image: await toFile(request.reference, 'base.png', { type: 'image/png' }),
+            prompt: request.prompt,
+            n: request.n,
+            ...options,
+          } as OpenAI.ImageEditParamsNonStreaming,
+          { timeout: request.timeoutMs },
+        ),
+      ),
+  };
+}
+
+/** For the stages that draw or write prompts: the image provider and the text client, sharing one key. */
+export async function openAiClients(env: Env, settings: Settings, logger: Logger): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
+  const key = await openAiKeyFromEnv(env);
+  const client = key ? openAiClient(key, env.OPENAI_BASE_URL) : undefined;
+  return { images: openAiImages(client, settings, logger), text: client };
+}

@@ -1,0 +1,85 @@
+import { join, resolve } from 'node:path';
+import { startFromUpload, type S3Notification } from '../../lambdas/start-from-upload/core.ts';
+import { startLocalEnvironment, type LocalEnvironment } from '../environment.ts';
+import { parseFaults } from '../offline-openai.ts';
+import { saveOutputs } from '../outputs.ts';
+import { isRunning } from '../step-functions-api.ts';
+import { describe, resultLines, UsageError } from './common.ts';
+
+export interface DevFlags {
+  data: string;
+  out: string;
+  fault: string[];
+  latency: number;
+  retryDelay: number;
+}
+
+/** Keeps the embedded S3 running and runs the workflow for every persona file put under personas/. */
+export async function devCommand(flags: DevFlags): Promise<number> {
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const env: LocalEnvironment = await startLocalEnvironment({
+    // Uploads here start local executions, never a deployed state machine.
+    env: { ...process.env, STATE_MACHINE_ARN: undefined },
+    dataDir: flags.data,
+    faults: parseFaults(flags.fault),
+    latencyMs: flags.latency,
+    stepFunctions: {
+      retryDelayMs: flags.retryDelay,
+      onProgress: (execution, event) => {
+        log(`[${execution.name}] ${describe(event).trimStart()}`);
+      },
+      onEnd: async (execution) => {
+        const outcome = execution.outcome!;
+        if (outcome.status === 'FAILED') {
+          log(`✗ [${execution.name}] failed: ${outcome.error}: ${outcome.cause}`);
+          return;
+        }
+        const outDir = resolve(flags.out, outcome.output.personaId);
+        try {
+          await saveOutputs(env.deps.store, outcome.output, outDir);
+          process.stdout.write(resultLines(outcome.output, `(execution ${execution.name})`));
+          process.stdout.write(`  open ${join(outDir, 'index.html')}\n\n`);
+        } catch (error) {
+          process.stdout.write(resultLines(outcome.output, `(execution ${execution.name})`));
+          // The avatars are published in S3 all the same; the server keeps running for the rest.
+          log(`✗ [${execution.name}] could not save the images to ${outDir}: ${(error as Error).message}`);
+        }
+      },
+    },
+  });
+  const { embeddedS3, stepFunctions, deps } = env;
+  if (!embeddedS3 || !stepFunctions) {
+    await env.close();
+    throw new UsageError('avatars dev watches its own embedded S3: unset S3_ENDPOINT (and S3_BUCKET_NAME with AWS credentials) to use it');
+  }
+  embeddedS3.onNotification((event: S3Notification) => {
+    startFromUpload(event, deps)
+      .then((outcomes) => {
+        for (const o of outcomes) {
+          for (const s of o.started) log(`${o.key}: started ${s.name}`);
+          for (const s of o.alreadyStarted) log(`${o.key}: ${s.personaId} unchanged, already started as ${s.name}`);
+          for (const p of o.rejected) log(`${o.key}: rejected${p.line ? ` line ${p.line}` : ''}: ${p.message} (report: ${o.reportKey})`);
+        }
+      })
+      .catch((error: Error) => log(`✗ upload trigger failed: ${error.name}: ${error.message}`));
+  });
+  const bucket = deps.store.bucket;
+  process.stdout.write(
+    [
+      `avatars dev: runs the workflow for every persona file put under s3://${bucket}/personas/ (.json, or .jsonl for many)`,
+      `  S3 endpoint: ${embeddedS3.endpoint} (bucket ${bucket}, data in ${join(flags.data, 's3')}, keys ${embeddedS3.accessKey}/${embeddedS3.secretKey})`,
+      `  Step Functions endpoint: ${stepFunctions.endpoint} (state machine ${stepFunctions.stateMachineArn})`,
+      `  upload: curl -T events/persona.json ${embeddedS3.endpoint}/${bucket}/personas/ada-lovelace.json`,
+      `  images are saved under ${resolve(flags.out)}/<persona id>/; Ctrl-C stops once running executions end`,
+      '',
+    ].join('\n'),
+  );
+  await new Promise<void>((resolveStop) => {
+    process.once('SIGINT', () => resolveStop());
+    process.once('SIGTERM', () => resolveStop());
+  });
+  const running = [...stepFunctions.executions.values()].filter(isRunning).length;
+  if (running > 0) log(`stopping after ${running} running execution${running === 1 ? '' : 's'}…`);
+  await env.close();
+  return 0;
+}

@@ -1,0 +1,54 @@
+import { readFile } from 'node:fs/promises';
+import { stageNames, stages, type StageName } from '../../lambdas/stages.ts';
+import type { Deps } from '../../lambdas/shared/stage.ts';
+import { startLocalEnvironment } from '../environment.ts';
+import { parseFaults } from '../offline-openai.ts';
+import { readJsonFile, UsageError } from './common.ts';
+
+export interface InvokeFlags {
+  event: string;
+  data: string;
+  fault: string[];
+  put: string[];
+}
+
+/** `key=file` pairs for --put. */
+function parsePuts(specs: string[]): { key: string; file: string }[] {
+  return specs.map((spec) => {
+    const at = spec.indexOf('=');
+    if (at < 1 || at === spec.length - 1) throw new UsageError(`--put ${spec}: use KEY=FILE, e.g. personas/ada-lovelace.json=events/persona.json`);
+    return { key: spec.slice(0, at), file: spec.slice(at + 1) };
+  });
+}
+
+export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<number> {
+  if (!stageNames.includes(stage as StageName)) throw new UsageError(`unknown stage "${stage}": one of ${stageNames.join(', ')}`);
+  const event = await readJsonFile(flags.event, 'event file');
+  const puts = await Promise.all(
+    parsePuts(flags.put).map(async ({ key, file }) => ({ key, body: await readFile(file).catch(() => Promise.reject(new UsageError(`--put: cannot read ${file}`))) })),
+  );
+  const env = await startLocalEnvironment({
+    dataDir: flags.data,
+    faults: parseFaults(flags.fault),
+    // Executions the upload trigger starts run here, unless STATE_MACHINE_ARN names a deployed one.
+    stepFunctions: {
+      onEnd: (execution) => {
+        const outcome = execution.outcome!;
+        const detail = outcome.status === 'SUCCEEDED' ? `${outcome.output.images.length} avatars, manifest ${outcome.output.manifestKey}` : `${outcome.error}: ${outcome.cause}`;
+        process.stderr.write(`execution ${execution.name}: ${outcome.status}, ${detail}\n`);
+      },
+    },
+  });
+  try {
+    for (const { key, body } of puts) await env.deps.store.put(key, body, key.endsWith('.json') ? 'application/json' : 'application/octet-stream');
+    const core = stages[stage as StageName] as (e: unknown, d: Deps) => Promise<unknown>;
+    const result = await core(event, env.deps);
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`✗ ${stage} failed: ${(error as Error).name}: ${(error as Error).message}\n`);
+    return 1;
+  } finally {
+    await env.close();
+  }
+}

@@ -1,0 +1,51 @@
+import { join, resolve } from 'node:path';
+import { checkImageSettings } from '../../lambdas/shared/models.ts';
+import { startLocalEnvironment } from '../environment.ts';
+import { parseFaults } from '../offline-openai.ts';
+import { saveOutputs } from '../outputs.ts';
+import { runLocally } from '../runner.ts';
+import { describe, readRunInput, resultLines } from './common.ts';
+
+export interface RunFlags {
+  images?: number;
+  mode?: string;
+  out?: string;
+  json?: boolean;
+  fault: string[];
+  latency: number;
+  data: string;
+  retryDelay: number;
+  verbose?: boolean;
+  quiet?: boolean;
+}
+
+export async function runCommand(personaFile: string, flags: RunFlags): Promise<number> {
+  const input = await readRunInput(personaFile, flags);
+  const faults = parseFaults(flags.fault);
+  const log = (line: string) => {
+    if (!flags.quiet) process.stderr.write(`${line}\n`);
+  };
+  const env = await startLocalEnvironment({ dataDir: flags.data, faults, latencyMs: flags.latency, logLevel: flags.verbose ? 'INFO' : 'SILENT' });
+  try {
+    const { settings } = env.deps;
+    log(`persona-avatars: S3 ${env.s3 === 'embedded' ? `embedded (${join(flags.data, 's3')})` : env.s3}, images ${env.images === 'offline' ? 'offline backend' : 'OpenAI'}, ${settings.imageModel} ${settings.imageSize} ${settings.imageQuality}`);
+    for (const warning of checkImageSettings(settings).warnings) log(`⚠ ${warning}`);
+    const outcome = await runLocally({ input, deps: env.deps, retryDelayMs: flags.retryDelay, onProgress: (event) => log(describe(event)) });
+    if (outcome.status === 'FAILED') {
+      if (flags.json) process.stdout.write(`${JSON.stringify({ status: outcome.status, runId: outcome.runId, error: outcome.error, cause: outcome.cause }, null, 2)}\n`);
+      process.stderr.write(`\n✗ run ${outcome.runId} failed: ${outcome.error}: ${outcome.cause}\n`);
+      return 1;
+    }
+    const outDir = resolve(flags.out ?? join('out', outcome.output.personaId));
+    const files = await saveOutputs(env.deps.store, outcome.output, outDir);
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify({ status: outcome.status, ms: outcome.ms, outDir, files, ...outcome.output }, null, 2)}\n`);
+    } else {
+      process.stdout.write(resultLines(outcome.output, `in ${(outcome.ms / 1000).toFixed(1)} s (run ${outcome.runId})`));
+      process.stdout.write(`  open ${join(outDir, 'index.html')} (contact sheet: ${join(outDir, 'contact-sheet.png')})\n\n`);
+    }
+    return 0;
+  } finally {
+    await env.close();
+  }
+}

@@ -1,0 +1,30 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { basename, extname, join } from 'node:path';
+import { extensionOf, type TileFormat } from '../../lambdas/shared/keys.ts';
+import { splitGrid } from '../../lambdas/split-grid/split.ts';
+
+export interface SplitFlags {
+  out: string;
+  rows: number;
+  cols: number;
+  format: TileFormat;
+}
+
+export async function splitCommand(grids: string[], flags: SplitFlags): Promise<number> {
+  let failed = 0;
+  for (const grid of grids) {
+    const name = basename(grid, extname(grid));
+    try {
+      const tiles = await splitGrid(await readFile(grid), flags.rows, flags.cols, flags.format, grid);
+      const dir = join(flags.out, name);
+      await mkdir(dir, { recursive: true });
+      await Promise.all(tiles.map((tile, i) => writeFile(join(dir, `img_${i}.${extensionOf(flags.format)}`), tile.data)));
+      process.stdout.write(`${grid}: ${tiles.map((t, i) => `img_${i} ${t.box.width}x${t.box.height}+${t.box.left}+${t.box.top}`).join(', ')}\n`);
+    } catch (error) {
+      failed++;
+      const code = (error as NodeJS.ErrnoException).code;
+      process.stderr.write(`✗ ${grid}: ${code === 'ENOENT' ? 'no such file' : `${(error as Error).name}: ${(error as Error).message}`}\n`);
+    }
+  }
+  return failed === 0 ? 0 : 1;
+}

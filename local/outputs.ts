@@ -1,0 +1,22 @@
+/** Saves what a run published to a folder a person opens: images, manifest, contact sheet, gallery. */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { PublishResult } from '../lambdas/publish/core.ts';
+import type { ObjectStore } from '../lambdas/shared/store.ts';
+import { writeContactSheet, writeGallery } from './gallery.ts';
+
+export async function saveOutputs(store: ObjectStore, output: PublishResult, outDir: string): Promise<string[]> {
+  await mkdir(outDir, { recursive: true });
+  const files = await Promise.all(
+    output.images.map(async (image) => {
+      const file = basename(image.key);
+      await writeFile(join(outDir, file), await store.getBytes(image.key));
+      return file;
+    }),
+  );
+  const manifest = JSON.parse(await store.getText(output.manifestKey)) as { prompt: { text: string } };
+  await writeFile(join(outDir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeContactSheet(files.map((f) => join(outDir, f)), join(outDir, 'contact-sheet.png'));
+  await writeGallery(outDir, output, files, manifest.prompt.text);
+  return files;
+}
