@@ -1,17 +1,42 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { buildApp } from '../infra/app.ts';
+import { buildApp, STACK_NAME } from '../infra/app.ts';
+import { projectRoot } from '../infra/context.ts';
 import { stageNames } from '../lambdas/stages.ts';
 
-// Bundles every stage with esbuild on this machine: no Docker, no network.
+type Template = { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
+
+// `cdk synth` as a user runs it: esbuild bundles every stage on this machine, no Docker, no network.
 const outdir = mkdtempSync(join(tmpdir(), 'avatars-assets-'));
-const { app, stack } = buildApp({ outdir });
-const assembly = app.synth();
-const template = assembly.getStackByName(stack.stackName).template as { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
+const REGION = 'eu-west-3';
+execFileSync(join(projectRoot, 'node_modules', '.bin', 'cdk'), ['synth', '--quiet', '--no-notices', '--output', outdir], {
+  cwd: projectRoot,
+  stdio: 'pipe',
+  env: { ...process.env, AWS_REGION: REGION },
+});
+const template = JSON.parse(readFileSync(join(outdir, `${STACK_NAME}.template.json`), 'utf8')) as Template;
 afterAll(() => rmSync(outdir, { recursive: true, force: true }));
+
+/** The template without what says where code was staged and which construct made what (the CLI adds those, with its version report). */
+function withoutAssetKeys(t: Template): unknown {
+  const drop = (key: string) => key === 'S3Key' || key.startsWith('aws:asset:') || key === 'aws:cdk:path' || key.startsWith('CDKMetadata');
+  return JSON.parse(JSON.stringify(t, (key, value) => (drop(key) ? undefined : key === 'Metadata' && Object.keys(value).every(drop) ? undefined : value)));
+}
+
+/** Where two JSON values first differ, for a failure message a person can read. */
+function firstDifference(a: unknown, b: unknown, path = ''): string | undefined {
+  if (JSON.stringify(a) === JSON.stringify(b)) return undefined;
+  if (a && b && typeof a === 'object' && typeof b === 'object') {
+    for (const key of new Set([...Object.keys(a), ...Object.keys(b)])) {
+      const found = firstDifference((a as Record<string, unknown>)[key], (b as Record<string, unknown>)[key], `${path}/${key}`);
+      if (found) return found;
+    }
+  }
+  return `${path}: ${JSON.stringify(a)?.slice(0, 200)} ≠ ${JSON.stringify(b)?.slice(0, 200)}`;
+}
 
 function assetOf(stage: string): string {
   const fn = Object.values(template.Resources).find((r) => r.Type === 'AWS::Lambda::Function' && r.Properties.Environment?.Variables?.STAGE === stage)!;
@@ -20,6 +45,14 @@ function assetOf(stage: string): string {
 }
 
 describe('the bundled Lambda assets', () => {
+  it('come with the same template that the tests, the local runner and the bench synthesize', () => {
+    // The CLI resolves the region from the AWS configuration and hands it to the app, as here.
+    process.env.CDK_DEFAULT_REGION = REGION;
+    const inProcess = buildApp({ bundle: false }).app.synth().getStackByName(STACK_NAME).template as Template;
+    delete process.env.CDK_DEFAULT_REGION;
+    expect(firstDifference(withoutAssetKeys(inProcess), withoutAssetKeys(template))).toBeUndefined();
+  });
+
   it('builds a self-contained bundle for every stage', () => {
     for (const stage of stageNames) {
       expect(statSync(join(assetOf(stage), 'index.js')).size).toBeGreaterThan(1000);

@@ -31,10 +31,10 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `avatars …` as a user would, in `cwd`, with only PATH, HOME and `env` set. */
-export async function avatars(cwd: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+/** Runs `avatars …` as a user would, in `cwd`, with only PATH, HOME and `env` set (`cli`: another copy's). */
+export async function avatars(cwd: string, args: string[], env: Record<string, string> = {}, cli = cliPath): Promise<CliResult> {
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cliPath, ...args], { cwd, env: { PATH: process.env.PATH, HOME: cwd, ...env } });
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args], { cwd, env: { PATH: process.env.PATH, HOME: cwd, ...env } });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as CliResult;
