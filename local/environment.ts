@@ -9,7 +9,7 @@ import { SFNClient } from '@aws-sdk/client-sfn';
 import { projectContext } from '../infra/context.ts';
 import { openAiClients } from '../lambdas/shared/openai.ts';
 import { storeClient } from '../lambdas/shared/s3.ts';
-import { environmentOf, settingsFromContext } from '../lambdas/shared/settings.ts';
+import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
@@ -61,6 +61,8 @@ export function localVariables(env: Record<string, string | undefined> = process
 
 export async function startLocalEnvironment(options: LocalEnvironmentOptions): Promise<LocalEnvironment> {
   const env = localVariables(options.env ?? process.env, options.context);
+  // Checked before any server starts: a bad model, size or quality is named at once.
+  settingsFromEnv(env);
   const closers: (() => Promise<void>)[] = [];
   const s3: LocalEnvironment['s3'] = env.S3_ENDPOINT ? 'endpoint' : usesAwsS3(env) ? 'aws' : 'embedded';
   let embeddedS3: EmbeddedS3 | undefined;

@@ -59,6 +59,26 @@ describe('the bundled Lambda assets', () => {
     }
   });
 
+  it('holds in each stage only the clients its core uses', () => {
+    // A string each client's code carries, whatever the minifier renames.
+    const markers = { s3: 'AmazonS3', openai: 'api.openai.com', secrets: 'secretsmanager', sfn: 'AWSStepFunctions' };
+    const uses: Record<string, (keyof typeof markers)[]> = {
+      'plan-run': [],
+      'split-grid': ['s3'],
+      publish: ['s3'],
+      'record-failure': ['s3'],
+      'write-prompt': ['s3', 'openai', 'secrets'],
+      'generate-base': ['s3', 'openai', 'secrets'],
+      'generate-grid': ['s3', 'openai', 'secrets'],
+      'start-from-upload': ['s3', 'sfn'],
+    };
+    for (const stage of stageNames) {
+      const code = readFileSync(join(assetOf(stage), 'index.js'), 'utf8');
+      const found = (Object.keys(markers) as (keyof typeof markers)[]).filter((client) => code.includes(markers[client]));
+      expect(found, stage).toEqual(uses[stage]);
+    }
+  });
+
   it('ships sharp for linux x64 with split-grid, and the bundle loads it and cuts an image', () => {
     const dir = assetOf('split-grid');
     expect(readdirSync(join(dir, 'node_modules', '@img'))).toEqual(expect.arrayContaining(['sharp-linux-x64', 'sharp-libvips-linux-x64']));

@@ -1,4 +1,5 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
+import './zod.ts';
 import { InvalidPersona } from './errors.ts';
 
 /** Ids become S3 key segments and execution names: letters, digits, `-` and `_` only. */
@@ -6,25 +7,25 @@ export const PERSONA_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export const MAX_IMAGES = 40;
 export const IMAGES_PER_GRID = 4;
 
-const bio = z.string().trim().max(4000).optional();
+const bio = z.optional(z.string().check(z.trim(), z.maxLength(4000)));
 
 export const personaSchema = z
   .object({
-    id: z
-      .string()
-      .regex(PERSONA_ID_PATTERN, 'must be 1-64 letters, digits, "-" or "_", starting with a letter or digit'),
-    firstname: z.string().trim().min(1, 'must not be empty').max(100),
-    lastname: z.string().trim().max(100).default(''),
-    gender: z.string().trim().min(1, 'must not be empty').max(40),
+    id: z.string().check(z.regex(PERSONA_ID_PATTERN, 'must be 1-64 letters, digits, "-" or "_", starting with a letter or digit')),
+    firstname: z.string().check(z.trim(), z.minLength(1, 'must not be empty'), z.maxLength(100)),
+    lastname: z._default(z.string().check(z.trim(), z.maxLength(100)), ''),
+    gender: z.string().check(z.trim(), z.minLength(1, 'must not be empty'), z.maxLength(40)),
     bio_facebook: bio,
     bio_instagram: bio,
     bio_x: bio,
     bio_tiktok: bio,
   })
-  .refine((p) => [p.bio_facebook, p.bio_instagram, p.bio_x, p.bio_tiktok].some((b) => b), {
-    message: 'at least one of bio_facebook, bio_instagram, bio_x, bio_tiktok must be given',
-    path: ['bio_facebook'],
-  });
+  .check(
+    z.refine((p) => [p.bio_facebook, p.bio_instagram, p.bio_x, p.bio_tiktok].some((b) => b), {
+      message: 'at least one of bio_facebook, bio_instagram, bio_x, bio_tiktok must be given',
+      path: ['bio_facebook'],
+    }),
+  );
 
 export type Persona = z.infer<typeof personaSchema>;
 
@@ -33,14 +34,14 @@ export type GenerationMode = (typeof generationModes)[number];
 
 export const runRequestSchema = z.object({
   persona: z.unknown(),
-  images: z.number().int().min(1).max(MAX_IMAGES).optional(),
-  mode: z.enum(generationModes).default('grid'),
+  images: z.optional(z.int().check(z.minimum(1), z.maximum(MAX_IMAGES))),
+  mode: z._default(z.enum(generationModes), 'grid'),
 });
 
 /** A run as asked for: `images` stays unset when not given, for the deployment's default to fill. */
 export type RunRequest = { persona: Persona; images?: number; mode: GenerationMode };
 
-function firstIssue(error: z.ZodError, prefix: string): InvalidPersona {
+function firstIssue(error: z.core.$ZodError, prefix: string): InvalidPersona {
   const issue = error.issues[0]!;
   const field = [prefix, ...issue.path.map(String)].filter(Boolean).join('.') || '(root)';
   return new InvalidPersona(field, issue.message);

@@ -4,7 +4,8 @@
  * Lambda environment the stack writes (from context), the local runner's settings (cdk.json's
  * context under the shell's variables) and README's configuration table (`avatars config --markdown`).
  */
-import { z } from 'zod';
+import * as z from 'zod/mini';
+import './zod.ts';
 import { ConfigurationError } from './errors.ts';
 import { checkImageSettings } from './models.ts';
 import { IMAGES_PER_GRID, MAX_IMAGES } from './persona.ts';
@@ -23,15 +24,16 @@ interface Spec<T> {
   context?: string;
   default?: string;
   doc: string;
-  schema: z.ZodType<T>;
+  schema: z.ZodMiniType<T>;
 }
 
 const spec = <T, S extends Scope>(s: Spec<T> & { scope: S }) => s;
-const text = z.string().trim().min(1);
-const optionalText = text.optional();
-const wholeNumber = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
-const url = z.url().transform((u) => u.replace(/\/+$/, ''));
-const list = z.string().transform((s) => s.split(',').map((m) => m.trim()).filter(Boolean));
+const text = z.string().check(z.trim(), z.minLength(1));
+const optionalText = z.optional(text);
+const wholeNumber = (min: number, max: number) => z.pipe(z.coerce.number(), z.int().check(z.minimum(min), z.maximum(max)));
+const url = z.pipe(z.url(), z.transform((u: string) => u.replace(/\/+$/, '')));
+const optionalUrl = z.optional(url);
+const list = z.pipe(z.string(), z.transform((s: string) => s.split(',').map((m) => m.trim()).filter(Boolean)));
 
 export const SETTINGS = {
   bucket: spec({ scope: 'stage', env: 'S3_BUCKET_NAME', default: 'avatars', doc: 'the bucket every stage reads and writes (on AWS: set by the stack)', schema: text }),
@@ -61,11 +63,11 @@ export const SETTINGS = {
   imageTimeoutMs: spec({ scope: 'stage', env: 'IMAGE_TIMEOUT_MS', context: 'imageTimeoutMs', default: '600000', doc: 'cap for one image call (on Lambda also kept 20 s under the remaining time)', schema: wholeNumber(100, 3_600_000) }),
   textTimeoutMs: spec({ scope: 'stage', env: 'TEXT_TIMEOUT_MS', context: 'textTimeoutMs', default: '120000', doc: 'cap for one prompt-writing call (OpenAI text model or Flowise)', schema: wholeNumber(100, 3_600_000) }),
   promptProvider: spec({ scope: 'stage', env: 'PROMPT_PROVIDER', context: 'promptProvider', default: 'auto', doc: '`auto` (Flowise if configured, else the OpenAI text model, else the template) or `template`', schema: z.enum(['auto', 'template']) }),
-  flowiseUrl: spec({ scope: 'stage', env: 'FLOWISE_URL', context: 'flowiseUrl', doc: 'write prompts with this Flowise server…', schema: url.optional() }),
+  flowiseUrl: spec({ scope: 'stage', env: 'FLOWISE_URL', context: 'flowiseUrl', doc: 'write prompts with this Flowise server…', schema: optionalUrl }),
   flowiseChatflowId: spec({ scope: 'stage', env: 'FLOWISE_CHATFLOW_ID', context: 'flowiseChatflowId', doc: '…and this chatflow', schema: optionalText }),
   flowiseApiKey: spec({ scope: 'stage', env: 'FLOWISE_API_KEY', doc: 'bearer key for the chatflow', schema: optionalText }),
-  publicBaseUrl: spec({ scope: 'stage', env: 'PUBLIC_BASE_URL', context: 'publicBaseUrl', doc: 'return `{PUBLIC_BASE_URL}/{key}` instead of presigned URLs', schema: url.optional() }),
-  s3Endpoint: spec({ scope: 'stage', env: 'S3_ENDPOINT', doc: 'an S3-compatible server (path-style, checksums only when required)', schema: url.optional() }),
+  publicBaseUrl: spec({ scope: 'stage', env: 'PUBLIC_BASE_URL', context: 'publicBaseUrl', doc: 'return `{PUBLIC_BASE_URL}/{key}` instead of presigned URLs', schema: optionalUrl }),
+  s3Endpoint: spec({ scope: 'stage', env: 'S3_ENDPOINT', doc: 'an S3-compatible server (path-style, checksums only when required)', schema: optionalUrl }),
   tileFormat: spec({ scope: 'stage', env: 'TILE_FORMAT', context: 'tileFormat', default: 'png', doc: 'avatar format: `png`, `webp` or `jpeg` (asked of the image API too)', schema: z.enum(['png', 'webp', 'jpeg']) }),
   outputCompression: spec({ scope: 'stage', env: 'OUTPUT_COMPRESSION', context: 'outputCompression', default: '90', doc: 'quality 0-100 of webp and jpeg avatars (the API\'s `output_compression`)', schema: wholeNumber(0, 100) }),
   urlExpirySeconds: spec({ scope: 'stage', env: 'URL_EXPIRY_SECONDS', context: 'urlExpirySeconds', default: String(MAX_PRESIGNED_SECONDS), doc: 'presigned URL lifetime, at most 604800 (7 days)', schema: wholeNumber(1, MAX_PRESIGNED_SECONDS) }),
