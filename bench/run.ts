@@ -4,13 +4,17 @@
  *     image call, next to the latency on the critical path (grids overlap: 8 images should
  *     cost about one grid more than nothing).
  *  2. Grid splitting throughput and peak memory, robust split against the plain equal split.
- *  3. The bundle size of each Lambda asset.
+ *  3. Each Lambda bundle: its size and the time to load it, against a bare Node start (cold starts).
+ *  4. The CLI: `avatars --help` against a bare Node start, and `avatars split` on 36 grids against
+ *     the Python service's Pillow split-and-trim (bench/pillow-split.py), as whole processes.
  */
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { buildApp } from '../infra/app.ts';
+import { projectRoot } from '../infra/context.ts';
 import { splitEqually, splitGrid } from '../lambdas/split-grid/split.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf } from '../local/avatar-art.ts';
 import { startLocalEnvironment } from '../local/environment.ts';
@@ -80,24 +84,80 @@ async function splitBench(): Promise<void> {
   out();
 }
 
+/** Median wall time of a whole process, in ms. */
+function processMs(command: string, args: string[], runs = 7, cwd = projectRoot): number {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const start = performance.now();
+    const result = spawnSync(command, args, { cwd, stdio: 'ignore' });
+    if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${result.status}`);
+    times.push(performance.now() - start);
+  }
+  return times.sort((a, b) => a - b)[Math.floor(runs / 2)]!;
+}
+
+const bareNodeMs = () => processMs(process.execPath, ['-e', '0']);
+
 function bundleBench(): void {
   const outdir = mkdtempSync(join(tmpdir(), 'avatars-bundles-'));
   try {
     const { app, stack } = buildApp({ outdir });
     const template = app.synth().getStackByName(stack.stackName).template as { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
     const size = (path: string): number => (statSync(path).isDirectory() ? readdirSync(path).reduce((sum, f) => sum + size(join(path, f)), 0) : statSync(path).size);
-    out('Lambda assets (bundled with esbuild; sharp copied in for split-grid)');
+    const bare = bareNodeMs();
+    out(`Lambda assets (bundled with esbuild; sharp copied in for split-grid); load = require() of the bundle, bare Node start ${bare.toFixed(0)} ms`);
     // Our stages only: CDK adds a helper function of its own for the bucket notifications.
     for (const fn of Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function' && r.Properties.Environment?.Variables?.STAGE)) {
       const dir = join(outdir, `asset.${String(fn.Properties.Code.S3Key).replace(/\.zip$/, '')}`);
       const js = statSync(join(dir, 'index.js')).size;
-      out(`  ${String(fn.Properties.Environment.Variables.STAGE).padEnd(17)} index.js ${(js / 1024).toFixed(0).padStart(5)} KiB, asset ${(size(dir) / 2 ** 20).toFixed(1).padStart(5)} MiB`);
+      const load = processMs(process.execPath, ['-e', "require('./index.js')"], 7, dir);
+      out(
+        `  ${String(fn.Properties.Environment.Variables.STAGE).padEnd(17)} index.js ${(js / 1024).toFixed(0).padStart(5)} KiB, asset ${(size(dir) / 2 ** 20).toFixed(1).padStart(5)} MiB, load ${load.toFixed(0).padStart(4)} ms = ${(load / bare).toFixed(1)}x a bare start`,
+      );
     }
+    out();
   } finally {
     rmSync(outdir, { recursive: true, force: true });
   }
 }
 
+async function cliBench(): Promise<void> {
+  const cli = join(projectRoot, 'local', 'cli.ts');
+  const bare = bareNodeMs();
+  const help = processMs(process.execPath, [cli, '--help']);
+  out('The avatars CLI, whole processes');
+  out(`  avatars --help    : ${help.toFixed(0)} ms, bare Node start ${bare.toFixed(0)} ms: ${(help / bare).toFixed(1)}x (target about 2.5x)`);
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-split-bench-'));
+  try {
+    const look = lookFor('split bench');
+    const variations = await Promise.all([0, 1, 2, 3].map((v) => drawAvatar(look, 512, 512, v)));
+    mkdirSync(join(dir, 'grids'));
+    const grids = await Promise.all(
+      Array.from({ length: 36 }, async (_, i) => {
+        const rnd = random(seedOf(`split-bench-${i}`));
+        const file = join(dir, 'grids', `grid_${i}.png`);
+        writeFileSync(file, await composeGrid(1024, 1024, gridLayout(1024, 1024, 2, 2, rnd), variations, rnd));
+        return file;
+      }),
+    );
+    // Debian's python3-pil lives beside the system Python, which a pyenv on PATH may hide.
+    const python = ['python3', '/usr/bin/python3'].find((p) => spawnSync(p, ['-c', 'import PIL'], { stdio: 'ignore' }).status === 0);
+    const pillow = python ? processMs(python, [join(projectRoot, 'bench', 'pillow-split.py'), join(dir, 'pillow'), ...grids], 3) : undefined;
+    if (!python) out('  (python3 with Pillow not found: `apt-get install python3-pil` to compare against the Python service)');
+    const ours = processMs(process.execPath, [cli, 'split', ...grids, '--out', join(dir, 'ours')], 3);
+    const bytes = (sub: string) => readdirSync(join(dir, sub), { recursive: true }).reduce((sum: number, f) => sum + (String(f).endsWith('.png') ? statSync(join(dir, sub, String(f))).size : 0), 0);
+    out(`  avatars split     : 36 grids of 1024x1024 in ${ours.toFixed(0)} ms, tiles ${(bytes('ours') / 2 ** 20).toFixed(1)} MiB`);
+    if (pillow !== undefined) {
+      out(`  Pillow split+trim : ${pillow.toFixed(0)} ms, tiles ${(bytes('pillow') / 2 ** 20).toFixed(1)} MiB`);
+      out(`  avatars / Pillow  : ${(pillow / ours).toFixed(1)}x faster (target at least 3x), tiles ${(bytes('ours') / bytes('pillow')).toFixed(2)}x the bytes (target at most 1.25x)`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  out();
+}
+
 await workflowBench();
 await splitBench();
 bundleBench();
+await cliBench();

@@ -1,4 +1,5 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { extensionOf, type TileFormat } from '../../lambdas/shared/keys.ts';
 import { splitGrid } from '../../lambdas/split-grid/split.ts';
@@ -10,21 +11,30 @@ export interface SplitFlags {
   format: TileFormat;
 }
 
-export async function splitCommand(grids: string[], flags: SplitFlags): Promise<number> {
-  let failed = 0;
-  for (const grid of grids) {
-    const name = basename(grid, extname(grid));
-    try {
-      const tiles = await splitGrid(await readFile(grid), flags.rows, flags.cols, flags.format, grid);
-      const dir = join(flags.out, name);
-      await mkdir(dir, { recursive: true });
-      await Promise.all(tiles.map((tile, i) => writeFile(join(dir, `img_${i}.${extensionOf(flags.format)}`), tile.data)));
-      process.stdout.write(`${grid}: ${tiles.map((t, i) => `img_${i} ${t.box.width}x${t.box.height}+${t.box.left}+${t.box.top}`).join(', ')}\n`);
-    } catch (error) {
-      failed++;
-      const code = (error as NodeJS.ErrnoException).code;
-      process.stderr.write(`✗ ${grid}: ${code === 'ENOENT' ? 'no such file' : `${(error as Error).name}: ${(error as Error).message}`}\n`);
-    }
+/** One grid into DIR/<grid name>/img_<i>; false when it could not be split. */
+async function splitOne(grid: string, flags: SplitFlags): Promise<boolean> {
+  const name = basename(grid, extname(grid));
+  try {
+    const tiles = await splitGrid(await readFile(grid), flags.rows, flags.cols, flags.format, grid);
+    const dir = join(flags.out, name);
+    await mkdir(dir, { recursive: true });
+    await Promise.all(tiles.map((tile, i) => writeFile(join(dir, `img_${i}.${extensionOf(flags.format)}`), tile.data)));
+    process.stdout.write(`${grid}: ${tiles.map((t, i) => `img_${i} ${t.box.width}x${t.box.height}+${t.box.left}+${t.box.top}`).join(', ')}\n`);
+    return true;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    process.stderr.write(`✗ ${grid}: ${code === 'ENOENT' ? 'no such file' : `${(error as Error).name}: ${(error as Error).message}`}\n`);
+    return false;
   }
+}
+
+export async function splitCommand(grids: string[], flags: SplitFlags): Promise<number> {
+  // A grid per core at a time: decoding and encoding run in sharp's threads, detection in ours.
+  const queue = [...grids];
+  let failed = 0;
+  const worker = async () => {
+    for (let grid = queue.shift(); grid !== undefined; grid = queue.shift()) if (!(await splitOne(grid, flags))) failed++;
+  };
+  await Promise.all(Array.from({ length: Math.min(availableParallelism(), queue.length) }, worker));
   return failed === 0 ? 0 : 1;
 }
