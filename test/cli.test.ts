@@ -66,7 +66,7 @@ describe('avatars invoke', () => {
       published = stdout;
     }
     const result = JSON.parse(published);
-    expect(result.images.map((i: { key: string }) => i.key)).toEqual([1, 2, 3, 4].map((n) => `avatars/ada-lovelace/img_${n}.png`));
+    expect(result.images.map((i: { key: string }) => i.key)).toEqual([1, 2, 3, 4].map((n) => `avatars/ada-lovelace/runs/${result.runId}/img_${n}.png`));
   });
 
   it('reports the named error of a failing stage and exits 1', async () => {

@@ -197,9 +197,9 @@ describe('publish and record-failure', () => {
     const generated = await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
     const result = await publish({ ...run, images: 3, mode: 'grid', prompt, base, grids: [split] }, deps);
-    expect(result.images.map((i) => i.key)).toEqual(['avatars/ada-lovelace/img_1.png', 'avatars/ada-lovelace/img_2.png', 'avatars/ada-lovelace/img_3.png']);
-    expect(result.images[0]!.url).toBe(`${deps.settings.s3Endpoint}/avatars/avatars/ada-lovelace/img_1.png`);
-    await deps.store.s3.send(new HeadObjectCommand({ Bucket: deps.store.bucket, Key: 'avatars/ada-lovelace/img_3.png' }));
+    expect(result.images.map((i) => i.key)).toEqual([1, 2, 3].map((n) => `avatars/ada-lovelace/runs/test-run/img_${n}.png`));
+    expect(result.images[0]!.url).toBe(`${deps.settings.s3Endpoint}/avatars/avatars/ada-lovelace/runs/test-run/img_1.png`);
+    await deps.store.s3.send(new HeadObjectCommand({ Bucket: deps.store.bucket, Key: 'avatars/ada-lovelace/runs/test-run/img_3.png' }));
     const manifest = JSON.parse(await deps.store.getText(result.manifestKey));
     expect(manifest).toMatchObject({ personaId: 'ada-lovelace', runId: 'test-run', model: 'gpt-image-2', size: '1024x1024', quality: 'medium' });
     expect(manifest.prompt.text).toContain('Ada');
@@ -217,7 +217,7 @@ describe('publish and record-failure', () => {
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
     const settings = { ...deps.settings, publicBaseUrl: 'https://cdn.example.test' };
     const result = await publish({ ...run, images: 1, mode: 'grid', prompt, base, grids: [split] }, { ...deps, settings });
-    expect(result.images[0]!.url).toBe('https://cdn.example.test/avatars/ada-lovelace/img_1.png');
+    expect(result.images[0]!.url).toBe('https://cdn.example.test/avatars/ada-lovelace/runs/test-run/img_1.png');
   });
 
   it('returns presigned URLs that fetch the image when no public or S3-compatible base URL is set', async () => {

@@ -193,7 +193,7 @@ describe('avatars start and status', () => {
     }
     expect(transitions.indexOf('  → PlanRun')).toBeLessThan(transitions.indexOf('  → Publish'));
     expect(stdout).toContain('✓ 4 avatars for ada-lovelace');
-    expect(stdout).toContain('avatars/ada-lovelace/img_4.png');
+    expect(stdout).toMatch(/avatars\/ada-lovelace\/runs\/[\w-]+\/img_4\.png/);
   });
 
   it('exits non-zero with the error name and cause when the execution fails', async () => {

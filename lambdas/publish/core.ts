@@ -1,4 +1,4 @@
-import { avatarKeys } from '../shared/keys.ts';
+import { avatarKeys, contentTypes } from '../shared/keys.ts';
 import type { GenerationMode, Persona } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
@@ -6,6 +6,7 @@ import type { BaseResult } from '../generate-base/core.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import type { PromptResult } from '../write-prompt/core.ts';
 import type { TokenUsage } from '../shared/models.ts';
+import { avatarDimensions, uniformAvatar } from './uniform.ts';
 
 export interface PublishEvent {
   personaId: string;
@@ -33,8 +34,11 @@ export interface PublishResult {
   personaId: string;
   runId: string;
   images: PublishedImage[];
+  /** This run's manifest, which never changes. */
   manifestKey: string;
   manifestUrl: string;
+  /** The persona's current manifest: this run's, until another run publishes. */
+  currentManifestKey: string;
   estimatedCostUsd: number | null;
   /** Retired models skipped and the like, for a person to act on. */
   warnings: string[];
@@ -53,18 +57,25 @@ function sumCosts(lines: UsageLine[]): number | null {
   return Math.round(lines.reduce((sum, l) => sum + l.estimatedCostUsd!, 0) * 1e6) / 1e6;
 }
 
-/** Copies the tiles to their final names, writes the manifest and returns where they are. */
+/**
+ * Crops every avatar of the run to one size, writes them and the run's manifest under the run's
+ * own folder (never rewritten), and only then replaces the persona's current manifest in one write:
+ * a reader sees one whole run or the one before, never a mix, and earlier runs stay as they were.
+ */
 export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Promise<PublishResult> {
   const started = Date.now();
   const keys = avatarKeys(event.personaId);
-  const format = deps.settings.tileFormat;
+  const runKeys = keys.run(event.runId);
+  const { tileFormat: format, avatarSize, avatarAspect, outputCompression } = deps.settings;
   const grids = [...event.grids].sort((a, b) => a.gridIndex - b.gridIndex);
   const tiles = grids.flatMap((g) => g.tiles.map((tile) => ({ ...tile, model: g.generation.model }))).slice(0, event.images);
+  const size = avatarDimensions(tiles.map((t) => t.box), avatarSize, avatarAspect);
   const images = await Promise.all(
     tiles.map(async (tile, i): Promise<PublishedImage> => {
-      const key = keys.image(i + 1, tile.key.endsWith('.png') ? 'png' : format);
-      await deps.store.copy(tile.key, key);
-      return { n: i + 1, key, url: await objectUrl(deps, key), width: tile.box.width, height: tile.box.height, bytes: tile.bytes, model: tile.model };
+      const key = runKeys.image(i + 1, format);
+      const avatar = await uniformAvatar(await deps.store.getBytes(tile.key), size, format, outputCompression);
+      await deps.store.put(key, avatar, contentTypes[format]);
+      return { n: i + 1, key, url: await objectUrl(deps, key), ...size, bytes: avatar.length, model: tile.model };
     }),
   );
   const line = (stage: string, g: { model?: string; usage?: TokenUsage; estimatedCostUsd: number | null }): UsageLine => ({
@@ -89,6 +100,7 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     mode: event.mode,
     model: event.base.model,
     size: deps.settings.imageSize,
+    avatar: { ...size, aspect: avatarAspect, format },
     quality: deps.settings.imageQuality,
     timingsMs: {
       'write-prompt': event.prompt.ms,
@@ -101,13 +113,15 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     warnings,
     images: images.map(({ url: _url, ...image }) => image),
   };
-  await deps.store.putJson(keys.manifest, manifest);
+  await deps.store.putJson(runKeys.manifest, manifest);
+  await deps.store.putJson(keys.manifest, { ...manifest, manifestKey: runKeys.manifest });
   return {
     personaId: event.personaId,
     runId: event.runId,
     images,
-    manifestKey: keys.manifest,
-    manifestUrl: await objectUrl(deps, keys.manifest),
+    manifestKey: runKeys.manifest,
+    manifestUrl: await objectUrl(deps, runKeys.manifest),
+    currentManifestKey: keys.manifest,
     estimatedCostUsd,
     warnings,
   };

@@ -5,8 +5,9 @@
  *   personas/{personaId}.json | .jsonl        uploads that start runs
  *   rejected/{uploadKey}.error.json           why an upload started nothing
  *   runs/{personaId}/{runId}/...              intermediate prompt, base, grids, tiles (expire)
- *   avatars/{personaId}/img_{n}.png           final images, n from 1
- *   avatars/{personaId}/manifest.json         what the last successful run produced
+ *   avatars/{personaId}/runs/{runId}/img_{n}.png   a run's avatars, n from 1: never rewritten
+ *   avatars/{personaId}/runs/{runId}/manifest.json that run's manifest
+ *   avatars/{personaId}/manifest.json         the current manifest: a copy of the latest run's
  *   avatars/{personaId}/failures/{runId}.json why a run failed
  */
 export const Prefixes = {
@@ -41,7 +42,12 @@ export function runKeys(personaId: string, runId: string) {
 export function avatarKeys(personaId: string) {
   const root = `${Prefixes.avatars}${personaId}`;
   return {
-    image: (n: number, format: TileFormat = 'png') => `${root}/img_${n}.${extensionOf(format)}`,
+    /** One run's folder: written once, never changed. */
+    run: (runId: string) => ({
+      image: (n: number, format: TileFormat = 'png') => `${root}/runs/${runId}/img_${n}.${extensionOf(format)}`,
+      manifest: `${root}/runs/${runId}/manifest.json`,
+    }),
+    /** The current manifest, replaced in one write by each run that publishes. */
     manifest: `${root}/manifest.json`,
     failure: (runId: string) => `${root}/failures/${runId}.json`,
   };

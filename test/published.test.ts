@@ -1,0 +1,69 @@
+import sharp from 'sharp';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runLocally, type RunOutcome } from '../local/runner.ts';
+import { persona, startTestEnvironment } from './support.ts';
+
+let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+type Succeeded = Extract<RunOutcome, { status: 'SUCCEEDED' }>;
+
+async function runOnce(runId: string, input: Record<string, unknown> = { persona, images: 8 }): Promise<Succeeded> {
+  const outcome = await runLocally({ input, deps: env!.deps, runId });
+  if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
+  return outcome;
+}
+
+const dimensionsOf = async (keys: string[]) =>
+  Promise.all(keys.map(async (key) => sharp(await env!.deps.store.getBytes(key)).metadata().then((m) => `${m.width}x${m.height}`)));
+
+describe('what users receive', () => {
+  it('gives every avatar of a run the same square size, from tiles of uneven sizes', async () => {
+    env = await startTestEnvironment();
+    const { output } = await runOnce('uniform');
+    const sizes = await dimensionsOf(output.images.map((i) => i.key));
+    expect(new Set(sizes).size).toBe(1);
+    const [width, height] = sizes[0]!.split('x').map(Number);
+    expect(width).toBe(height);
+    // The largest square every tile gives: nothing upscaled from a 1024x1024 grid.
+    expect(width).toBeGreaterThan(400);
+    expect(width).toBeLessThan(512);
+    expect(output.images.every((i) => `${i.width}x${i.height}` === sizes[0])).toBe(true);
+  });
+
+  it('crops to the aspect and width asked, never stretching', async () => {
+    env = await startTestEnvironment({ env: { AVATAR_ASPECT: '4:5', AVATAR_SIZE: '400', TILE_FORMAT: 'webp' } });
+    const { output } = await runOnce('portrait', { persona, images: 4 });
+    expect(await dimensionsOf(output.images.map((i) => i.key))).toEqual(['400x500', '400x500', '400x500', '400x500']);
+    expect(output.images.every((i) => i.key.endsWith('.webp'))).toBe(true);
+  });
+
+  it('leaves an earlier run byte for byte as it was, and the current manifest names only the latest', async () => {
+    env = await startTestEnvironment();
+    const first = await runOnce('first-run');
+    const before = await Promise.all(first.output.images.map((i) => env!.deps.store.getBytes(i.key)));
+    const second = await runOnce('second-run', { persona, images: 4 });
+    const after = await Promise.all(first.output.images.map((i) => env!.deps.store.getBytes(i.key)));
+    expect(after).toEqual(before);
+    const current = JSON.parse(await env.deps.store.getText(second.output.currentManifestKey));
+    expect(current.runId).toBe('second-run');
+    expect(current.images.map((i: { key: string }) => i.key)).toEqual(second.output.images.map((i) => i.key));
+    expect(JSON.parse(await env.deps.store.getText(first.output.manifestKey)).images).toHaveLength(8);
+  });
+
+  it('keeps two runs of one persona at once whole, the current manifest naming one of them with its own images', async () => {
+    env = await startTestEnvironment();
+    const runs = await Promise.all([runOnce('run-a', { persona, images: 8 }), runOnce('run-b', { persona, images: 4 })]);
+    const current = JSON.parse(await env.deps.store.getText(runs[0].output.currentManifestKey));
+    const winner = runs.find((r) => r.runId === current.runId)!;
+    expect(winner).toBeDefined();
+    expect(current.images).toHaveLength(winner.output.images.length);
+    for (const image of current.images as { key: string }[]) {
+      expect(image.key).toContain(`/runs/${current.runId}/`);
+      expect((await env.deps.store.getBytes(image.key)).length).toBeGreaterThan(0);
+    }
+  });
+});
