@@ -3,6 +3,7 @@ import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { NagSuppressions } from 'cdk-nag';
 import type { Construct } from 'constructs';
 import { AvatarBucket } from './avatar-bucket.ts';
+import { AvatarCdn } from './avatar-cdn.ts';
 import type { Settings, StackSettings } from '../lambdas/shared/settings.ts';
 import { StageFunctions } from './stage-functions.ts';
 import { UploadTrigger } from './upload-trigger.ts';
@@ -22,12 +23,16 @@ export class PersonaAvatarsStack extends Stack {
     const { bucket } = new AvatarBucket(this, 'Avatars', { existingBucketName: props.bucketName, runExpiryDays: props.runExpiryDays });
     // Referenced, never copied: the key stays in Secrets Manager and out of the template.
     const openAiKey = Secret.fromSecretNameV2(this, 'OpenAiKey', props.openAiSecretName);
-    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: props.settings });
+    const cdn = new AvatarCdn(this, 'Cdn', { bucket });
+    // URLs under the distribution, unless the context names a domain of its own.
+    const publicBaseUrl = props.settings.publicBaseUrl ?? cdn.baseUrl;
+    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl } });
     this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency });
     new UploadTrigger(this, 'UploadTrigger', { bucket, trigger: this.stages.functions['start-from-upload'], stateMachine: this.workflow.stateMachine });
 
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
     new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'AvatarsUrl', { value: `${cdn.baseUrl}/avatars/`, description: 'where published avatars are read: {AvatarsUrl}{personaId}/manifest.json' });
 
     NagSuppressions.addStackSuppressions(this, [
       {

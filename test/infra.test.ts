@@ -112,6 +112,32 @@ describe('the synthesized stack', () => {
     }
   });
 
+  it('serves avatars/ through CloudFront with Origin Access Control, HTTPS only, while the bucket stays private', () => {
+    const [distributionId, distribution] = Object.entries(template.findResources('AWS::CloudFront::Distribution'))[0]!;
+    const config = distribution.Properties.DistributionConfig;
+    expect(Object.keys(template.findResources('AWS::CloudFront::OriginAccessControl'))).toHaveLength(1);
+    expect(config.Origins[0].OriginAccessControlId).toBeDefined();
+    for (const behavior of [config.DefaultCacheBehavior, ...config.CacheBehaviors]) expect(behavior.ViewerProtocolPolicy).toBe('https-only');
+    expect(config.CacheBehaviors.map((b: { PathPattern: string }) => b.PathPattern)).toEqual(['avatars/*/manifest.json']);
+    const policies = JSON.stringify(template.findResources('AWS::S3::BucketPolicy'));
+    const read = Object.values(template.findResources('AWS::S3::BucketPolicy'))
+      .flatMap((p) => p.Properties.PolicyDocument.Statement)
+      .find((st: { Principal?: { Service?: string } }) => st.Principal?.Service === 'cloudfront.amazonaws.com');
+    expect(read).toMatchObject({ Action: 's3:GetObject', Effect: 'Allow' });
+    expect(JSON.stringify(read.Resource)).toContain('/avatars/*');
+    expect(JSON.stringify(read.Condition)).toContain(distributionId);
+    expect(policies).not.toContain('"Principal":{"AWS":"*"},"Effect":"Allow"');
+    template.hasResourceProperties('AWS::S3::Bucket', { PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true } });
+  });
+
+  it('gives published URLs under the distribution, unless publicBaseUrl names a domain', () => {
+    const publish = stageFunctions().publish!.Properties.Environment.Variables;
+    expect(JSON.stringify(publish.PUBLIC_BASE_URL)).toContain('DomainName');
+    const custom = Template.fromStack(buildApp({ bundle: false, context: { publicBaseUrl: 'https://avatars.example.com' } }).stack);
+    const variables = Object.values(custom.findResources('AWS::Lambda::Function')).find((f) => f.Properties.Environment?.Variables?.STAGE === 'publish')!.Properties.Environment.Variables;
+    expect(variables.PUBLIC_BASE_URL).toBe('https://avatars.example.com');
+  });
+
   it('passes the cdk-nag AwsSolutions checks, every acknowledgement with a reason', () => {
     const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
     expect(errors).toEqual([]);
