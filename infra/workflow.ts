@@ -92,22 +92,25 @@ export class AvatarWorkflow extends Construct {
 
     // 2. Prompt and base selfie side by side; a refused base gets one safer prompt.
     const withPersona = { ...RUN, persona: JsonPath.objectAt('$.persona') };
+    /**
+     * Generate{target}, and when the content policy refuses it: Rewrite{target}Prompt into a safer
+     * prompt, then Generate{target}Safer with it, once. Both generations end where the caller says.
+     */
+    const withSaferRetry = (target: 'Base' | 'Grid', stage: StageName, payload: Record<string, unknown>, promptKey?: string, resultPath?: string) => {
+      const first = task(`Generate${target}`, stage, promptKey ? { ...payload, promptKey: JsonPath.stringAt(promptKey) } : payload, apiStageRetries, resultPath);
+      const rewrite = task(
+        `Rewrite${target}Prompt`,
+        'write-prompt',
+        { ...RUN, persona: JsonPath.objectAt('$.persona'), rewrite: { target: target.toLowerCase(), reason: JsonPath.stringAt('$.refusal.Cause') } },
+        apiStageRetries,
+        '$.saferPrompt',
+      );
+      const safer = task(`Generate${target}Safer`, stage, { ...payload, promptKey: JsonPath.stringAt('$.saferPrompt.promptKey') }, apiStageRetries, resultPath);
+      first.addCatch(rewrite.next(safer), { errors: [ErrorNames.ContentPolicyViolation], resultPath: '$.refusal' });
+      return { first, safer };
+    };
     const writePrompt = task('WritePrompt', 'write-prompt', withPersona, apiStageRetries);
-    const generateBase = task('GenerateBase', 'generate-base', withPersona, apiStageRetries);
-    const rewriteBasePrompt = task(
-      'RewriteBasePrompt',
-      'write-prompt',
-      { ...withPersona, rewrite: { target: 'base', reason: JsonPath.stringAt('$.refusal.Cause') } },
-      apiStageRetries,
-      '$.saferPrompt',
-    );
-    const generateBaseSafer = task(
-      'GenerateBaseSafer',
-      'generate-base',
-      { ...withPersona, promptKey: JsonPath.stringAt('$.saferPrompt.promptKey') },
-      apiStageRetries,
-    );
-    generateBase.addCatch(rewriteBasePrompt.next(generateBaseSafer), { errors: [ErrorNames.ContentPolicyViolation], resultPath: '$.refusal' });
+    const { first: generateBase } = withSaferRetry('Base', 'generate-base', withPersona);
     const promptAndBase = new Parallel(this, 'PromptAndBase', {
       resultSelector: { prompt: JsonPath.objectAt('$[0]'), base: JsonPath.objectAt('$[1]') },
       resultPath: '$.generated',
@@ -128,24 +131,9 @@ export class AvatarWorkflow extends Construct {
     };
     const fromItem = (...keys: string[]) => Object.fromEntries(keys.map((k) => [k, JsonPath.stringAt(`$.${k}`)]));
     const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey'), grid: JsonPath.objectAt('$.grid') };
-    const generateGrid = task('GenerateGrid', 'generate-grid', { ...gridPayload, promptKey: JsonPath.stringAt('$.promptKey') }, apiStageRetries, '$.generated');
-    const rewriteGridPrompt = task(
-      'RewriteGridPrompt',
-      'write-prompt',
-      { ...RUN, persona: JsonPath.objectAt('$.persona'), rewrite: { target: 'grid', reason: JsonPath.stringAt('$.refusal.Cause') } },
-      apiStageRetries,
-      '$.saferPrompt',
-    );
-    const generateGridSafer = task(
-      'GenerateGridSafer',
-      'generate-grid',
-      { ...gridPayload, promptKey: JsonPath.stringAt('$.saferPrompt.promptKey') },
-      apiStageRetries,
-      '$.generated',
-    );
+    const { first: generateGrid, safer: generateGridSafer } = withSaferRetry('Grid', 'generate-grid', gridPayload, '$.promptKey', '$.generated');
     const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries);
-    generateGrid.addCatch(rewriteGridPrompt, { errors: [ErrorNames.ContentPolicyViolation], resultPath: '$.refusal' });
-    rewriteGridPrompt.next(generateGridSafer).next(splitGrid);
+    generateGridSafer.next(splitGrid);
     const gridAttempt = new Parallel(this, 'GridAttempt', { outputPath: '$[0]' }).branch(generateGrid.next(splitGrid));
     gridAttempt.addRetry(retryGridLayout);
     const generateGrids = new MapState(this, 'GenerateGrids', {
