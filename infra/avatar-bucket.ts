@@ -1,13 +1,15 @@
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import { BlockPublicAccess, Bucket, BucketEncryption, type IBucket } from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { Prefixes } from '../lambdas/shared/keys.ts';
+import { Prefixes, SUPERSEDED_TAG } from '../lambdas/shared/keys.ts';
 
 export interface AvatarBucketProps {
   /** Use this existing bucket instead of creating one. */
   existingBucketName?: string;
   /** Days before intermediate run files (base, grids, tiles) expire. */
   runExpiryDays: number;
+  /** Opt-in: days a run is kept after a newer run of its persona replaced it. */
+  supersededRunExpiryDays?: number;
 }
 
 /**
@@ -29,6 +31,16 @@ export class AvatarBucket extends Construct {
           lifecycleRules: [
             { id: 'expire-intermediate-run-files', prefix: Prefixes.runs, expiration: Duration.days(props.runExpiryDays) },
             { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(1) },
+            ...(props.supersededRunExpiryDays
+              ? [
+                  {
+                    id: 'expire-superseded-runs',
+                    prefix: Prefixes.avatars,
+                    tagFilters: { [SUPERSEDED_TAG.key]: SUPERSEDED_TAG.value },
+                    expiration: Duration.days(props.supersededRunExpiryDays),
+                  },
+                ]
+              : []),
           ],
         });
   }

@@ -20,7 +20,11 @@ export class PersonaAvatarsStack extends Stack {
 
   constructor(scope: Construct, id: string, props: PersonaAvatarsProps) {
     super(scope, id, props);
-    const { bucket } = new AvatarBucket(this, 'Avatars', { existingBucketName: props.bucketName, runExpiryDays: props.runExpiryDays });
+    const { bucket } = new AvatarBucket(this, 'Avatars', {
+      existingBucketName: props.bucketName,
+      runExpiryDays: props.runExpiryDays,
+      supersededRunExpiryDays: props.supersededRunExpiryDays,
+    });
     // Referenced, never copied: the key stays in Secrets Manager and out of the template.
     const openAiKey = Secret.fromSecretNameV2(this, 'OpenAiKey', props.openAiSecretName);
     const cdn = new AvatarCdn(this, 'Cdn', { bucket });

@@ -34,6 +34,7 @@ interface StageSpec {
 const runs = `${Prefixes.runs}*`;
 const avatars = `${Prefixes.avatars}*`;
 const failures = `${Prefixes.avatars}*/failures/*`;
+const currentManifests = `${Prefixes.avatars}*/manifest.json`;
 const personas = `${Prefixes.personas}*`;
 const rejected = `${Prefixes.rejected}*`;
 
@@ -47,7 +48,7 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
   // Crops every avatar to one size (sharp): the memory buys CPU as well.
-  publish: { reads: [runs], writes: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
+  publish: { reads: [runs, currentManifests], writes: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
   // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
   'start-from-upload': { reads: [personas], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },

@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
 import S3rver from 's3rver';
 import type { S3Notification } from '../lambdas/start-from-upload/core.ts';
 
@@ -16,10 +17,35 @@ function encodeKey(key: string): string {
   return key.split('/').map((part) => encodeURIComponent(part).replace(/%20/g, '+')).join('/');
 }
 
+interface FilesystemStore {
+  getResourcePath(bucket: string, key: string, kind: string): string;
+  putObject(object: { bucket: string; key: string }): Promise<unknown>;
+}
+
+/**
+ * S3 replaces an object whole: a reader sees the old version or the new one. s3rver writes in
+ * place, so two writers of one key (two runs publishing the current manifest) can interleave and
+ * leave neither. Each write goes to a key of its own first, then is renamed over the object.
+ */
+function atomicPuts(store: FilesystemStore): void {
+  const put = store.putObject.bind(store);
+  let counter = 0;
+  store.putObject = async (object) => {
+    const staging = `${object.key}.put-${process.pid}-${++counter}`;
+    const result = await put({ ...object, key: staging });
+    // The object last: readers find it by its file, then read the rest beside it.
+    for (const resource of ['metadata.json', 'object.md5', 'object']) {
+      await rename(store.getResourcePath(object.bucket, staging, resource), store.getResourcePath(object.bucket, object.key, resource));
+    }
+    return result;
+  };
+}
+
 /** An S3-compatible server on loopback, its data in `directory`, for runs without AWS. */
 export async function startEmbeddedS3(directory: string, bucket: string): Promise<EmbeddedS3> {
   mkdirSync(directory, { recursive: true });
   const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: bucket, configs: [] }] });
+  atomicPuts((server as unknown as { store: FilesystemStore }).store);
   const { port } = (await server.run()) as { port: number };
   return {
     endpoint: `http://127.0.0.1:${port}`,

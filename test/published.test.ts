@@ -1,5 +1,8 @@
+import { GetObjectTaggingCommand } from '@aws-sdk/client-s3';
+import { Template } from 'aws-cdk-lib/assertions';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
+import { buildApp } from '../infra/app.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import { persona, startTestEnvironment } from './support.ts';
 
@@ -52,6 +55,20 @@ describe('what users receive', () => {
     expect(current.runId).toBe('second-run');
     expect(current.images.map((i: { key: string }) => i.key)).toEqual(second.output.images.map((i) => i.key));
     expect(JSON.parse(await env.deps.store.getText(first.output.manifestKey)).images).toHaveLength(8);
+  });
+
+  it('tags a run superseded once a newer run replaces it, for an opt-in lifecycle rule to expire', async () => {
+    env = await startTestEnvironment();
+    const first = await runOnce('old-run', { persona, images: 4 });
+    const second = await runOnce('new-run', { persona, images: 4 });
+    const tagsOf = async (key: string) =>
+      (await env!.deps.store.s3.send(new GetObjectTaggingCommand({ Bucket: env!.deps.store.bucket, Key: key }))).TagSet?.map((t) => `${t.Key}=${t.Value}`) ?? [];
+    for (const key of [...first.output.images.map((i) => i.key), first.output.manifestKey]) expect(await tagsOf(key), key).toEqual(['avatar-run=superseded']);
+    for (const key of [...second.output.images.map((i) => i.key), second.output.manifestKey]) expect(await tagsOf(key), key).toEqual([]);
+    const template = Template.fromStack(buildApp({ bundle: false, context: { supersededRunExpiryDays: 30 } }).stack);
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      LifecycleConfiguration: { Rules: [{}, {}, { Prefix: 'avatars/', TagFilters: [{ Key: 'avatar-run', Value: 'superseded' }], ExpirationInDays: 30, Status: 'Enabled' }].map((r) => (Object.keys(r).length ? r : {})) },
+    });
   });
 
   it('keeps two runs of one persona at once whole, the current manifest naming one of them with its own images', async () => {

@@ -1,4 +1,4 @@
-import { avatarKeys, contentTypes } from '../shared/keys.ts';
+import { avatarKeys, contentTypes, SUPERSEDED_TAG } from '../shared/keys.ts';
 import type { GenerationMode, Persona } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
@@ -49,6 +49,31 @@ interface UsageLine {
   model: string | undefined;
   usage: TokenUsage | undefined;
   estimatedCostUsd: number | null;
+}
+
+interface CurrentManifest {
+  runId: string;
+  manifestKey?: string;
+  images: { key: string }[];
+}
+
+/**
+ * The run the current manifest names. Only housekeeping depends on it, so a manifest that cannot
+ * be read (a server without atomic writes, caught mid-write by a concurrent run) counts as none.
+ */
+async function currentRun(deps: StageDeps<'store'>, key: string): Promise<CurrentManifest | undefined> {
+  try {
+    return await deps.store.getJsonIfExists<CurrentManifest>(key);
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) throw error;
+    deps.logger.warn('current manifest unreadable; superseded runs not tagged', { key, error: error.message });
+    return undefined;
+  }
+}
+
+async function markSuperseded(deps: StageDeps<'store'>, run: CurrentManifest): Promise<void> {
+  const tags = { [SUPERSEDED_TAG.key]: SUPERSEDED_TAG.value };
+  await Promise.all([...run.images.map((i) => i.key), run.manifestKey!].map((key) => deps.store.tag(key, tags)));
 }
 
 /** The run's estimate: unknown as soon as one call's is. */
@@ -114,7 +139,13 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     images: images.map(({ url: _url, ...image }) => image),
   };
   await deps.store.putJson(runKeys.manifest, manifest);
+  const previous = await currentRun(deps, keys.manifest);
   await deps.store.putJson(keys.manifest, { ...manifest, manifestKey: runKeys.manifest });
+  // The run this one replaced is tagged, so an opt-in lifecycle rule can expire superseded runs.
+  if (previous?.manifestKey && previous.runId !== event.runId) await markSuperseded(deps, previous);
+  // A run of the same persona that wrote after this one read: this run is the one replaced.
+  const current = await currentRun(deps, keys.manifest);
+  if (current && current.runId !== event.runId) await markSuperseded(deps, { runId: event.runId, manifestKey: runKeys.manifest, images });
   return {
     personaId: event.personaId,
     runId: event.runId,

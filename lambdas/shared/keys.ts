@@ -53,6 +53,9 @@ export function avatarKeys(personaId: string) {
   };
 }
 
+/** The tag publish puts on a run's objects once another run has replaced it as current. */
+export const SUPERSEDED_TAG = { key: 'avatar-run', value: 'superseded' } as const;
+
 export function rejectedKey(uploadKey: string): string {
   return `${Prefixes.rejected}${uploadKey}.error.json`;
 }

@@ -93,6 +93,12 @@ export const SETTINGS = {
   runExpiryDays: spec({ scope: 'stack', context: 'runExpiryDays', default: '7', doc: 'days intermediate files under `runs/` are kept', schema: wholeNumber(1, 3650) }),
   openAiSecretName: spec({ scope: 'stack', context: 'openAiSecretName', default: 'persona-avatars/openai-api-key', doc: 'Secrets Manager secret holding the OpenAI key', schema: text }),
   architecture: spec({ scope: 'stack', context: 'architecture', default: 'x86_64', doc: '`x86_64` or `arm64` (needs sharp\'s linux-arm64 packages installed)', schema: z.enum(['x86_64', 'arm64']) }),
+  supersededRunExpiryDays: spec({
+    scope: 'stack',
+    context: 'supersededRunExpiryDays',
+    doc: 'opt-in: delete a run\'s avatars this many days after a newer run of the persona replaced it (tag `avatar-run=superseded`)',
+    schema: z.optional(wholeNumber(1, 3650)),
+  }),
   gridConcurrency: spec({ scope: 'stack', context: 'gridConcurrency', default: '4', doc: 'grids generated at once per run', schema: wholeNumber(1, 40) }),
 
   openAiKey: spec({ scope: 'client', env: 'OPENAI_API_KEY', doc: 'OpenAI key (on AWS: the secret named by `OPENAI_API_KEY_SECRET_ARN`); without one, runs use the offline backend', schema: optionalText }),

@@ -2,7 +2,9 @@ import {
   CopyObjectCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  NoSuchKey,
   PutObjectCommand,
+  PutObjectTaggingCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 
@@ -31,6 +33,22 @@ export class ObjectStore {
 
   async getText(key: string): Promise<string> {
     return (await this.getBytes(key)).toString('utf8');
+  }
+
+  /** The JSON at `key`, or undefined when there is none. */
+  async getJsonIfExists<T>(key: string): Promise<T | undefined> {
+    try {
+      return JSON.parse(await this.getText(key)) as T;
+    } catch (error) {
+      if (error instanceof NoSuchKey) return undefined;
+      throw error;
+    }
+  }
+
+  /** Replaces the object's tags (lifecycle rules select objects by tag). */
+  async tag(key: string, tags: Record<string, string>): Promise<void> {
+    const TagSet = Object.entries(tags).map(([Key, Value]) => ({ Key, Value }));
+    await this.s3.send(new PutObjectTaggingCommand({ Bucket: this.bucket, Key: key, Tagging: { TagSet } }));
   }
 
   async delete(key: string): Promise<void> {
