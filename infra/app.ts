@@ -1,11 +1,11 @@
 import { App, Aspects, Annotations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { PersonaAvatarsStack } from './persona-avatars-stack.ts';
-import { projectContext } from './context.ts';
+import { projectContext, STACK_NAME } from './context.ts';
 import { checkImageSettings } from '../lambdas/shared/models.ts';
 import { settingsFromContext, stackSettingsFromContext } from '../lambdas/shared/settings.ts';
 
-export const STACK_NAME = 'PersonaAvatars';
+export { STACK_NAME };
 
 export interface BuildOptions {
   /** Context over cdk.json's, as `cdk synth -c key=value` gives it. */

@@ -4,6 +4,9 @@ import { fileURLToPath } from 'node:url';
 
 export const projectRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
+/** The stack, and the state machine named after it (the console lists it as PersonaAvatars). */
+export const STACK_NAME = 'PersonaAvatars';
+
 /**
  * The context in cdk.json. `cdk synth` hands it to the app itself; every other path (tests, the
  * local runner, the bench) reads it here, so all of them synthesize the same template.

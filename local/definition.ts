@@ -33,8 +33,6 @@ export interface SynthesizedWorkflow {
   definition: AslMachine;
   /** Task state name → the stage its Lambda runs. */
   taskStages: Record<string, StageName>;
-  /** As the console lists it. */
-  stateMachineName: string;
   template: { Resources: Record<string, CfnResource> };
 }
 
@@ -77,7 +75,7 @@ export function workflowFromTemplate(template: SynthesizedWorkflow['template']):
     if (!stage) throw new Error(`Task state ${name} invokes ${state.Resource}, which is no stage function`);
     taskStages[name] = stage;
   }
-  return { definition, taskStages, stateMachineName: String(machines[0]!.Properties.StateMachineName), template };
+  return { definition, taskStages, template };
 }
 
 let cached: SynthesizedWorkflow | undefined;

@@ -9,7 +9,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
-import { synthesizeWorkflow } from './definition.ts';
+import { STACK_NAME } from '../infra/context.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { runLocally, type ProgressEvent, type RunOutcome } from './runner.ts';
 
@@ -91,7 +91,7 @@ function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
 export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
   const executions = new Map<string, LocalExecution>();
   // Named as the stack names it on AWS.
-  const stateMachineArn = `arn:aws:states:us-east-1:000000000000:stateMachine:${synthesizeWorkflow().stateMachineName}`;
+  const stateMachineArn = `arn:aws:states:us-east-1:000000000000:stateMachine:${STACK_NAME}`;
   const executionArnOf = (name: string) => executionArn(stateMachineArn, name);
 
   const append = (execution: LocalExecution, event: HistoryEntry, previousEventId = execution.history.length) => {

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { stageNames, stages, type StageName } from '../../lambdas/stages.ts';
 import type { Deps } from '../../lambdas/shared/stage.ts';
-import { startLocalEnvironment } from '../environment.ts';
+import { startLocalEnvironment, type LocalEnvironmentOptions } from '../environment.ts';
 import { parseFaults } from '../offline-openai.ts';
 import { readJsonFile, UsageError } from './common.ts';
 
@@ -27,17 +27,18 @@ export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<
   const puts = await Promise.all(
     parsePuts(flags.put).map(async ({ key, file }) => ({ key, body: await readFile(file).catch(() => Promise.reject(new UsageError(`--put: cannot read ${file}`))) })),
   );
+  // Executions the upload trigger starts run here, unless STATE_MACHINE_ARN names a deployed one.
+  const stepFunctions: LocalEnvironmentOptions['stepFunctions'] = {
+    onEnd: (execution) => {
+      const outcome = execution.outcome!;
+      const detail = outcome.status === 'SUCCEEDED' ? `${outcome.output.images.length} avatars, manifest ${outcome.output.manifestKey}` : `${outcome.error}: ${outcome.cause}`;
+      process.stderr.write(`execution ${execution.name}: ${outcome.status}, ${detail}\n`);
+    },
+  };
   const env = await startLocalEnvironment({
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
-    // Executions the upload trigger starts run here, unless STATE_MACHINE_ARN names a deployed one.
-    stepFunctions: {
-      onEnd: (execution) => {
-        const outcome = execution.outcome!;
-        const detail = outcome.status === 'SUCCEEDED' ? `${outcome.output.images.length} avatars, manifest ${outcome.output.manifestKey}` : `${outcome.error}: ${outcome.cause}`;
-        process.stderr.write(`execution ${execution.name}: ${outcome.status}, ${detail}\n`);
-      },
-    },
+    ...(stage === 'start-from-upload' ? { stepFunctions } : {}),
   });
   try {
     for (const { key, body } of puts) await env.deps.store.put(key, body, key.endsWith('.json') ? 'application/json' : 'application/octet-stream');
