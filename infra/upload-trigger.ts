@@ -17,7 +17,6 @@ export interface UploadTriggerProps {
 }
 
 /** Persona files are uploaded as one JSON persona or as JSON Lines of many. */
-const PERSONA_UPLOAD_SUFFIXES = ['.json', '.jsonl'];
 
 /**
  * Uploads under personas/ start runs: S3 notifies the trigger function, which validates each
@@ -32,9 +31,9 @@ export class UploadTrigger extends Construct {
     super(scope, id);
     props.trigger.addEnvironment('STATE_MACHINE_ARN', props.stateMachine.stateMachineArn);
     props.stateMachine.grantStartExecution(props.trigger);
-    for (const suffix of PERSONA_UPLOAD_SUFFIXES) {
-      props.bucket.addEventNotification(EventType.OBJECT_CREATED, new LambdaDestination(props.trigger), { prefix: Prefixes.personas, suffix });
-    }
+    // Every file under personas/: S3's suffix filters are case-sensitive, so `Ada.JSON` would be
+    // skipped in silence; the trigger reads any case and reports what is not a persona file.
+    props.bucket.addEventNotification(EventType.OBJECT_CREATED, new LambdaDestination(props.trigger), { prefix: Prefixes.personas });
     this.failedUploads = new Queue(this, 'FailedUploads', {
       encryption: QueueEncryption.SQS_MANAGED,
       enforceSSL: true,

@@ -14,7 +14,7 @@ import { IMAGE_MODELS, parseSize, sizeProblem } from '../lambdas/shared/models.t
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
-export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone';
+export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone' | 'corrupt';
 export type Route = 'generations' | 'edits' | 'chat';
 
 export interface Fault {
@@ -56,9 +56,9 @@ export interface OfflineBackend {
 const ACCEPTED_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
 
 function parseFault(spec: string): Fault {
-  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone)(?::(\d+|always))?(?:@(generations|edits|chat))?$/.exec(spec);
+  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone|corrupt)(?::(\d+|always))?(?:@(generations|edits|chat))?$/.exec(spec);
   if (!match) {
-    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat], KIND one of rate-limit, server-error, hang, policy, layout, model-gone`);
+    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat], KIND one of rate-limit, server-error, hang, policy, layout, model-gone, corrupt`);
   }
   const times = match[2] === 'always' ? Infinity : Number(match[2] ?? 1);
   return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}) };
@@ -168,6 +168,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
         apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
         return true;
       case 'layout':
+      case 'corrupt':
         return false;
     }
   };
@@ -265,6 +266,8 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       const quality = body.output_compression === undefined ? 100 : Number(body.output_compression);
       images = await Promise.all(images.map((image) => sharp(image).toFormat(format, { quality }).toBuffer()));
     }
+    // A truncated answer, as a dropped connection behind a proxy can leave one.
+    if (fault?.kind === 'corrupt') images = images.map((image) => image.subarray(0, Math.floor(image.length / 2)));
     const quality = String(body.quality ?? 'auto');
     sendJson(res, 200, {
       created: Math.floor(Date.now() / 1000),

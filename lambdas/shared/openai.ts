@@ -8,7 +8,8 @@ import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-sec
 import OpenAI, { toFile } from 'openai';
 import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
 import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
-import { IMAGE_MODELS, estimateImageCost, modelChain, type TokenUsage } from './models.ts';
+import { imageProblem } from './image-check.ts';
+import { IMAGE_MODELS, estimateImageCost, modelChain, parseSize, type TokenUsage } from './models.ts';
 import type { Settings } from './settings.ts';
 
 type Env = Record<string, string | undefined>;
@@ -143,6 +144,10 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
         return Buffer.from(d.b64_json, 'base64');
       });
       if (images.length === 0) throw new UpstreamError(`${what}: the image API answered with no images; retried`);
+      for (const image of images) {
+        const problem = imageProblem(image, parseSize(settings.imageSize));
+        if (problem) throw new UpstreamError(`${what}: the image API (${model}) sent an unusable image: ${problem}; nothing was stored, retried`);
+      }
       const usage = answer.usage as TokenUsage | undefined;
       return { images, format: formatOf(images[0]!) ?? 'png', model, usage, estimatedCostUsd: estimateImageCost(model, usage), warnings };
     }

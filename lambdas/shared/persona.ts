@@ -56,7 +56,9 @@ export function parsePersona(value: unknown, fieldPrefix = ''): Persona {
 
 /** Parses an execution input `{ persona, images?, mode? }`. */
 export function parseRunRequest(value: unknown): RunRequest {
-  const parsed = runRequestSchema.safeParse(value);
+  // A bare persona asks for a run with the defaults: the console, an upload and the CLI take either.
+  const request = value && typeof value === 'object' && !Array.isArray(value) && !('persona' in value) ? { persona: value } : value;
+  const parsed = runRequestSchema.safeParse(request);
   if (!parsed.success) throw firstIssue(parsed.error, '');
   const { images, mode } = parsed.data;
   return { persona: parsePersona(parsed.data.persona, 'persona'), ...(images !== undefined ? { images } : {}), mode };

@@ -256,7 +256,7 @@ export function detectCells(image: RawImage, rows: number, cols: number, what = 
   const problem = found ? checkSizes(found.cells, region, rows, cols) : attempts.map((a) => ('mismatch' in a ? a.mismatch : '')).find(Boolean);
   if (!found || problem) {
     throw new GridLayoutMismatch(
-      `${what} is not a ${rows}x${cols} grid: ${problem}; the workflow generates this grid again`,
+      `${what} is not a ${rows}x${cols} grid: ${problem}; the workflow draws this grid again, at most twice, then fails the run`,
     );
   }
   return found.cells;

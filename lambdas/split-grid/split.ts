@@ -1,4 +1,5 @@
 import sharp from 'sharp';
+import { GridLayoutMismatch } from '../shared/errors.ts';
 import type { TileFormat } from '../shared/keys.ts';
 import { detectCells, equalCells, type Box, type RawImage } from './detect.ts';
 
@@ -7,10 +8,17 @@ export interface Tile {
   data: Buffer;
 }
 
-/** Decodes once, flattening transparency onto white so it reads as background. */
-export async function decode(image: Buffer): Promise<RawImage> {
-  const { data, info } = await sharp(image).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
-  return { data, width: info.width, height: info.height, channels: info.channels };
+/**
+ * Decodes once, flattening transparency onto white so it reads as background. A grid that does
+ * not decode has no layout at all: the workflow draws it again, as for a wrong layout.
+ */
+export async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
+  try {
+    const { data, info } = await sharp(image).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
+    return { data, width: info.width, height: info.height, channels: info.channels };
+  } catch (error) {
+    throw new GridLayoutMismatch(`${what} cannot be decoded (${(error as Error).message.trim()}); the workflow draws this grid again, at most twice, then fails the run`);
+  }
 }
 
 export async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Promise<Tile[]> {
@@ -28,7 +36,7 @@ export async function encodeTiles(raw: RawImage, boxes: Box[], format: TileForma
 
 /** Cuts a generated grid into its cells, found from the pixels (see detect.ts). */
 export async function splitGrid(image: Buffer, rows: number, cols: number, format: TileFormat = 'png', what?: string): Promise<Tile[]> {
-  const raw = await decode(image);
+  const raw = await decode(image, what);
   return encodeTiles(raw, detectCells(raw, rows, cols, what), format);
 }
 

@@ -5,11 +5,11 @@
  * rejected/ naming the file, line and field; the upload itself is never touched.
  */
 import { createHash } from 'node:crypto';
-import { basename } from 'node:path';
 import { NoSuchKey } from '@aws-sdk/client-s3';
-import { ConfigurationError, InvalidPersona } from '../shared/errors.ts';
+import { ConfigurationError } from '../shared/errors.ts';
 import { Prefixes, rejectedKey } from '../shared/keys.ts';
-import { parseRunRequest, type RunRequest } from '../shared/persona.ts';
+import type { RunRequest } from '../shared/persona.ts';
+import { parsePersonaFile, personaFileKind, type Problem } from '../shared/run-input.ts';
 import { startOnce } from '../shared/sfn.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
@@ -18,13 +18,6 @@ type TriggerDeps = StageDeps<'store' | 'sfn'>;
 /** An S3 event notification, as S3 (or the embedded S3 server) delivers it. */
 export interface S3Notification {
   Records?: { eventName?: string; s3: { bucket: { name: string }; object: { key: string } } }[];
-}
-
-export interface Problem {
-  /** JSON Lines files: the line, from 1. */
-  line?: number;
-  field: string;
-  message: string;
 }
 
 export interface UploadOutcome {
@@ -66,45 +59,6 @@ export function executionName(request: RunRequest): string {
   return `${id}-${hash}`;
 }
 
-function problemOf(error: unknown, line: number | undefined): Problem {
-  const at = line === undefined ? {} : { line };
-  if (error instanceof InvalidPersona) return { ...at, field: error.field, message: error.message };
-  if (error instanceof SyntaxError) return { ...at, field: '(json)', message: `not valid JSON: ${error.message}` };
-  throw error;
-}
-
-/**
- * The run requests in one uploaded file: a persona or an execution input `{ persona, images,
- * mode }` per `.json` file (its id defaults to the file name), or one per line of a `.jsonl` file.
- */
-function parseUpload(key: string, text: string): { requests: RunRequest[]; problems: Problem[] } {
-  const requests: RunRequest[] = [];
-  const problems: Problem[] = [];
-  const fileId = key.endsWith('.json') ? basename(key, '.json') : undefined;
-  const read = (source: string, line?: number) => {
-    try {
-      const value: unknown = JSON.parse(source);
-      const isRequest = !!value && typeof value === 'object' && 'persona' in value;
-      const request = (isRequest ? { ...value } : { persona: value }) as { persona: unknown };
-      if (fileId && request.persona && typeof request.persona === 'object' && !('id' in request.persona)) {
-        request.persona = { id: fileId, ...request.persona };
-      }
-      requests.push(parseRunRequest(request));
-    } catch (error) {
-      problems.push(problemOf(error, line));
-    }
-  };
-  if (key.endsWith('.jsonl')) {
-    text.split(/\r?\n/).forEach((line, i) => {
-      if (line.trim()) read(line, i + 1);
-    });
-    if (requests.length === 0 && problems.length === 0) problems.push({ field: '(file)', message: 'no personas in the file: write one JSON persona per line' });
-  } else {
-    read(text);
-  }
-  return { requests, problems };
-}
-
 function uploadedKeys(event: S3Notification, deps: TriggerDeps): string[] {
   return (event.Records ?? [])
     .filter((r) => {
@@ -115,7 +69,7 @@ function uploadedKeys(event: S3Notification, deps: TriggerDeps): string[] {
     .filter((r) => !r.eventName || r.eventName.startsWith('ObjectCreated'))
     // Keys arrive URL-encoded, with spaces as '+'.
     .map((r) => decodeURIComponent(r.s3.object.key.replace(/\+/g, ' ')))
-    .filter((key) => key.startsWith(Prefixes.personas) && (key.endsWith('.json') || key.endsWith('.jsonl')));
+    .filter((key) => key.startsWith(Prefixes.personas));
 }
 
 async function startRun(deps: TriggerDeps, stateMachineArn: string, request: RunRequest, outcome: UploadOutcome): Promise<void> {
@@ -146,8 +100,9 @@ async function handleUpload(deps: TriggerDeps, stateMachineArn: string, key: str
     deps.logger.warn('uploaded persona file is gone', { key });
     return undefined;
   }
-  // Editors on Windows save JSON with a byte-order mark, which JSON.parse refuses.
-  const { requests, problems } = parseUpload(key, text.replace(/^\uFEFF/, ''));
+  const { requests, problems } = personaFileKind(key)
+    ? parsePersonaFile(key, text)
+    : { requests: [], problems: [{ field: '(file)', message: 'not a persona file: name it .json (one persona) or .jsonl (one per line)' }] };
   const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: problems };
   await startAll(deps, stateMachineArn, requests, outcome);
   const reportKey = rejectedKey(key);

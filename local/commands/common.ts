@@ -1,18 +1,33 @@
 /** What the commands share: reading input files, describing progress, printing results. */
 import { readFile } from 'node:fs/promises';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
+import { InvalidPersona } from '../../lambdas/shared/errors.ts';
+import { parseRunRequest, type RunRequest } from '../../lambdas/shared/persona.ts';
+import { describeProblem, parsePersonaFile, type Problem } from '../../lambdas/shared/run-input.ts';
 import type { ProgressEvent } from '../runner.ts';
 
 /** A mistake of the user's: printed without a stack, exit code 2. */
 export class UsageError extends Error {}
 
-export async function readJsonFile(path: string, what: string): Promise<unknown> {
-  let text: string;
+/** A persona file whose personas are not valid: what is wrong, where. */
+export class InvalidInput extends UsageError {
+  readonly problems: Problem[];
+  constructor(path: string, problems: Problem[]) {
+    super(`${path}: ${problems.map(describeProblem).join('; ')}`);
+    this.problems = problems;
+  }
+}
+
+async function readText(path: string, what: string): Promise<string> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path, 'utf8');
   } catch (error) {
     throw new UsageError(`cannot read ${what} ${path}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
   }
+}
+
+export async function readJsonFile(path: string, what: string): Promise<unknown> {
+  const text = await readText(path, what);
   try {
     // Editors on Windows save JSON with a byte-order mark, which JSON.parse refuses.
     return JSON.parse(text.replace(/^\uFEFF/, ''));
@@ -21,13 +36,22 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
   }
 }
 
-/** A bare persona, or an execution input `{ persona, images, mode }` as the console takes it. */
-export async function readRunInput(personaFile: string, flags: { images?: number; mode?: string }): Promise<Record<string, unknown>> {
-  const loaded = (await readJsonFile(personaFile, 'persona file')) as Record<string, unknown>;
-  const input: Record<string, unknown> = loaded && typeof loaded === 'object' && 'persona' in loaded ? { ...loaded } : { persona: loaded };
-  if (flags.images !== undefined) input.images = flags.images;
-  if (flags.mode !== undefined) input.mode = flags.mode;
-  return input;
+/**
+ * The one run a persona file asks for (a persona or an execution input, read as uploads are),
+ * with the flags over it. Checked here, before anything starts or is spent.
+ */
+export async function readRunInput(personaFile: string, flags: { images?: number; mode?: string }): Promise<RunRequest> {
+  const { requests, problems } = parsePersonaFile(personaFile, await readText(personaFile, 'persona file'));
+  if (problems.length > 0) throw new InvalidInput(personaFile, problems);
+  if (requests.length > 1) throw new UsageError(`${personaFile} holds ${requests.length} personas: give one per file here, or put the file under personas/ (avatars dev, or S3 on AWS) to start them all`);
+  const asked = { ...requests[0], ...(flags.images !== undefined ? { images: flags.images } : {}), ...(flags.mode !== undefined ? { mode: flags.mode } : {}) };
+  try {
+    // The flags go through the same checks as the file (an --images of 0 is refused).
+    return parseRunRequest(asked);
+  } catch (error) {
+    if (error instanceof InvalidPersona) throw new InvalidInput(personaFile, [{ field: error.field, message: error.message }]);
+    throw error;
+  }
 }
 
 export function describe(event: ProgressEvent): string {

@@ -4,7 +4,9 @@ import { startLocalEnvironment } from '../environment.ts';
 import { parseFaults } from '../offline-openai.ts';
 import { saveOutputs } from '../outputs.ts';
 import { runLocally } from '../runner.ts';
-import { describe, readRunInput, resultLines } from './common.ts';
+import type { RunRequest } from '../../lambdas/shared/persona.ts';
+import { describeProblem } from '../../lambdas/shared/run-input.ts';
+import { describe, InvalidInput, readRunInput, resultLines } from './common.ts';
 
 export interface RunFlags {
   images?: number;
@@ -20,7 +22,15 @@ export interface RunFlags {
 }
 
 export async function runCommand(personaFile: string, flags: RunFlags): Promise<number> {
-  const input = await readRunInput(personaFile, flags);
+  let input: RunRequest;
+  try {
+    input = await readRunInput(personaFile, flags);
+  } catch (error) {
+    if (!(error instanceof InvalidInput)) throw error;
+    // As a run of the workflow would end: the error's name and what is wrong, exit 1, nothing spent.
+    process.stderr.write(`✗ ${personaFile}: InvalidPersona: ${error.problems.map(describeProblem).join('; ')}\n`);
+    return 1;
+  }
   const faults = parseFaults(flags.fault);
   const log = (line: string) => {
     if (!flags.quiet) process.stderr.write(`${line}\n`);

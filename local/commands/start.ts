@@ -1,6 +1,4 @@
 import type { SFNClient } from '@aws-sdk/client-sfn';
-import { InvalidPersona } from '../../lambdas/shared/errors.ts';
-import { parseRunRequest, type RunRequest } from '../../lambdas/shared/persona.ts';
 import { customSfnEndpoint, sfnClientFromEnv, startOnce } from '../../lambdas/shared/sfn.ts';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
 import { executionName } from '../../lambdas/start-from-upload/core.ts';
@@ -37,14 +35,7 @@ export async function statusCommand(executionArn: string, flags: FollowFlags): P
 }
 
 export async function startCommand(personaFile: string, flags: StartFlags): Promise<number> {
-  const input = await readRunInput(personaFile, flags);
-  let request: RunRequest;
-  try {
-    request = parseRunRequest(input);
-  } catch (error) {
-    if (error instanceof InvalidPersona) throw new UsageError(`${personaFile}: ${error.message}`);
-    throw error;
-  }
+  const request = await readRunInput(personaFile, flags);
   const stateMachineArn = flags.stateMachineArn ?? process.env.STATE_MACHINE_ARN;
   if (!stateMachineArn) {
     throw new UsageError('no state machine: pass --state-machine-arn (the StateMachineArn output of `npx cdk deploy`) or set STATE_MACHINE_ARN');

@@ -1,0 +1,94 @@
+/**
+ * One reader of persona files for every entry point (avatars run and start, the upload trigger,
+ * the console's input through plan-run): a persona or an execution input per `.json` file, many
+ * in a `.json` array or one per line of a `.jsonl` file; any case of suffix; a byte-order mark;
+ * a persona without an id takes one from the file name, and a problem with it says so.
+ */
+import { basename } from 'node:path';
+import { InvalidPersona } from './errors.ts';
+import { parseRunRequest, type RunRequest } from './persona.ts';
+
+export interface Problem {
+  /** JSON Lines files: the line, from 1; JSON arrays: the item, from 1. */
+  line?: number;
+  item?: number;
+  field: string;
+  message: string;
+}
+
+export type PersonaFileKind = 'json' | 'jsonl';
+
+/** `.json` or `.jsonl`, whatever the case of the suffix; undefined for anything else. */
+export function personaFileKind(name: string): PersonaFileKind | undefined {
+  const match = /\.(jsonl?)$/i.exec(name);
+  return match ? (match[1]!.toLowerCase() as PersonaFileKind) : undefined;
+}
+
+/** An id from a file name: `Ada Lovelace.json` → `Ada-Lovelace`. */
+export function idFromFileName(name: string): string {
+  return basename(name)
+    .replace(/\.jsonl?$/i, '')
+    .replace(/[^A-Za-z0-9_-]+/g, '-')
+    .replace(/^[-_]+|-+$/g, '')
+    .slice(0, 64);
+}
+
+function problemOf(error: unknown, at: Pick<Problem, 'line' | 'item'>, idFrom: string | undefined): Problem {
+  if (error instanceof InvalidPersona) {
+    const fromName = idFrom !== undefined && error.field === 'persona.id' ? ` (the id "${idFrom}" was taken from the file name: add an "id" to the persona)` : '';
+    return { ...at, field: error.field, message: `${error.message}${fromName}` };
+  }
+  if (error instanceof SyntaxError) return { ...at, field: '(json)', message: `not valid JSON: ${error.message}` };
+  throw error;
+}
+
+/** A persona file's run requests, and what is wrong with the rest. */
+export function parsePersonaFile(name: string, text: string): { requests: RunRequest[]; problems: Problem[] } {
+  const requests: RunRequest[] = [];
+  const problems: Problem[] = [];
+  const kind = personaFileKind(name) ?? 'json';
+  const fileId = kind === 'json' ? idFromFileName(name) : undefined;
+  const read = (value: unknown, at: Pick<Problem, 'line' | 'item'>, withFileId: boolean) => {
+    let idFrom: string | undefined;
+    try {
+      const request = (value && typeof value === 'object' && 'persona' in value ? { ...value } : { persona: value }) as { persona: unknown };
+      if (withFileId && fileId !== undefined && request.persona && typeof request.persona === 'object' && !Array.isArray(request.persona) && !('id' in request.persona)) {
+        idFrom = fileId;
+        request.persona = { id: fileId, ...request.persona };
+      }
+      requests.push(parseRunRequest(request));
+    } catch (error) {
+      problems.push(problemOf(error, at, idFrom));
+    }
+  };
+  // Editors on Windows save JSON with a byte-order mark, which JSON.parse refuses.
+  const body = text.replace(/^\uFEFF/, '');
+  if (kind === 'jsonl') {
+    body.split(/\r?\n/).forEach((line, i) => {
+      if (!line.trim()) return;
+      try {
+        read(JSON.parse(line), { line: i + 1 }, false);
+      } catch (error) {
+        problems.push(problemOf(error, { line: i + 1 }, undefined));
+      }
+    });
+  } else {
+    let value: unknown;
+    try {
+      value = JSON.parse(body);
+    } catch (error) {
+      problems.push(problemOf(error, {}, undefined));
+      return { requests, problems };
+    }
+    if (Array.isArray(value)) value.forEach((v, i) => read(v, { item: i + 1 }, false));
+    else read(value, {}, true);
+  }
+  if (requests.length === 0 && problems.length === 0) problems.push({ field: '(file)', message: 'no personas in the file: write one persona, or one per line in a .jsonl file' });
+  return { requests, problems };
+}
+
+/** Where a problem is, for a person: "line 3: …", "item 2: …". */
+export function describeProblem(p: Problem): string {
+  const where = p.line !== undefined ? `line ${p.line}: ` : p.item !== undefined ? `item ${p.item}: ` : '';
+  return `${where}${p.message}`;
+}

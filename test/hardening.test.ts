@@ -1,0 +1,149 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { generateBase } from '../lambdas/generate-base/core.ts';
+import { openAiKeyFromEnv } from '../lambdas/shared/openai.ts';
+import { splitGrid } from '../lambdas/split-grid/core.ts';
+import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
+import type { Fault } from '../local/offline-openai.ts';
+import { runLocally } from '../local/runner.ts';
+import { avatars, persona, startTestEnvironment } from './support.ts';
+
+const work = mkdtempSync(join(tmpdir(), 'avatars-hardening-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+const run = { personaId: persona.id, runId: 'hardening', persona };
+const uploaded = (bucket: string, ...keys: string[]) => ({
+  Records: keys.map((key) => ({ eventName: 'ObjectCreated:Put', s3: { bucket: { name: bucket }, object: { key: encodeURIComponent(key).replace(/%2F/g, '/').replace(/%20/g, '+') } } })),
+});
+
+describe('corrupt answers from the image API', () => {
+  it('refuses a truncated image as an UpstreamError naming the persona and the call, and stores nothing', async () => {
+    env = await startTestEnvironment({ faults: [{ kind: 'corrupt', times: 1 }] });
+    const error = (await generateBase(run, env.deps).catch((e: unknown) => e)) as Error;
+    expect(error.name).toBe('UpstreamError');
+    expect(error.message).toMatch(/base image for persona ada-lovelace: .*truncated PNG/);
+    await expect(env.deps.store.getBytes('runs/ada-lovelace/hardening/base.png')).rejects.toThrow();
+  });
+
+  it('retries a corrupt grid answer and publishes', async () => {
+    const faults: Fault[] = [{ kind: 'corrupt', times: 1, route: 'edits' }];
+    env = await startTestEnvironment({ faults });
+    const outcome = await runLocally({ input: { persona }, deps: env.deps });
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(outcome.events.some((e) => e.kind === 'retried' && e.state === 'GenerateGrid')).toBe(true);
+  });
+
+  it('draws a grid again when the stored grid does not decode, naming the persona', async () => {
+    env = await startTestEnvironment();
+    await env.deps.store.put('runs/ada-lovelace/hardening/grid_0.png', Buffer.from('not a png at all'), 'image/png');
+    const generated = { gridIndex: 0, mode: 'grid' as const, count: 4, gridKey: 'runs/ada-lovelace/hardening/grid_0.png', model: 'gpt-image-2', estimatedCostUsd: 0, warnings: [], ms: 1 };
+    const error = (await splitGrid({ personaId: persona.id, runId: 'hardening', generated }, env.deps).catch((e: unknown) => e)) as Error;
+    expect(error.name).toBe('GridLayoutMismatch');
+    expect(error.message).toMatch(/grid 0 for persona ada-lovelace cannot be decoded/);
+  });
+});
+
+describe('inputs, from every entry point', () => {
+  it('runs a bare persona given as the execution input, as the console allows', async () => {
+    env = await startTestEnvironment();
+    const outcome = await runLocally({ input: persona, deps: env.deps });
+    expect(outcome.status).toBe('SUCCEEDED');
+  });
+
+  it('reads a persona file saved with a byte-order mark in avatars run', async () => {
+    const file = join(work, 'bom.json');
+    writeFileSync(file, `\uFEFF${JSON.stringify(persona)}`);
+    const { code, stderr } = await avatars(work, ['run', file, '--quiet', '--data', join(work, 'data-bom'), '--out', join(work, 'out-bom')]);
+    expect(code, stderr).toBe(0);
+  });
+
+  it('says a .json holding several personas is not one run, instead of naming a missing field', async () => {
+    const file = join(work, 'team.json');
+    writeFileSync(file, JSON.stringify([persona, { ...persona, id: 'grace' }]));
+    const { code, stderr } = await avatars(work, ['start', file, '--state-machine-arn', 'arn:aws:states:us-east-1:000000000000:stateMachine:PersonaAvatars']);
+    expect(code).toBe(2);
+    expect(stderr).toContain('holds 2 personas');
+  });
+
+  it('takes an id from a file name with spaces, and says where an unusable one came from', async () => {
+    env = await startTestEnvironment({ stepFunctions: {} });
+    const { id: _id, ...noId } = persona;
+    const bucket = env.deps.store.bucket;
+    await env.deps.store.putJson('personas/my persona.json', noId);
+    await env.deps.store.putJson('personas/-.json', noId);
+    const [spaced, unusable] = await startFromUpload(uploaded(bucket, 'personas/my persona.json', 'personas/-.json'), env.deps);
+    expect(spaced!.started.map((s) => s.personaId)).toEqual(['my-persona']);
+    expect(unusable!.rejected[0]!.message).toMatch(/taken from the file name/);
+    await env.stepFunctions!.settled();
+  });
+
+  it('starts runs for persona files whatever the case of their suffix, and reports files that are not personas', async () => {
+    env = await startTestEnvironment({ stepFunctions: {} });
+    const bucket = env.deps.store.bucket;
+    await env.deps.store.putJson('personas/Ada.JSON', persona);
+    await env.deps.store.put('personas/notes.txt', 'hello', 'text/plain');
+    const [upper, text] = await startFromUpload(uploaded(bucket, 'personas/Ada.JSON', 'personas/notes.txt'), env.deps);
+    expect(upper!.started).toHaveLength(1);
+    expect(text!.started).toHaveLength(0);
+    expect(JSON.parse(await env.deps.store.getText('rejected/personas/notes.txt.error.json')).problems[0].message).toMatch(/not a persona file/);
+    await env.stepFunctions!.settled();
+  });
+
+  it('starts every persona of a .json array uploaded, reporting bad items by number', async () => {
+    env = await startTestEnvironment({ stepFunctions: {} });
+    await env.deps.store.putJson('personas/team.json', [persona, { ...persona, id: 'grace', gender: '' }]);
+    const [outcome] = await startFromUpload(uploaded(env.deps.store.bucket, 'personas/team.json'), env.deps);
+    expect(outcome!.started.map((s) => s.personaId)).toEqual(['ada-lovelace']);
+    expect(outcome!.rejected).toEqual([expect.objectContaining({ item: 2, field: 'persona.gender' })]);
+    await env.stepFunctions!.settled();
+  });
+});
+
+describe('the OpenAI key from Secrets Manager', () => {
+  let server: Server | undefined;
+  afterEach(() => server?.close());
+
+  it('tries the secret again after a failed fetch instead of keeping the failure', async () => {
+    let calls = 0;
+    server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        calls++;
+        res.setHeader('content-type', 'application/x-amz-json-1.1');
+        if (calls === 1) {
+          res.statusCode = 400;
+          res.end(JSON.stringify({ __type: 'AccessDeniedException', message: 'not yet' }));
+        } else {
+          res.end(JSON.stringify({ ARN: 'arn:aws:secretsmanager:us-east-1:000000000000:secret:k', Name: 'k', SecretString: 'sk-from-secret\n' }));
+        }
+      });
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    const saved = { ...process.env };
+    Object.assign(process.env, {
+      AWS_ENDPOINT_URL_SECRETS_MANAGER: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'local',
+      AWS_SECRET_ACCESS_KEY: 'local',
+    });
+    try {
+      const env = { OPENAI_API_KEY_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:000000000000:secret:k' };
+      const first = (await openAiKeyFromEnv(env).catch((e: unknown) => e)) as Error;
+      expect(first.name).toBe('UpstreamError');
+      expect(first.message).toMatch(/Secrets Manager.*AccessDenied/);
+      expect(await openAiKeyFromEnv(env)).toBe('sk-from-secret');
+    } finally {
+      process.env = saved;
+    }
+  });
+});
