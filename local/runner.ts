@@ -4,7 +4,7 @@
  */
 import { ExecutionError, StateMachine } from 'aws-local-stepfunctions';
 import { stages } from '../lambdas/stages.ts';
-import type { Deps } from '../lambdas/shared/stage.ts';
+import { loggedStage, type Deps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
 import { allStates, synthesizeWorkflow } from './definition.ts';
 
@@ -80,7 +80,7 @@ export async function runLocally(options: LocalRunOptions): Promise<RunOutcome> 
     Object.entries(taskStages).map(([state, stage]) => [
       state,
       // The runtime passes states JSON; each core takes its own event shape.
-      (input: unknown) => (stages[stage] as (e: unknown, d: Deps) => Promise<unknown>)(input, options.deps).catch(asLambdaReports),
+      (input: unknown) => loggedStage(stage, stages[stage] as (e: unknown, d: Deps) => Promise<unknown>, input, options.deps).catch(asLambdaReports),
     ]),
   );
   const retryIntervalOverrides = Object.fromEntries(

@@ -5,12 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
-import { openAiKeyFromEnv } from '../lambdas/shared/openai.ts';
+import { openAiClient, openAiKeyFromEnv } from '../lambdas/shared/openai.ts';
 import { splitGrid } from '../lambdas/split-grid/core.ts';
 import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, persona, startTestEnvironment } from './support.ts';
+import { avatars, eventsDir, persona, startTestEnvironment } from './support.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'avatars-hardening-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -145,5 +145,26 @@ describe('the OpenAI key from Secrets Manager', () => {
     } finally {
       process.env = saved;
     }
+  });
+});
+
+describe('long image calls', () => {
+  it('waits for an answer as long as IMAGE_TIMEOUT_MS allows, past the 300 s Node gives fetch by default', () => {
+    const client = openAiClient('sk-test', undefined, 900_000);
+    const dispatcher = (client as unknown as { fetchOptions: { dispatcher: Record<symbol, unknown> } }).fetchOptions.dispatcher;
+    const options = dispatcher[Object.getOwnPropertySymbols(dispatcher).find((s) => s.description === 'options')!] as { headersTimeout: number; bodyTimeout: number };
+    expect(options.headersTimeout).toBeGreaterThan(900_000);
+    expect(options.bodyTimeout).toBeGreaterThan(900_000);
+  });
+});
+
+describe('avatars run --verbose', () => {
+  it('prints every stage\u2019s structured log line', async () => {
+    const { code, stdout } = await avatars(work, ['run', join(eventsDir, 'persona.json'), '--verbose', '--quiet', '--data', join(work, 'data-verbose'), '--out', join(work, 'out-verbose')]);
+    expect(code).toBe(0);
+    const logged = stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { message: string; stage: string });
+    expect(logged.filter((l) => l.message === 'stage succeeded').map((l) => l.stage)).toEqual(
+      expect.arrayContaining(['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'publish']),
+    );
   });
 });

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
@@ -312,40 +312,62 @@ describe('avatars invoke start-from-upload', () => {
 });
 
 describe('avatars dev', () => {
-  it('runs the workflow for each persona file put under personas/ and saves its avatars', async () => {
-    const out = join(work, 'dev-out');
-    const child = spawn(process.execPath, [cliPath, 'dev', '--data', join(work, 'dev-data'), '--out', out], { cwd: work, env: { PATH: process.env.PATH, HOME: work } });
-    let stdout = '';
-    let stderr = '';
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    const seen = (pattern: RegExp) =>
-      new Promise<RegExpMatchArray>((resolve, reject) => {
-        const check = () => {
-          const match = pattern.exec(stdout);
-          if (match) resolve(match);
-        };
-        child.stdout.on('data', (chunk) => {
-          stdout += chunk;
-          check();
-        });
-        child.on('exit', () => reject(new Error(`avatars dev exited: ${stderr}`)));
-        check();
-      });
+  /** `avatars dev` as a user runs it, with a way to upload to its S3 and to wait for its output. */
+  function startDev(out: string, data: string) {
+    const child = spawn(process.execPath, [cliPath, 'dev', '--data', data, '--out', out], { cwd: work, env: { PATH: process.env.PATH, HOME: work } });
+    const output = { stdout: '', stderr: '' };
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    try {
+    child.stdout.on('data', (chunk) => (output.stdout += chunk));
+    child.stderr.on('data', (chunk) => (output.stderr += chunk));
+    const seen = async (pattern: RegExp, stream: 'stdout' | 'stderr' = 'stdout'): Promise<RegExpMatchArray> => {
+      for (const deadline = Date.now() + 50_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+        const match = pattern.exec(output[stream]);
+        if (match) return match;
+        if (child.exitCode !== null) break;
+      }
+      throw new Error(`avatars dev never printed ${pattern}: ${output.stderr}`);
+    };
+    const upload = async (key: string, body: unknown) => {
       const [, endpoint] = await seen(/S3 endpoint: (http:\/\/127\.0\.0\.1:\d+)/);
       const s3 = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
-      await s3.send(new PutObjectCommand({ Bucket: 'avatars', Key: 'personas/ada-lovelace.json', Body: JSON.stringify(persona), ContentType: 'application/json' }));
+      await s3.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: JSON.stringify(body), ContentType: 'application/json' }));
       s3.destroy();
-      await seen(/✓ 4 avatars for ada-lovelace/);
-      expect(readdirSync(join(out, 'ada-lovelace'))).toEqual(expect.arrayContaining(['img_1.png', 'img_4.png', 'index.html', 'manifest.json']));
-      expect(stderr).toMatch(/personas\/ada-lovelace\.json: started ada-lovelace-[0-9a-f]{16}/);
-    } finally {
+    };
+    const stop = async () => {
       child.kill('SIGINT');
+      return exited;
+    };
+    return { output, seen, upload, stop };
+  }
+
+  it('runs the workflow for each persona file put under personas/ and saves its avatars', async () => {
+    const out = join(work, 'dev-out');
+    const dev = startDev(out, join(work, 'dev-data'));
+    try {
+      await dev.upload('personas/ada-lovelace.json', persona);
+      await dev.seen(/✓ 4 avatars for ada-lovelace/);
+      expect(readdirSync(join(out, 'ada-lovelace'))).toEqual(expect.arrayContaining(['img_1.png', 'img_4.png', 'index.html', 'manifest.json']));
+      expect(dev.output.stderr).toMatch(/personas\/ada-lovelace\.json: started ada-lovelace-[0-9a-f]{16}/);
+    } finally {
+      expect(await dev.stop()).toBe(0);
     }
-    expect(await exited).toBe(0);
+  });
+
+  it('keeps running, and says so, when it cannot save a run\u2019s images', async () => {
+    const out = join(work, 'dev-out-is-a-file');
+    writeFileSync(out, 'not a folder');
+    const dev = startDev(out, join(work, 'dev-data-file'));
+    try {
+      await dev.upload('personas/ada-lovelace.json', persona);
+      await dev.seen(/could not save the images/, 'stderr');
+      await dev.upload('personas/grace.json', { ...persona, id: 'grace' });
+      await dev.seen(/✓ 4 avatars for grace/);
+    } finally {
+      expect(await dev.stop()).toBe(0);
+    }
   });
 });
+
 
 describe('the local Step Functions API', () => {
   it('refuses a second start under the same name with other input, as the service does', async () => {

@@ -5,7 +5,8 @@
  */
 import type { Logger } from '@aws-lambda-powertools/logger';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import OpenAI, { toFile } from 'openai';
+import OpenAI, { toFile, type ClientOptions } from 'openai';
+import { Agent } from 'undici';
 import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
 import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
 import { imageProblem } from './image-check.ts';
@@ -32,12 +33,20 @@ export async function openAiKeyFromEnv(env: Env = process.env): Promise<string |
   return cachedSecretKey;
 }
 
+/** Margin over a call's own timeout, so the request's timeout fires first and names the setting. */
+const TRANSPORT_MARGIN_MS = 30_000;
+
 /**
  * The SDK's own retries stay low: the state machine owns retries, with backoff that outlives
  * a per-minute rate limit. Without `baseURL` the SDK reads OPENAI_BASE_URL itself.
+ * Node's fetch stops waiting for response headers, and between body chunks, after 300 s whatever
+ * the request's timeout; an image call may take longer, so the connection waits as long as the
+ * longest call may (`timeoutMs`), and each request keeps its own timeout under that.
  */
-export function openAiClient(apiKey: string, baseURL?: string): OpenAI {
-  return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0 });
+export function openAiClient(apiKey: string, baseURL: string | undefined, timeoutMs: number): OpenAI {
+  const wait = timeoutMs + TRANSPORT_MARGIN_MS;
+  const dispatcher = new Agent({ headersTimeout: wait, bodyTimeout: wait });
+  return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0, timeout: timeoutMs, fetchOptions: { dispatcher } as ClientOptions['fetchOptions'] });
 }
 
 const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
@@ -180,6 +189,6 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
 /** For the stages that draw or write prompts: the image provider and the text client, sharing one key. */
 export async function openAiClients(env: Env, settings: Settings, logger: Logger): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
   const key = await openAiKeyFromEnv(env);
-  const client = key ? openAiClient(key, env.OPENAI_BASE_URL) : undefined;
+  const client = key ? openAiClient(key, env.OPENAI_BASE_URL, Math.max(settings.imageTimeoutMs, settings.textTimeoutMs)) : undefined;
   return { images: openAiImages(client, settings, logger), text: client };
 }

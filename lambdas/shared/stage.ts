@@ -56,6 +56,23 @@ export function personaIdOf(event: unknown): string | undefined {
   return typeof id === 'string' ? id : undefined;
 }
 
+/**
+ * Runs a core with what every stage logs, deployed or local: stage, persona, time taken and, on
+ * failure, the named error (which goes on unchanged for the state machine to match).
+ */
+export async function loggedStage<E, R, K extends keyof Deps>(stage: string, core: StageCore<E, R, K>, event: E, deps: Deps): Promise<R> {
+  const started = Date.now();
+  const keys = { stage, personaId: personaIdOf(event) };
+  try {
+    const result = await core(event, deps);
+    deps.logger.info('stage succeeded', { ...keys, ms: Date.now() - started });
+    return result;
+  } catch (error) {
+    deps.logger.error('stage failed', { ...keys, ms: Date.now() - started, error: error as Error });
+    throw error;
+  }
+}
+
 /** Settings, logger and the clients the factories build, once per container. */
 export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFactory[]): Promise<Deps> {
   const settings = settingsFromEnv(env);
@@ -85,21 +102,12 @@ export function lambdaHandler<E, R, K extends keyof Deps>(stage: string, core: S
     });
     const deps = await base;
     logger.addContext(context);
-    logger.appendKeys({ personaId: personaIdOf(event) });
-    const started = Date.now();
     const remaining = context.getRemainingTimeInMillis();
-    try {
-      const call: Deps = {
-        ...deps,
-        imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining),
-        textTimeoutMs: callTimeout(deps.settings.textTimeoutMs, remaining),
-      };
-      const result = await core(event, call);
-      logger.info('stage succeeded', { ms: Date.now() - started });
-      return result;
-    } catch (error) {
-      logger.error('stage failed', { ms: Date.now() - started, error: error as Error });
-      throw error;
-    }
+    const call: Deps = {
+      ...deps,
+      imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining),
+      textTimeoutMs: callTimeout(deps.settings.textTimeoutMs, remaining),
+    };
+    return loggedStage(stage, core, event, call);
   };
 }
