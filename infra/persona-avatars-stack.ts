@@ -6,6 +6,7 @@ import { AvatarBucket } from './avatar-bucket.ts';
 import { AvatarCdn } from './avatar-cdn.ts';
 import type { Settings, StackSettings } from '../lambdas/shared/settings.ts';
 import { StageFunctions } from './stage-functions.ts';
+import { Operations } from './operations.ts';
 import { UploadTrigger } from './upload-trigger.ts';
 import { AvatarWorkflow } from './workflow.ts';
 
@@ -30,9 +31,16 @@ export class PersonaAvatarsStack extends Stack {
     const cdn = new AvatarCdn(this, 'Cdn', { bucket });
     // URLs under the distribution, unless the context names a domain of its own.
     const publicBaseUrl = props.settings.publicBaseUrl ?? cdn.baseUrl;
-    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl } });
-    this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency });
-    new UploadTrigger(this, 'UploadTrigger', { bucket, trigger: this.stages.functions['start-from-upload'], stateMachine: this.workflow.stateMachine });
+    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl }, logRetentionDays: props.logRetentionDays });
+    this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency, logRetentionDays: props.logRetentionDays });
+    const uploads = new UploadTrigger(this, 'UploadTrigger', { bucket, trigger: this.stages.functions['start-from-upload'], stateMachine: this.workflow.stateMachine });
+    const operations = new Operations(this, 'Operations', {
+      stateMachine: this.workflow.stateMachine,
+      failedUploads: uploads.failedUploads,
+      recordFailure: this.stages.functions['record-failure'],
+      alarmEmail: props.alarmEmail,
+    });
+    new CfnOutput(this, 'AlarmTopicArn', { value: operations.topic.topicArn, description: 'alarms on failed runs and dead-lettered uploads' });
 
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
     new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });

@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { Duration } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import { Architecture, LoggingFormat, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { LogGroup } from 'aws-cdk-lib/aws-logs';
 import type { IBucket } from 'aws-cdk-lib/aws-s3';
 import type { ISecret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
@@ -18,6 +19,8 @@ export interface StageFunctionsProps {
   openAiKey: ISecret;
   architecture: LambdaArchitecture;
   settings: Settings;
+  /** Days each function's log group keeps its logs. */
+  logRetentionDays: number;
 }
 
 /** What each stage may do to the bucket: the least its code needs. */
@@ -94,6 +97,7 @@ export class StageFunctions extends Construct {
         tracing: Tracing.ACTIVE,
         loggingFormat: LoggingFormat.JSON,
         description: `persona-avatars ${stage}`,
+        logGroup: new LogGroup(this, `${stage}-logs`, { retention: props.logRetentionDays, removalPolicy: RemovalPolicy.DESTROY }),
         projectRoot,
         depsLockFilePath: join(projectRoot, 'package-lock.json'),
         environment: {

@@ -1,6 +1,6 @@
 import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import type { IFunction } from 'aws-cdk-lib/aws-lambda';
-import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
+import { LogGroup } from 'aws-cdk-lib/aws-logs';
 import {
   DefinitionBody,
   Fail,
@@ -26,6 +26,7 @@ export interface AvatarWorkflowProps {
   functions: Record<StageName, IFunction>;
   /** How many grids are generated at once (each is one image-edit call). */
   gridConcurrency: number;
+  logRetentionDays: number;
 }
 
 /** The run's identity, as every stage's payload starts with it. */
@@ -161,7 +162,7 @@ export class AvatarWorkflow extends Construct {
     onFailure(publish);
     onFailure(planRun);
 
-    const logs = new LogGroup(this, 'ExecutionLogs', { retention: RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY });
+    const logs = new LogGroup(this, 'ExecutionLogs', { retention: props.logRetentionDays, removalPolicy: RemovalPolicy.DESTROY });
     this.stateMachine = new StateMachine(this, 'StateMachine', {
       // Named after the stack, so the console lists it as PersonaAvatars.
       stateMachineName: Stack.of(this).stackName,

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { openAiClient, openAiKeyFromEnv } from '../lambdas/shared/openai.ts';
+import { recordFailure } from '../lambdas/record-failure/core.ts';
 import { splitGrid } from '../lambdas/split-grid/core.ts';
 import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
@@ -166,5 +167,14 @@ describe('avatars run --verbose', () => {
     expect(logged.filter((l) => l.message === 'stage succeeded').map((l) => l.stage)).toEqual(
       expect.arrayContaining(['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'publish']),
     );
+  });
+});
+
+describe('runs that end outside the workflow', () => {
+  it('records a timed-out run from its status event, whose input is a string holding a bare persona', async () => {
+    env = await startTestEnvironment();
+    const record = await recordFailure({ input: JSON.stringify(persona), runId: 'slow-run', error: { Error: 'TIMED_OUT', Cause: '' } }, env.deps);
+    expect(record.failureKey).toBe('avatars/ada-lovelace/failures/slow-run.json');
+    expect(JSON.parse(await env.deps.store.getText(record.failureKey))).toMatchObject({ personaId: 'ada-lovelace', error: 'TIMED_OUT' });
   });
 });

@@ -138,6 +138,32 @@ describe('the synthesized stack', () => {
     expect(variables.PUBLIC_BASE_URL).toBe('https://avatars.example.com');
   });
 
+  it('keeps every function\u2019s logs and the workflow\u2019s for the retention set, 30 days by default', () => {
+    const groups = template.findResources('AWS::Logs::LogGroup');
+    for (const fn of Object.values(stageFunctions())) {
+      const group = groups[fn.Properties.LoggingConfig.LogGroup.Ref];
+      expect(group?.Properties.RetentionInDays, fn.Properties.Environment.Variables.STAGE).toBe(30);
+    }
+    expect(Object.values(groups).every((g) => g.Properties.RetentionInDays === 30)).toBe(true);
+  });
+
+  it('raises alarms on failed, timed-out and stopped runs and on dead-lettered uploads, mailed when alarmEmail is set', () => {
+    const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm'));
+    expect(alarms.map((a) => a.Properties.MetricName).sort()).toEqual(['ApproximateNumberOfMessagesVisible', 'ExecutionsAborted', 'ExecutionsFailed', 'ExecutionsTimedOut']);
+    const topicId = Object.keys(template.findResources('AWS::SNS::Topic'))[0]!;
+    for (const alarm of alarms) expect(alarm.Properties.AlarmActions).toEqual([{ Ref: topicId }]);
+    expect(template.findResources('AWS::SNS::Subscription')).toEqual({});
+    const mailed = Template.fromStack(buildApp({ bundle: false, context: { alarmEmail: 'ops@example.com' } }).stack);
+    mailed.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com' });
+  });
+
+  it('records runs that timed out or were stopped, which the workflow\u2019s own Catch cannot see', () => {
+    const recordId = Object.entries(stageFunctionIds()).find(([, stage]) => stage === 'record-failure')![0];
+    const rule = Object.values(template.findResources('AWS::Events::Rule'))[0]!;
+    expect(rule.Properties.EventPattern.detail.status).toEqual(['TIMED_OUT', 'ABORTED']);
+    expect(rule.Properties.Targets[0].Arn).toEqual({ 'Fn::GetAtt': [recordId, 'Arn'] });
+  });
+
   it('passes the cdk-nag AwsSolutions checks, every acknowledgement with a reason', () => {
     const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
     expect(errors).toEqual([]);

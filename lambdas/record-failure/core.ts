@@ -6,7 +6,10 @@ import type { StageDeps } from '../shared/stage.ts';
 import { personaIdOf } from '../shared/stage.ts';
 
 export interface RecordFailureEvent {
-  /** The execution input, as given: the persona may be what was wrong. */
+  /**
+   * The execution input, as given: the persona may be what was wrong. A string when it comes from
+   * the execution's status event (a run that timed out or was stopped).
+   */
   input: unknown;
   runId: string;
   /** What a Catch put in the state: `{ Error, Cause }`. */
@@ -19,12 +22,22 @@ export interface FailureRecord {
   failureKey: string;
 }
 
+function parseOrKeep(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
 /** Persona ids that cannot be trusted in a key are filed under this one. */
 export const UNKNOWN_PERSONA = '_invalid';
 
 /** Writes why the run failed next to where its images would have gone, so no failure is silent. */
 export async function recordFailure(event: RecordFailureEvent, deps: StageDeps<'store'>): Promise<FailureRecord> {
-  const id = personaIdOf(event);
+  const input = typeof event.input === 'string' ? parseOrKeep(event.input) : event.input;
+  // An execution input names its persona, or is the persona itself.
+  const id = personaIdOf({ input }) ?? personaIdOf({ persona: input });
   const personaId = id && PERSONA_ID_PATTERN.test(id) ? id : UNKNOWN_PERSONA;
   const failureKey = avatarKeys(personaId).failure(safeRunId(event.runId));
   const cause = causeMessage(event.error.Cause);

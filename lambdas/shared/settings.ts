@@ -15,6 +15,9 @@ export const MAX_PRESIGNED_SECONDS = 7 * 24 * 3600;
 
 type Scope = 'stage' | 'stack' | 'client';
 
+/** The retention periods CloudWatch Logs offers. */
+const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+
 interface Spec<T> {
   scope: Scope;
   /** Environment variable; older names it also answers to follow in `aliases`. */
@@ -98,6 +101,14 @@ export const SETTINGS = {
     context: 'supersededRunExpiryDays',
     doc: 'opt-in: delete a run\'s avatars this many days after a newer run of the persona replaced it (tag `avatar-run=superseded`)',
     schema: z.optional(wholeNumber(1, 3650)),
+  }),
+  alarmEmail: spec({ scope: 'stack', context: 'alarmEmail', doc: 'mail the alarms (failed, timed-out, stopped runs; dead-lettered uploads) to this address', schema: optionalText }),
+  logRetentionDays: spec({
+    scope: 'stack',
+    context: 'logRetentionDays',
+    default: '30',
+    doc: 'days the functions\' and the workflow\'s logs are kept (one of CloudWatch\'s periods: 1, 3, 5, 7, 14, 30, 60, 90, 180, 365…)',
+    schema: z.pipe(wholeNumber(1, 3653), z.number().check(z.refine((n) => LOG_RETENTION_DAYS.includes(n), `must be one of ${LOG_RETENTION_DAYS.join(', ')}`))),
   }),
   gridConcurrency: spec({ scope: 'stack', context: 'gridConcurrency', default: '4', doc: 'grids generated at once per run', schema: wholeNumber(1, 40) }),
 
