@@ -4,6 +4,7 @@ import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import { Architecture, LoggingFormat, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
 import { LogGroup } from 'aws-cdk-lib/aws-logs';
+import { PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import type { IBucket } from 'aws-cdk-lib/aws-s3';
 import type { ISecret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
@@ -23,10 +24,15 @@ export interface StageFunctionsProps {
   logRetentionDays: number;
 }
 
-/** What each stage may do to the bucket: the least its code needs. */
+/**
+ * What each stage may do to the bucket: the least its code needs, as explicit statements per
+ * prefix. No stage may list the bucket, hold or retain objects; only the upload trigger deletes.
+ */
 interface StageSpec {
   reads: string[];
   writes: string[];
+  /** Tags objects it wrote (publish marks superseded runs). */
+  tags?: string[];
   deletes?: string[];
   usesOpenAi: boolean;
   usesSharp: boolean;
@@ -51,7 +57,7 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
   // Crops every avatar to one size (sharp): the memory buys CPU as well.
-  publish: { reads: [runs, currentManifests], writes: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
+  publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
   // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
   'start-from-upload': { reads: [personas], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
@@ -122,9 +128,13 @@ export class StageFunctions extends Construct {
           },
         },
       });
-      for (const prefix of spec.reads) bucket.grantRead(fn, prefix);
-      for (const prefix of spec.writes) bucket.grantPut(fn, prefix);
-      for (const prefix of spec.deletes ?? []) bucket.grantDelete(fn, prefix);
+      const allow = (action: string, prefixes: string[] = []) => {
+        if (prefixes.length > 0) fn.addToRolePolicy(new PolicyStatement({ actions: [action], resources: prefixes.map((p) => bucket.arnForObjects(p)) }));
+      };
+      allow('s3:GetObject', spec.reads);
+      allow('s3:PutObject', spec.writes);
+      allow('s3:PutObjectTagging', spec.tags);
+      allow('s3:DeleteObject', spec.deletes);
       if (spec.usesOpenAi) openAiKey.grantRead(fn);
       functions[stage] = fn;
     }

@@ -77,6 +77,23 @@ describe('the synthesized stack', () => {
     expect(resourcesOf('start-from-upload')).not.toMatch(/\/(runs|avatars)\//);
   });
 
+  it('gives each stage explicit S3 actions on its prefixes only: no listing, no legal hold or retention, deletes only in the trigger', () => {
+    for (const stage of stageNames) {
+      const s3 = statementsOf(stage).filter((st) => JSON.stringify(st.Action).includes('s3:'));
+      const actions = s3.flatMap((st) => [st.Action].flat());
+      expect(actions.filter((a) => /s3:List|LegalHold|Retention|\*/.test(a)), stage).toEqual([]);
+      expect(actions.includes('s3:DeleteObject'), stage).toBe(stage === 'start-from-upload');
+      for (const st of s3) expect(JSON.stringify(st.Resource), stage).toMatch(/\/(runs|avatars|personas|rejected)\//);
+    }
+  });
+
+  it('acknowledges each IAM5 wildcard by what it applies to, so a new one is not hidden', () => {
+    const suppressions = (stack.templateOptions.metadata?.cdk_nag as { rules_to_suppress: { id: string; applies_to?: unknown[] }[] }).rules_to_suppress;
+    const iam5 = suppressions.filter((s) => s.id === 'AwsSolutions-IAM5');
+    expect(iam5.length).toBeGreaterThan(0);
+    for (const s of iam5) expect(s.applies_to?.length).toBeGreaterThan(0);
+  });
+
   it('starts a run for every persona file uploaded under personas/, as JSON or JSON Lines', () => {
     const triggerId = Object.entries(stageFunctionIds()).find(([, stage]) => stage === 'start-from-upload')![0];
     const notifications = Object.values(template.findResources('Custom::S3BucketNotifications'));

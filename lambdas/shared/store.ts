@@ -8,6 +8,16 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 
+/**
+ * Whether a read failed because the object is not there. The stages may not list the bucket, and
+ * without s3:ListBucket S3 answers a missing key with 403 AccessDenied rather than 404 NoSuchKey.
+ */
+export function isMissingObject(error: unknown): boolean {
+  if (error instanceof NoSuchKey) return true;
+  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.name === 'AccessDenied' && e.$metadata?.httpStatusCode === 403;
+}
+
 /** The one bucket every stage reads and writes, addressed by key. */
 export class ObjectStore {
   readonly s3: S3Client;
@@ -40,7 +50,7 @@ export class ObjectStore {
     try {
       return JSON.parse(await this.getText(key)) as T;
     } catch (error) {
-      if (error instanceof NoSuchKey) return undefined;
+      if (isMissingObject(error)) return undefined;
       throw error;
     }
   }

@@ -5,12 +5,12 @@
  * rejected/ naming the file, line and field; the upload itself is never touched.
  */
 import { createHash } from 'node:crypto';
-import { NoSuchKey } from '@aws-sdk/client-s3';
 import { ConfigurationError } from '../shared/errors.ts';
 import { Prefixes, rejectedKey } from '../shared/keys.ts';
 import type { RunRequest } from '../shared/persona.ts';
 import { parsePersonaFile, personaFileKind, type Problem } from '../shared/run-input.ts';
 import { startOnce } from '../shared/sfn.ts';
+import { isMissingObject } from '../shared/store.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
 type TriggerDeps = StageDeps<'store' | 'sfn'>;
@@ -96,7 +96,7 @@ async function handleUpload(deps: TriggerDeps, stateMachineArn: string, key: str
     text = await deps.store.getText(key);
   } catch (error) {
     // Deleted before this delivery reached us: nothing to start.
-    if (!(error instanceof NoSuchKey)) throw error;
+    if (!isMissingObject(error)) throw error;
     deps.logger.warn('uploaded persona file is gone', { key });
     return undefined;
   }
