@@ -22,7 +22,7 @@ const action =
 export function program(): Command {
   const cli = new Command('avatars').description('persona-avatars: persona in, consistent avatar photos out').showHelpAfterError();
   const dataOption = new Option('--data <dir>', 'where the embedded S3 keeps its data').default('.avatars');
-  const faultOption = new Option('--fault <spec...>', 'offline backend fault, e.g. rate-limit:2, policy:always@generations, hang:1, server-error, layout, model-gone, corrupt').default([]);
+  const faultOption = new Option('--fault <spec...>', 'offline backend fault, e.g. rate-limit:2, policy:always@generations, hang:1, server-error, layout, model-gone, corrupt, flagged').default([]);
   const personaArgument = new Argument('<persona.json>', 'a persona, or an execution input { "persona": …, "images": 8 }');
   const imagesOption = new Option('--images <n>', 'how many avatars (4 per grid)').argParser(int('--images'));
   const modeOption = new Option('--mode <mode>', 'grid: 2x2 grids split apart; separate: one image per call').choices(['grid', 'separate']);

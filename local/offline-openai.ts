@@ -14,8 +14,8 @@ import { IMAGE_MODELS, parseSize, sizeProblem } from '../lambdas/shared/models.t
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
-export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone' | 'corrupt';
-export type Route = 'generations' | 'edits' | 'chat';
+export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone' | 'corrupt' | 'flagged';
+export type Route = 'generations' | 'edits' | 'chat' | 'moderations';
 
 export interface Fault {
   kind: FaultKind;
@@ -56,12 +56,18 @@ export interface OfflineBackend {
 const ACCEPTED_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
 
 function parseFault(spec: string): Fault {
-  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone|corrupt)(?::(\d+|always))?(?:@(generations|edits|chat))?$/.exec(spec);
+  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone|corrupt|flagged)(?::(\d+|always))?(?:@(generations|edits|chat|moderations))?$/.exec(spec);
   if (!match) {
-    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat], KIND one of rate-limit, server-error, hang, policy, layout, model-gone, corrupt`);
+    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat|moderations], KIND one of rate-limit, server-error, hang, policy, layout, model-gone, corrupt, flagged`);
   }
   const times = match[2] === 'always' ? Infinity : Number(match[2] ?? 1);
   return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}) };
+}
+
+/** Without a route, a fault hits the image endpoints; a flagged prompt is the moderation check's answer. */
+function routesOf(fault: Fault): Route[] {
+  if (fault.route) return [fault.route];
+  return fault.kind === 'flagged' ? ['moderations'] : ['generations', 'edits'];
 }
 
 /** Parses `--fault` specs such as `rate-limit:2`, `policy:always@generations`. */
@@ -141,7 +147,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   let counter = 0;
 
   const takeFault = (route: Route): Fault | undefined => {
-    const fault = faults.find((f) => f.times > 0 && (f.route ? f.route === route : route !== 'chat'));
+    const fault = faults.find((f) => f.times > 0 && routesOf(f).includes(route));
     if (fault) fault.times--;
     return fault;
   };
@@ -169,6 +175,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
         return true;
       case 'layout':
       case 'corrupt':
+      case 'flagged':
         return false;
     }
   };
@@ -176,7 +183,15 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '').split('?')[0]!.replace(/^\/v1/, '');
     const route: Route | undefined =
-      path === '/images/generations' ? 'generations' : path === '/images/edits' ? 'edits' : path === '/chat/completions' ? 'chat' : undefined;
+      path === '/images/generations'
+        ? 'generations'
+        : path === '/images/edits'
+          ? 'edits'
+          : path === '/chat/completions'
+            ? 'chat'
+            : path === '/moderations'
+              ? 'moderations'
+              : undefined;
     if (req.method !== 'POST' || !route) {
       apiError(res, 404, { message: `Unknown request URL: ${req.method} ${req.url}`, type: 'invalid_request_error', code: 'unknown_url' });
       return;
@@ -184,7 +199,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     const form = route === 'edits' ? await readMultipart(req) : { fields: {}, files: [] };
     const body = route === 'edits' ? form.fields : await readJson(req);
     const model = String(body.model ?? '');
-    const prompt = route === 'chat' ? JSON.stringify(body.messages ?? []) : String(body.prompt ?? '');
+    const prompt = route === 'chat' ? JSON.stringify(body.messages ?? []) : String(body.prompt ?? body.input ?? '');
     const size = String(body.size ?? '1024x1024');
     const n = Number(body.n ?? 1);
     const { model: _m, prompt: _p, n: _n, size: _s, messages: _messages, ...rest } = body;
@@ -202,14 +217,24 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
       return;
     }
-    const invalid = route === 'chat' ? undefined : invalidRequest(model, body, route === 'edits');
+    const invalid = route === 'chat' || route === 'moderations' ? undefined : invalidRequest(model, body, route === 'edits');
     if (invalid) {
       apiError(res, 400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
       return;
     }
     const fault = takeFault(route);
     if (fault && answerFault(res, fault, model)) return;
-    if (options.latencyMs && route !== 'chat') await new Promise((r) => setTimeout(r, options.latencyMs));
+    if (options.latencyMs && (route === 'generations' || route === 'edits')) await new Promise((r) => setTimeout(r, options.latencyMs));
+
+    if (route === 'moderations') {
+      const flagged = fault?.kind === 'flagged';
+      sendJson(res, 200, {
+        id: `modr-offline-${++counter}`,
+        model,
+        results: [{ flagged, categories: { violence: flagged, harassment: false }, category_scores: { violence: flagged ? 0.93 : 0.001, harassment: 0.001 }, category_applied_input_types: { violence: ['text'], harassment: ['text'] } }],
+      });
+      return;
+    }
 
     if (route === 'chat') {
       const question = String((body.messages as { content?: string }[] | undefined)?.at(-1)?.content ?? '');

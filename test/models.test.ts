@@ -11,7 +11,7 @@ import { estimateImageCost } from '../lambdas/shared/models.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { startOfflineBackend, type OfflineBackend } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, eventsDir, persona, startTestEnvironment } from './support.ts';
+import { avatars, eventsDir, imageCalls, persona, startTestEnvironment } from './support.ts';
 
 const RETIRING = ['gpt-image-1.5', 'gpt-image-1-mini', 'chatgpt-image-latest'];
 const work = mkdtempSync(join(tmpdir(), 'avatars-models-'));
@@ -36,8 +36,7 @@ describe('image models after 2026-12-01', () => {
       OPENAI_BASE_URL: server.baseUrl,
     });
     expect(code, stderr).toBe(0);
-    const imageCalls = server.requests.filter((r) => r.route !== 'chat');
-    expect(imageCalls.map((r) => r.model)).toEqual(['gpt-image-2', 'gpt-image-2']);
+    expect(imageCalls(server).map((r) => r.model)).toEqual(['gpt-image-2', 'gpt-image-2']);
   });
 
   it('configures every deployed function with a model that is not retiring', () => {
@@ -55,13 +54,13 @@ describe('image models after 2026-12-01', () => {
       env: { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODELS: 'chatgpt-image-latest, gpt-image-2' },
     });
     const base = await generateBase(run, env.deps);
-    expect(env.backend!.requests.map((r) => r.model)).toEqual(['gpt-image-1.5', 'chatgpt-image-latest', 'gpt-image-2']);
+    expect(imageCalls(env.backend!).map((r) => r.model)).toEqual(['gpt-image-1.5', 'chatgpt-image-latest', 'gpt-image-2']);
     expect(base.model).toBe('gpt-image-2');
     expect(base.warnings.join('\n')).toMatch(/gpt-image-1\.5 answered model_not_found.*\n.*chatgpt-image-latest answered model_not_found/);
     // Known gone: the next call goes straight to the model that answers.
     await generateBase(run, env.deps);
-    expect(env.backend!.requests.at(-1)!.model).toBe('gpt-image-2');
-    expect(env.backend!.requests).toHaveLength(4);
+    expect(imageCalls(env.backend!).at(-1)!.model).toBe('gpt-image-2');
+    expect(imageCalls(env.backend!)).toHaveLength(4);
   });
 
   it('still reads the single IMAGE_FALLBACK_MODEL the Python service used', () => {

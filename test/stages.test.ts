@@ -16,7 +16,7 @@ import type { StageDeps } from '../lambdas/shared/stage.ts';
 import { splitGrid } from '../lambdas/split-grid/core.ts';
 import { writePrompt } from '../lambdas/write-prompt/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
-import { persona, startTestEnvironment } from './support.ts';
+import { imageCalls, persona, startTestEnvironment } from './support.ts';
 
 let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
 afterEach(async () => {
@@ -125,7 +125,7 @@ describe('generate-base', () => {
   it('calls images/generations with gpt-image-2 and stores the PNG under the run', async () => {
     const { deps, backend } = await environment();
     const result = await generateBase(run, deps);
-    expect(backend!.requests[0]).toMatchObject({ route: 'generations', model: 'gpt-image-2', size: '1024x1024' });
+    expect(imageCalls(backend!)[0]).toMatchObject({ route: 'generations', model: 'gpt-image-2', size: '1024x1024' });
     expect(result.baseKey).toBe('runs/ada-lovelace/test-run/base.png');
     const meta = await sharp(await deps.store.getBytes(result.baseKey)).metadata();
     expect([meta.format, meta.width]).toEqual(['png', 1024]);
@@ -136,7 +136,7 @@ describe('generate-base', () => {
     const { deps, backend } = await environment([{ kind: 'model-gone', times: 1 }], { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODEL: 'gpt-image-2' });
     const result = await generateBase(run, deps);
     expect(result.model).toBe('gpt-image-2');
-    expect(backend!.requests.map((r) => r.model)).toEqual(['gpt-image-1.5', 'gpt-image-2']);
+    expect(imageCalls(backend!).map((r) => r.model)).toEqual(['gpt-image-1.5', 'gpt-image-2']);
   });
 
   const failures: [string, Fault, RegExp][] = [

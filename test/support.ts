@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
+import type { RecordedRequest } from '../local/offline-openai.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 export { persona };
@@ -20,6 +21,11 @@ export async function startTestEnvironment(options: Partial<LocalEnvironmentOpti
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The calls a backend was paid for: images, not prompts, moderation checks or chat. */
+export function imageCalls(backend: { requests: RecordedRequest[] }): RecordedRequest[] {
+  return backend.requests.filter((r) => r.route === 'generations' || r.route === 'edits');
 }
 
 export const cliPath = join(import.meta.dirname, '..', 'local', 'cli.ts');

@@ -46,10 +46,12 @@ export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'st
   const [reference, scenes] = await Promise.all([deps.store.getBytes(event.baseKey), deps.store.getText(event.promptKey)]);
   const what = `grid ${event.grid.index} for persona ${event.personaId}`;
   const separate = event.mode === 'separate';
+  const prompt = separate ? separatePrompt(scenes) : gridPrompt(scenes);
+  if (deps.settings.moderationCheck === 'on') await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
   const result = await deps.images.edit({
     what,
     reference,
-    prompt: separate ? separatePrompt(scenes) : gridPrompt(scenes),
+    prompt,
     n: separate ? event.grid.count : 1,
     // A grid is cut up, so it comes lossless; separate images are avatars as they are.
     format: separate ? deps.settings.tileFormat : 'png',

@@ -30,6 +30,11 @@ export interface ImageResult {
 
 export interface ImageProvider {
   readonly name: string;
+  /**
+   * Throws ContentPolicyViolation when the provider's moderation flags the prompt: a refusal
+   * that costs nothing, before any image is paid for.
+   */
+  checkPrompt(request: Pick<ImageRequest, 'what' | 'prompt' | 'timeoutMs'>): Promise<void>;
   /** Text to image. */
   generate(request: ImageRequest): Promise<ImageResult>;
   /** Image to image, from the reference. */

@@ -108,6 +108,9 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
 
 type Call = (model: string, options: Record<string, unknown>) => Promise<OpenAI.ImagesResponse>;
 
+/** OpenAI's moderation model: free to call. */
+const MODERATION_MODEL = 'omni-moderation-latest';
+
 /**
  * Images from OpenAI's API. Each model gets only the options the model table says it takes.
  * A model that answers `model_not_found` (OpenAI retires image models) is skipped for the next in
@@ -165,6 +168,23 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
 
   return {
     name: 'openai',
+    checkPrompt: async ({ what, prompt, timeoutMs }) => {
+      if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+      let answer: OpenAI.ModerationCreateResponse;
+      try {
+        answer = await client.moderations.create({ model: MODERATION_MODEL, input: prompt }, { timeout: timeoutMs });
+      } catch (error) {
+        // A compatible server without a moderation endpoint: the image API's own check remains.
+        if (error instanceof OpenAI.NotFoundError) return;
+        throw toAvatarError(error, `${what} (moderation check)`, timeoutMs);
+      }
+      const flagged = answer.results.filter((r) => r.flagged).flatMap((r) => Object.entries(r.categories).filter(([, on]) => on).map(([category]) => category));
+      if (answer.results.some((r) => r.flagged)) {
+        throw new ContentPolicyViolation(
+          `${what}: the prompt was flagged by ${MODERATION_MODEL} (${flagged.join(', ') || 'flagged'}) before any image was paid for; the workflow rewrites it once into a safer one, then gives up on this persona`,
+        );
+      }
+    },
     generate: (request) =>
       run(request, false, (model, options) =>
         client!.images.generate({ model, prompt: request.prompt, n: request.n, ...options } as OpenAI.ImageGenerateParamsNonStreaming, { timeout: request.timeoutMs }),
