@@ -5,7 +5,8 @@
  *     cost about one grid more than nothing).
  *  2. Grid splitting throughput and peak memory, robust split against the plain equal split.
  *  3. Each Lambda bundle: its size and the time to load it, against a bare Node start (cold starts).
- *  4. The CLI: `avatars --help` against a bare Node start, and `avatars split` on 36 grids against
+ *  4. The identity check: its cold start (loading the models) and its time per avatar.
+ *  5. The CLI: `avatars --help` against a bare Node start, and `avatars split` on 36 grids against
  *     the Python service's Pillow split-and-trim (bench/pillow-split.py), as whole processes.
  */
 import { spawnSync } from 'node:child_process';
@@ -157,7 +158,30 @@ async function cliBench(): Promise<void> {
   out();
 }
 
+/** In a fresh process, as a Lambda's cold start is: loading the models, then each avatar. */
+function identityBench(): void {
+  const script = `
+    const { readFileSync } = await import('node:fs');
+    const sharp = (await import('sharp')).default;
+    const { facesIn } = await import('./lambdas/check-identity/faces.ts');
+    const { drawAvatar, lookFor } = await import('./local/avatar-art.ts');
+    const tiles = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map(async (v) => sharp(await drawAvatar(lookFor('bench'), 1024, 1024, v)).resize(480, 480).png().toBuffer()));
+    let start = performance.now();
+    await facesIn(tiles[0]);
+    const cold = performance.now() - start;
+    start = performance.now();
+    for (const tile of tiles) await facesIn(tile);
+    console.log(JSON.stringify({ cold, perTile: (performance.now() - start) / tiles.length, rssMb: process.memoryUsage().rss / 2 ** 20 }));`;
+  const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: projectRoot, encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(result.stderr);
+  const { cold, perTile, rssMb } = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as { cold: number; perTile: number; rssMb: number };
+  out('The identity check (face detector and description model, TensorFlow.js on WASM), one fresh process');
+  out(`  cold start (models loaded, first avatar): ${cold.toFixed(0)} ms; then ${perTile.toFixed(0)} ms per 480x480 avatar; RSS ${rssMb.toFixed(0)} MiB`);
+  out();
+}
+
 await workflowBench();
 await splitBench();
 bundleBench();
+identityBench();
 await cliBench();

@@ -11,7 +11,7 @@ import { ErrorNames } from '../lambdas/shared/errors.ts';
  *  - ImageTimeout, UpstreamError: retried a few times.
  *  - ContentPolicyViolation: never retried as-is; caught, rewritten once into a safer prompt
  *    (see workflow.ts), then the persona fails.
- *  - GridLayoutMismatch: the grid is generated again, at most twice more.
+ *  - GridLayoutMismatch, IdentityMismatch: the grid is generated again, at most twice more.
  *  - InvalidPersona, ConfigurationError: never retried; the run fails at once.
  *
  * Every failure that gets through is caught, recorded under avatars/{id}/failures/ and
@@ -50,8 +50,8 @@ export const retryTransient: RetryProps = {
   jitterStrategy: JitterType.FULL,
 };
 
-export const retryGridLayout: RetryProps = {
-  errors: [ErrorNames.GridLayoutMismatch],
+export const retryGridAttempt: RetryProps = {
+  errors: [ErrorNames.GridLayoutMismatch, ErrorNames.IdentityMismatch],
   interval: Duration.seconds(1),
   maxAttempts: 2,
   backoffRate: 1,

@@ -9,6 +9,7 @@ import type { IBucket } from 'aws-cdk-lib/aws-s3';
 import type { ISecret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 import { Prefixes } from '../lambdas/shared/keys.ts';
+import { FACE_MODELS } from '../lambdas/check-identity/assets.ts';
 import { environmentOf, type Settings, type StackSettings } from '../lambdas/shared/settings.ts';
 import type { StageName } from '../lambdas/stages.ts';
 import { projectRoot } from './context.ts';
@@ -36,6 +37,8 @@ interface StageSpec {
   deletes?: string[];
   usesOpenAi: boolean;
   usesSharp: boolean;
+  /** Carries the face models and tfjs's WASM binaries (check-identity). */
+  usesFaces?: boolean;
   timeout: Duration;
   memoryMb: number;
 }
@@ -56,6 +59,8 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'generate-base': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
+  // TensorFlow.js on WASM: about 300 MB, and the CPU that memory brings.
+  'check-identity': { reads: [runs], writes: [], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
   // Crops every avatar to one size (sharp): the memory buys CPU as well.
   publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
@@ -123,8 +128,17 @@ export class StageFunctions extends Construct {
           commandHooks: {
             beforeBundling: () => [],
             beforeInstall: () => [],
-            afterBundling: (inputDir: string, outputDir: string) =>
-              modules.map((m) => `mkdir -p "${outputDir}/node_modules/${m}" && cp -R "${inputDir}/node_modules/${m}/." "${outputDir}/node_modules/${m}/"`),
+            afterBundling: (inputDir: string, outputDir: string) => [
+              ...modules.map((m) => `mkdir -p "${outputDir}/node_modules/${m}" && cp -R "${inputDir}/node_modules/${m}/." "${outputDir}/node_modules/${m}/"`),
+              // Where faces.ts looks beside its bundle: the three models it loads, tfjs's .wasm files.
+              ...(spec.usesFaces
+                ? [
+                    `mkdir -p "${outputDir}/face-models" "${outputDir}/tfjs-wasm"`,
+                    ...FACE_MODELS.map((m) => `cp "${inputDir}/node_modules/@vladmandic/human/models/${m}".* "${outputDir}/face-models/"`),
+                    `cp "${inputDir}"/node_modules/@tensorflow/tfjs-backend-wasm/dist/*.wasm "${outputDir}/tfjs-wasm/"`,
+                  ]
+                : []),
+            ],
           },
         },
       });

@@ -20,7 +20,7 @@ import { Construct } from 'constructs';
 import { ErrorNames } from '../lambdas/shared/errors.ts';
 import type { StageName } from '../lambdas/stages.ts';
 import { STAGE_SPECS } from './stage-functions.ts';
-import { apiStageRetries, plainStageRetries, retryGridLayout } from './error-policy.ts';
+import { apiStageRetries, plainStageRetries, retryGridAttempt } from './error-policy.ts';
 
 export interface AvatarWorkflowProps {
   functions: Record<StageName, IFunction>;
@@ -133,10 +133,18 @@ export class AvatarWorkflow extends Construct {
     const fromItem = (...keys: string[]) => Object.fromEntries(keys.map((k) => [k, JsonPath.stringAt(`$.${k}`)]));
     const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey'), grid: JsonPath.objectAt('$.grid') };
     const { first: generateGrid, safer: generateGridSafer } = withSaferRetry('Grid', 'generate-grid', gridPayload, '$.promptKey', '$.generated');
-    const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries);
+    const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries, '$.split');
+    // Every avatar must show the base's person: a grid with a stranger is drawn again.
+    const checkIdentity = task(
+      'CheckIdentity',
+      'check-identity',
+      { ...RUN, baseKey: JsonPath.stringAt('$.baseKey'), split: JsonPath.objectAt('$.split') },
+      plainStageRetries,
+    );
+    splitGrid.next(checkIdentity);
     generateGridSafer.next(splitGrid);
     const gridAttempt = new Parallel(this, 'GridAttempt', { outputPath: '$[0]' }).branch(generateGrid.next(splitGrid));
-    gridAttempt.addRetry(retryGridLayout);
+    gridAttempt.addRetry(retryGridAttempt);
     const generateGrids = new MapState(this, 'GenerateGrids', {
       itemsPath: '$.grids',
       itemSelector: gridItem,

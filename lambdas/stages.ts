@@ -1,3 +1,4 @@
+import { checkIdentity } from './check-identity/core.ts';
 import { generateBase } from './generate-base/core.ts';
 import { generateGrid } from './generate-grid/core.ts';
 import { planRun } from './plan-run/core.ts';
@@ -17,6 +18,7 @@ export const stages = {
   'generate-base': generateBase,
   'generate-grid': generateGrid,
   'split-grid': splitGrid,
+  'check-identity': checkIdentity,
   publish,
   'record-failure': recordFailure,
   'start-from-upload': startFromUpload,

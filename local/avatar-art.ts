@@ -1,10 +1,20 @@
 /**
- * Drawing for the offline image backend: a stylized avatar per persona and, for edits, a
- * grid of variations of it laid out as image models lay theirs out (uneven white gutters with
- * noise, margins, cells a little off-centre), so the real splitter has real work to do.
+ * Drawing for the offline image backend: a stylized avatar per persona, wearing the face of one
+ * of two public-domain portraits (local/faces/) so the identity check finds a real person, and,
+ * for edits, a grid of variations of it laid out as image models lay theirs out (uneven white
+ * gutters with noise, margins, cells a little off-centre), so the real splitter has real work to do.
  */
 import { createHash } from 'node:crypto';
+import { join } from 'node:path';
 import sharp from 'sharp';
+
+/** The portraits, and where each face is in it (hair to chin), for the head of a drawing. */
+const FACES = {
+  astronaut: { file: 'astronaut.png', left: 129, top: 5, width: 190, height: 232 },
+  grace: { file: 'grace_hopper.jpg', left: 96, top: 31, width: 330, height: 400 },
+} as const;
+
+export type FaceName = keyof typeof FACES;
 
 export interface AvatarLook {
   skin: string;
@@ -13,6 +23,7 @@ export interface AvatarLook {
   background: string;
   hairStyle: number;
   glasses: boolean;
+  face: FaceName;
 }
 
 const SKINS = ['#f1c7a5', '#e0ac69', '#c68642', '#8d5524', '#ffdbac', '#a86b4c'];
@@ -34,6 +45,7 @@ export function lookFor(text: string): AvatarLook {
     background: BACKGROUNDS[h[3]! % BACKGROUNDS.length]!,
     hairStyle: h[4]! % 3,
     glasses: h[5]! % 3 === 0,
+    face: h[6]! % 2 === 0 ? 'astronaut' : 'grace',
   };
 }
 
@@ -69,8 +81,34 @@ export function avatarSvg(look: AvatarLook, width: number, height: number, varia
 </svg>`;
 }
 
-export async function drawAvatar(look: AvatarLook, width: number, height: number, variation = -1): Promise<Buffer> {
-  return sharp(Buffer.from(avatarSvg(look, width, height, variation))).png().toBuffer();
+/** The other person: what an impostor panel shows. */
+export function otherFace(face: FaceName): FaceName {
+  return face === 'astronaut' ? 'grace' : 'astronaut';
+}
+
+/**
+ * The face for the head of a drawing, an oval `width` x `height`. Variations shift, flip and tint
+ * it, as photos of one person differ; the person stays.
+ */
+async function faceOval(face: FaceName, width: number, height: number, variation: number): Promise<Buffer> {
+  const { file, ...region } = FACES[face];
+  let photo = sharp(join(import.meta.dirname, 'faces', file)).extract(region).resize(width, height, { fit: 'cover' });
+  if (variation % 4 === 1) photo = photo.flop();
+  if (variation % 4 === 3) photo = photo.modulate({ hue: 25, brightness: 0.9 });
+  const oval = Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}"><ellipse cx="${width / 2}" cy="${height / 2}" rx="${width / 2}" ry="${height / 2}"/></svg>`);
+  return photo.composite([{ input: oval, blend: 'dest-in' }]).png().toBuffer();
+}
+
+export async function drawAvatar(look: AvatarLook, width: number, height: number, variation = -1, face: FaceName = look.face): Promise<Buffer> {
+  // The head of avatarSvg: its centre and radii, at this size and variation.
+  const scale = Math.min(width, height) / 1024;
+  const cx = width / 2 + (variation < 0 ? 0 : [-60, 50, 0, 30][variation % 4]! * scale);
+  const [rx, ry] = [Math.round(160 * scale), Math.round(195 * scale)];
+  const head = await faceOval(face, 2 * rx, 2 * ry, Math.max(variation, 0));
+  return sharp(Buffer.from(avatarSvg(look, width, height, variation)))
+    .composite([{ input: head, left: Math.round(cx - rx), top: Math.round(height / 2 - ry) }])
+    .png()
+    .toBuffer();
 }
 
 /** A deterministic pseudo-random stream from a seed, for layout and noise. */

@@ -22,7 +22,10 @@ const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': 
 /** A page a person can open: the avatars, the prompt, and what the run cost. */
 export async function writeGallery(dir: string, result: PublishResult, files: string[], prompt: string): Promise<void> {
   const figures = result.images
-    .map((image, i) => `<figure><img src="${escape(files[i]!)}" alt="avatar ${image.n}"><figcaption>${image.n} · ${image.width}×${image.height}</figcaption></figure>`)
+    .map((image, i) => {
+      const identity = image.identity ? ` · ${image.identity.pass ? '✓' : '✗'} ${escape(image.identity.reason)}` : '';
+      return `<figure><img src="${escape(files[i]!)}" alt="avatar ${image.n}"><figcaption>${image.n} · ${image.width}×${image.height}${identity}</figcaption></figure>`;
+    })
     .join('\n');
   const html = `<!doctype html>
 <meta charset="utf-8">

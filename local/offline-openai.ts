@@ -8,13 +8,14 @@
  * every Retry and Catch branch of the workflow.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { crc32 } from 'node:zlib';
 import busboy from 'busboy';
 import sharp from 'sharp';
 import { IMAGE_MODELS, parseSize, sizeProblem } from '../lambdas/shared/models.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
-import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf, type AvatarLook } from './avatar-art.ts';
+import { composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
-export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone' | 'corrupt' | 'flagged';
+export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone' | 'corrupt' | 'flagged' | 'impostor';
 export type Route = 'generations' | 'edits' | 'chat' | 'moderations';
 
 export interface Fault {
@@ -56,18 +57,22 @@ export interface OfflineBackend {
 const ACCEPTED_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
 
 function parseFault(spec: string): Fault {
-  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone|corrupt|flagged)(?::(\d+|always))?(?:@(generations|edits|chat|moderations))?$/.exec(spec);
+  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone|corrupt|flagged|impostor)(?::(\d+|always))?(?:@(generations|edits|chat|moderations))?$/.exec(spec);
   if (!match) {
-    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat|moderations], KIND one of rate-limit, server-error, hang, policy, layout, model-gone, corrupt, flagged`);
+    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat|moderations], KIND one of rate-limit, server-error, hang, policy, layout, model-gone, corrupt, flagged, impostor`);
   }
   const times = match[2] === 'always' ? Infinity : Number(match[2] ?? 1);
   return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}) };
 }
 
-/** Without a route, a fault hits the image endpoints; a flagged prompt is the moderation check's answer. */
+/**
+ * Without a route, a fault hits the image endpoints; a flagged prompt is the moderation check's
+ * answer, and an impostor appears in a grid.
+ */
 function routesOf(fault: Fault): Route[] {
   if (fault.route) return [fault.route];
-  return fault.kind === 'flagged' ? ['moderations'] : ['generations', 'edits'];
+  if (fault.kind === 'flagged') return ['moderations'];
+  return fault.kind === 'impostor' ? ['edits'] : ['generations', 'edits'];
 }
 
 /** Parses `--fault` specs such as `rate-limit:2`, `policy:always@generations`. */
@@ -113,6 +118,36 @@ function usage(model: string, quality: string, size: [number, number], prompt: s
   return { input_tokens: text + image, input_tokens_details: { text_tokens: text, image_tokens: image }, output_tokens: output, total_tokens: text + image + output };
 }
 
+/**
+ * The person a base image shows, carried in a PNG text chunk: edits of the backend's own base
+ * images stay the same person, even across processes (`avatars invoke` one stage at a time).
+ */
+const LOOK_KEY = 'persona-avatars-look';
+
+function withLook(png: Buffer, look: AvatarLook): Buffer {
+  const data = Buffer.concat([Buffer.from(`${LOOK_KEY}\0`, 'latin1'), Buffer.from(JSON.stringify(look), 'latin1')]);
+  const chunk = Buffer.alloc(12 + data.length);
+  chunk.writeUInt32BE(data.length, 0);
+  chunk.write('tEXt', 4, 'latin1');
+  data.copy(chunk, 8);
+  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + data.length)), 8 + data.length);
+  // Before IEND, the last 12 bytes.
+  return Buffer.concat([png.subarray(0, png.length - 12), chunk, png.subarray(png.length - 12)]);
+}
+
+function lookIn(png: Buffer): AvatarLook | undefined {
+  for (let at = 8; at + 12 <= png.length; ) {
+    const length = png.readUInt32BE(at);
+    const type = png.toString('latin1', at + 4, at + 8);
+    if (type === 'tEXt') {
+      const text = png.toString('latin1', at + 8, at + 8 + length);
+      if (text.startsWith(`${LOOK_KEY}\0`)) return JSON.parse(text.slice(LOOK_KEY.length + 1)) as AvatarLook;
+    }
+    at += 12 + length;
+  }
+  return undefined;
+}
+
 function dimensions(size: string): [number, number] {
   const parsed = parseSize(size);
   return parsed ? [parsed.width, parsed.height] : [1024, 1024];
@@ -141,8 +176,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   const today = (options.today ?? new Date()).toISOString().slice(0, 10);
   const retired = new Set(options.retiredModels ?? Object.entries(IMAGE_MODELS).filter(([, m]) => m.shutdown && m.shutdown.on <= today).map(([name]) => name));
   const requests: RecordedRequest[] = [];
-  // The backend knows the people it drew, so edits of its own base images stay consistent.
-  const drawn = new Map<string, AvatarLook>();
+
   const edits = new Map<string, number>();
   let counter = 0;
 
@@ -176,6 +210,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       case 'layout':
       case 'corrupt':
       case 'flagged':
+      case 'impostor':
         return false;
     }
   };
@@ -255,8 +290,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     if (route === 'generations') {
       const look = lookFor(prompt);
       const image = await drawAvatar(look, width, height);
-      drawn.set(seedOf(image.toString('base64')).toString('hex'), look);
-      images = [image];
+      images = [withLook(image, look)];
     } else {
       const file = form.files.find((f) => f.field === 'image' || f.field === 'image[]');
       if (!file) {
@@ -272,12 +306,15 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
         });
         return;
       }
-      const look = drawn.get(seedOf(file.data.toString('base64')).toString('hex')) ?? lookFor(file.data.toString('base64'));
+      const look = lookIn(file.data) ?? lookFor(file.data.toString('base64'));
       // Each further edit of the same person moves on to new scenes, as a second grid would.
       const lookKey = JSON.stringify(look);
       const round = edits.get(lookKey) ?? 0;
       edits.set(lookKey, round + 1);
-      const variations = await Promise.all([0, 1, 2, 3].map((v) => drawAvatar(look, width, height, v + 4 * round)));
+      // An impostor: the second panel shows another person, as a model sometimes draws one.
+      const variations = await Promise.all(
+        [0, 1, 2, 3].map((v) => drawAvatar(look, width, height, v + 4 * round, fault?.kind === 'impostor' && v === 1 ? otherFace(look.face) : look.face)),
+      );
       if (/grid/i.test(prompt)) {
         const rnd = random(seedOf(`${prompt}:${++counter}`));
         const [rows, cols] = fault?.kind === 'layout' ? [1, 3] : [2, 2];

@@ -60,7 +60,7 @@ describe('avatars invoke', () => {
   it('replays the stage fixtures in order on one run, from the plan to the published avatars', async () => {
     const data = join(work, 'invoke');
     let published = '';
-    for (const stage of ['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'publish']) {
+    for (const stage of ['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'check-identity', 'publish']) {
       const { code, stdout, stderr } = await avatars('invoke', stage, '--event', join(eventsDir, `${stage}.json`), '--data', data);
       expect(code, `${stage}: ${stderr}`).toBe(0);
       published = stdout;

@@ -246,8 +246,8 @@ describe('the state machine definition', () => {
     expect(caughtOn(states.GenerateGridSafer!)).toEqual([]);
   });
 
-  it('draws a grid again, at most twice, when it has the wrong number of panels', () => {
-    expect(states.GridAttempt!.Retry).toEqual([expect.objectContaining({ ErrorEquals: ['GridLayoutMismatch'], MaxAttempts: 2 })]);
+  it('draws a grid again, at most twice, when it has the wrong number of panels or another person in it', () => {
+    expect(states.GridAttempt!.Retry).toEqual([expect.objectContaining({ ErrorEquals: ['GridLayoutMismatch', 'IdentityMismatch'], MaxAttempts: 2 })]);
   });
 
   it('records every failure and ends in a Fail state named after the cause', () => {

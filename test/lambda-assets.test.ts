@@ -65,6 +65,7 @@ describe('the bundled Lambda assets', () => {
     const uses: Record<string, (keyof typeof markers)[]> = {
       'plan-run': [],
       'split-grid': ['s3'],
+      'check-identity': ['s3'],
       publish: ['s3'],
       'record-failure': ['s3'],
       'write-prompt': ['s3', 'openai', 'secrets'],

@@ -3,6 +3,7 @@ import type { GenerationMode, Persona } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
 import type { BaseResult } from '../generate-base/core.ts';
+import type { CheckedGrid, IdentityVerdict } from '../check-identity/core.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import type { PromptResult } from '../write-prompt/core.ts';
 import type { TokenUsage } from '../shared/models.ts';
@@ -16,7 +17,8 @@ export interface PublishEvent {
   mode: GenerationMode;
   prompt: PromptResult;
   base: BaseResult;
-  grids: SplitResult[];
+  /** Each grid's avatars, with their identity verdicts once checked. */
+  grids: (SplitResult & Partial<Pick<CheckedGrid, 'identity'>>)[];
 }
 
 export interface PublishedImage {
@@ -28,6 +30,8 @@ export interface PublishedImage {
   bytes: number;
   /** The image model that drew it. */
   model: string;
+  /** Whether it shows the base's person, as check-identity found. */
+  identity?: IdentityVerdict;
 }
 
 export interface PublishResult {
@@ -93,14 +97,16 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
   const runKeys = keys.run(event.runId);
   const { tileFormat: format, avatarSize, avatarAspect, outputCompression } = deps.settings;
   const grids = [...event.grids].sort((a, b) => a.gridIndex - b.gridIndex);
-  const tiles = grids.flatMap((g) => g.tiles.map((tile) => ({ ...tile, model: g.generation.model }))).slice(0, event.images);
+  const tiles = grids
+    .flatMap((g) => g.tiles.map((tile, i) => ({ ...tile, model: g.generation.model, identity: g.identity?.verdicts[i] })))
+    .slice(0, event.images);
   const size = avatarDimensions(tiles.map((t) => t.box), avatarSize, avatarAspect);
   const images = await Promise.all(
     tiles.map(async (tile, i): Promise<PublishedImage> => {
       const key = runKeys.image(i + 1, format);
       const avatar = await uniformAvatar(await deps.store.getBytes(tile.key), size, format, outputCompression);
       await deps.store.put(key, avatar, contentTypes[format]);
-      return { n: i + 1, key, url: await objectUrl(deps, key), ...size, bytes: avatar.length, model: tile.model };
+      return { n: i + 1, key, url: await objectUrl(deps, key), ...size, bytes: avatar.length, model: tile.model, ...(tile.identity ? { identity: tile.identity } : {}) };
     }),
   );
   const line = (stage: string, g: { model?: string; usage?: TokenUsage; estimatedCostUsd: number | null }): UsageLine => ({

@@ -10,6 +10,7 @@ export const ErrorNames = {
   ImageTimeout: 'ImageTimeout',
   UpstreamError: 'UpstreamError',
   GridLayoutMismatch: 'GridLayoutMismatch',
+  IdentityMismatch: 'IdentityMismatch',
   ConfigurationError: 'ConfigurationError',
 } as const;
 
@@ -57,6 +58,12 @@ export class UpstreamError extends AvatarError {
 export class GridLayoutMismatch extends AvatarError {
   constructor(message: string) {
     super(ErrorNames.GridLayoutMismatch, message);
+  }
+}
+
+export class IdentityMismatch extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.IdentityMismatch, message);
   }
 }
 

@@ -1,0 +1,5 @@
+import { storeClient } from '../shared/s3.ts';
+import { lambdaHandler } from '../shared/stage.ts';
+import { checkIdentity } from './core.ts';
+
+export const handler = lambdaHandler('check-identity', checkIdentity, [storeClient]);
