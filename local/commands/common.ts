@@ -76,7 +76,10 @@ export function resultLines(output: PublishResult, headline: string): string {
   return [
     '',
     `✓ ${output.images.length} avatars for ${output.personaId} ${headline}, estimated cost ${cost === null ? 'unknown' : `$${cost.toFixed(4)}`}`,
-    ...output.images.map((image) => `  ${image.key}  ${image.width}x${image.height}  ${image.model}  ${image.url}`),
+    ...output.images.map((image) => {
+      const identity = image.identity ? `  ${image.identity.pass ? '✓' : '✗'} ${image.identity.similarity ?? image.identity.reason}` : '';
+      return `  ${image.key}  ${image.width}x${image.height}  ${image.model}${identity}  ${image.url}`;
+    }),
     `  manifest: ${output.manifestKey}`,
     ...(output.warnings ?? []).map((w) => `  ⚠ ${w}`),
     '',
