@@ -121,6 +121,8 @@ export class StageFunctions extends Construct {
           target: 'node24',
           minify: true,
           sourceMap: true,
+          // A CJS bundle has __filename; import.meta.url serves only the ESM sources run locally.
+          define: { 'import.meta.url': '""' },
           // The AWS SDK is bundled so the deployed code runs the versions the tests ran.
           externalModules: modules.length > 0 ? ['sharp'] : [],
           // sharp is native: copy the packages npm installed for this architecture next to the

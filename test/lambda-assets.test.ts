@@ -1,10 +1,15 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildApp, STACK_NAME } from '../infra/app.ts';
 import { projectRoot } from '../infra/context.ts';
+import { FACE_MODELS } from '../lambdas/check-identity/assets.ts';
+import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
+import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { stageNames } from '../lambdas/stages.ts';
 
 type Template = { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
@@ -92,5 +97,28 @@ describe('the bundled Lambda assets', () => {
     const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: dir, env: { PATH: process.env.PATH } }).toString());
     expect(out.width).toBe(32);
     expect(out.resolved.startsWith(dir)).toBe(true);
+  });
+
+  it('ships check-identity with its face models and WASM binaries, and the bundle scores faces from S3', async () => {
+    const dir = assetOf('check-identity');
+    expect(readdirSync(join(dir, 'face-models')).sort()).toEqual(FACE_MODELS.flatMap((m) => [`${m}.bin`, `${m}.json`]).sort());
+    expect(readdirSync(join(dir, 'tfjs-wasm')).some((f) => f.endsWith('.wasm'))).toBe(true);
+    const s3 = await startEmbeddedS3(mkdtempSync(join(tmpdir(), 'avatars-asset-s3-')), 'avatars');
+    const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
+    try {
+      const faces = join(projectRoot, 'local', 'faces');
+      const put = (key: string, file: string) => client.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: readFileSync(join(faces, file)) }));
+      await Promise.all([put('runs/p/r/base.png', 'astronaut.png'), put('runs/p/r/t0.png', 'astronaut.png'), put('runs/p/r/t1.png', 'grace_hopper.jpg')]);
+      const tiles = ['runs/p/r/t0.png', 'runs/p/r/t1.png'].map((key) => ({ key, box: { left: 0, top: 0, width: 512, height: 512 }, bytes: 1 }));
+      const event = { personaId: 'p', runId: 'r', baseKey: 'runs/p/r/base.png', split: { gridIndex: 0, tiles, generation: {}, ms: 0 } };
+      const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r.identity)))`;
+      const env = { PATH: process.env.PATH!, S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars', IDENTITY_POLICY: 'flag' };
+      const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
+      const identity = JSON.parse(stdout.trim().split('\n').at(-1)!) as { verdicts: { pass: boolean }[] };
+      expect(identity.verdicts.map((v) => v.pass)).toEqual([true, false]);
+    } finally {
+      client.destroy();
+      await s3.close();
+    }
   });
 });
