@@ -29,6 +29,7 @@ export function program(): Command {
   const jsonOption = new Option('--json', 'print the result as JSON');
   const latencyOption = new Option('--latency <ms>', 'offline backend: delay per image call').argParser(int('--latency')).default(0);
   const retryDelayOption = new Option('--retry-delay <ms>', 'pause before each retry instead of the deployed backoff').argParser(int('--retry-delay')).default(0);
+  const rpmOption = new Option('--rpm <n>', 'offline backend: an image rate limit, in images per minute (429 with retry-after beyond it)').argParser(int('--rpm'));
   const pollOption = new Option('--poll-interval <ms>', 'how often to read the execution history').argParser(int('--poll-interval')).default(2000);
   cli
     .command('run')
@@ -40,6 +41,7 @@ export function program(): Command {
     .addOption(jsonOption)
     .addOption(faultOption)
     .addOption(latencyOption)
+    .addOption(rpmOption)
     .addOption(dataOption)
     .addOption(retryDelayOption)
     .option('--verbose', 'print the stages\u2019 JSON logs')
@@ -80,6 +82,7 @@ export function program(): Command {
     .option('--out <dir>', 'where to save each persona\u2019s images', 'out')
     .addOption(faultOption)
     .addOption(latencyOption)
+    .addOption(rpmOption)
     .addOption(retryDelayOption)
     .action(action(async () => (await import('./commands/dev.ts')).devCommand));
   cli

@@ -27,6 +27,8 @@ export interface LocalEnvironmentOptions {
   latencyMs?: number;
   /** Models the offline backend answers `model_not_found` for (default: those shut down by today). */
   retiredModels?: string[];
+  /** The offline backend's simulated image rate limit. */
+  imagesPerMinute?: number;
   logLevel?: 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
   /**
    * Serve a local Step Functions API running the synthesized workflow, for whatever starts
@@ -75,7 +77,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   let backend: OfflineBackend | undefined;
   const images: LocalEnvironment['images'] = env.OPENAI_API_KEY ? 'openai' : 'offline';
   if (images === 'offline') {
-    backend = await startOfflineBackend({ faults: options.faults ?? [], latencyMs: options.latencyMs ?? 0, ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}) });
+    backend = await startOfflineBackend({ faults: options.faults ?? [], latencyMs: options.latencyMs ?? 0, ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}), ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}) });
     closers.push(backend.close);
     // The offline backend only draws; the prompt comes from the built-in template.
     Object.assign(env, { OPENAI_BASE_URL: backend.baseUrl, OPENAI_API_KEY: 'offline', PROMPT_PROVIDER: env.PROMPT_PROVIDER || 'template' });

@@ -46,6 +46,8 @@ export interface OfflineBackendOptions {
   /** Models that answer `model_not_found`; default: those the model table says are shut down by `today`. */
   retiredModels?: string[];
   today?: Date;
+  /** An account's image rate limit: beyond it, 429 with `retry-after-ms`, as the API answers. */
+  imagesPerMinute?: number;
 }
 
 export interface OfflineBackend {
@@ -153,6 +155,32 @@ function dimensions(size: string): [number, number] {
   return parsed ? [parsed.width, parsed.height] : [1024, 1024];
 }
 
+/**
+ * An account's image rate limit as the API enforces it: a bucket refilled at `perMinute`/60
+ * images a second, holding one second's worth. `take(n)` answers 0 and takes n images, or the ms
+ * until n are there, taking nothing.
+ */
+function imageLimiter(perMinute: number | undefined): { take(n: number): number } {
+  const rate = (perMinute ?? 0) / 60_000;
+  const capacity = Math.max(1, Math.ceil((perMinute ?? 0) / 60));
+  let tokens = capacity;
+  let at = Date.now();
+  return {
+    take(n) {
+      if (!perMinute) return 0;
+      const now = Date.now();
+      tokens = Math.min(capacity, tokens + (now - at) * rate);
+      at = now;
+      const needed = Math.min(n, capacity);
+      if (tokens >= needed) {
+        tokens -= needed;
+        return 0;
+      }
+      return Math.ceil((needed - tokens) / rate);
+    },
+  };
+}
+
 /** What the API answers 400 to, from the model table; undefined when the request is fine. */
 function invalidRequest(model: string, body: Record<string, unknown>, edit: boolean): { param: string; message: string } | undefined {
   const spec = IMAGE_MODELS[model];
@@ -173,6 +201,7 @@ const FORMATS = new Set(['png', 'webp', 'jpeg']);
 
 export async function startOfflineBackend(options: OfflineBackendOptions = {}): Promise<OfflineBackend> {
   const faults = (options.faults ?? []).map((f) => ({ ...f }));
+  const limiter = imageLimiter(options.imagesPerMinute);
   const today = (options.today ?? new Date()).toISOString().slice(0, 10);
   const retired = new Set(options.retiredModels ?? Object.entries(IMAGE_MODELS).filter(([, m]) => m.shutdown && m.shutdown.on <= today).map(([name]) => name));
   const requests: RecordedRequest[] = [];
@@ -253,6 +282,16 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       return;
     }
     const invalid = route === 'chat' || route === 'moderations' ? undefined : invalidRequest(model, body, route === 'edits');
+    const waitMs = invalid || route === 'chat' || route === 'moderations' ? 0 : limiter.take(n);
+    if (waitMs > 0) {
+      apiError(
+        res,
+        429,
+        { message: `Rate limit reached for ${model} on images per min: Limit ${options.imagesPerMinute}. Please try again in ${(waitMs / 1000).toFixed(1)}s.`, type: 'images', code: 'rate_limit_exceeded' },
+        { 'retry-after-ms': String(waitMs), 'retry-after': String(Math.ceil(waitMs / 1000)) },
+      );
+      return;
+    }
     if (invalid) {
       apiError(res, 400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
       return;

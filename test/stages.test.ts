@@ -140,7 +140,7 @@ describe('generate-base', () => {
   });
 
   const failures: [string, Fault, RegExp][] = [
-    ['RateLimited', { kind: 'rate-limit', times: 1 }, /retry after 1 s/],
+    ['RateLimited', { kind: 'rate-limit', times: Infinity }, /retry after 1 s/],
     ['ContentPolicyViolation', { kind: 'policy', times: 1 }, /moderation_blocked.*moderation_details/],
     ['UpstreamError', { kind: 'server-error', times: 1 }, /500/],
     ['ImageTimeout', { kind: 'hang', times: 1 }, /no answer within/],

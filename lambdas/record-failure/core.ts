@@ -47,6 +47,7 @@ export async function recordFailure(event: RecordFailureEvent, deps: StageDeps<'
     failedAt: new Date().toISOString(),
     error: event.error.Error,
     cause,
+    retry: 'fix what the cause names, then upload the persona again or run `avatars start` with it: a failed run is started again as a new attempt',
   });
   return { error: event.error.Error, cause, failureKey };
 }

@@ -51,11 +51,18 @@ export function openAiClient(apiKey: string, baseURL: string | undefined, timeou
 
 const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
 
-function retryAfterSeconds(headers: Headers | undefined): number | undefined {
+/** How long a 429 asks to wait, in ms: `retry-after-ms`, else `retry-after` in seconds. */
+function retryAfterMs(headers: Headers | undefined): number | undefined {
   const ms = Number(headers?.get('retry-after-ms'));
-  if (Number.isFinite(ms) && ms > 0) return Math.ceil(ms / 1000);
+  if (Number.isFinite(ms) && ms > 0) return ms;
   const seconds = Number(headers?.get('retry-after'));
-  return Number.isFinite(seconds) && seconds > 0 ? seconds : undefined;
+  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : undefined;
+}
+
+/** A rate limit the API says when to retry, and not an empty quota. */
+function waitAsked(error: unknown): number | undefined {
+  if (!(error instanceof OpenAI.APIError) || error.status !== 429 || error.code === 'insufficient_quota') return undefined;
+  return retryAfterMs(error.headers);
 }
 
 function isModelNotFound(error: unknown): boolean {
@@ -92,8 +99,8 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
       if (error.code === 'insufficient_quota') {
         return new ConfigurationError(`${what}: the OpenAI account has no quota left (${error.message}); add credit, retrying will not help`);
       }
-      const after = retryAfterSeconds(error.headers);
-      return new RateLimited(`${what}: rate limited (${error.message})${after ? `; the API asks to retry after ${after} s` : ''}; retried with backoff`, { cause: error });
+      const after = retryAfterMs(error.headers);
+      return new RateLimited(`${what}: rate limited (${error.message})${after ? `; the API asks to retry after ${Math.ceil(after / 1000)} s` : ''}; retried with backoff`, { cause: error });
     }
     if (error.status === 401 || error.status === 403) {
       return new ConfigurationError(`${what}: the API refused the key (${error.status}); check OPENAI_API_KEY or the secret`);
@@ -106,7 +113,7 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
   return error instanceof Error ? error : new Error(String(error));
 }
 
-type Call = (model: string, options: Record<string, unknown>) => Promise<OpenAI.ImagesResponse>;
+type Call = (model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;
 
 /** OpenAI's moderation model: free to call. */
 const MODERATION_MODEL = 'omni-moderation-latest';
@@ -135,11 +142,22 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
     if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
     const chain = modelChain(settings).filter((m) => !gone.has(m));
     const warnings: string[] = [];
-    for (const [i, model] of chain.entries()) {
+    // A 429 that says when to come back is waited out here, within the call's own time: many
+    // runs sharing one account's image limit then pace themselves on the API's word, instead of
+    // using up the state machine's retries while the rest of a batch makes progress.
+    const deadline = Date.now() + request.timeoutMs;
+    for (let i = 0; i < chain.length; i++) {
+      const model = chain[i]!;
       let answer: OpenAI.ImagesResponse;
       try {
-        answer = await call(model, optionsFor(model, request, edit));
+        answer = await call(model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
+        const wait = waitAsked(error);
+        if (wait !== undefined && Date.now() + wait < deadline) {
+          await new Promise((resolve) => setTimeout(resolve, wait + Math.random() * 250));
+          i--;
+          continue;
+        }
         if (!isModelNotFound(error)) throw toAvatarError(error, what, request.timeoutMs);
         gone.add(model);
         const next = chain[i + 1];
@@ -186,11 +204,11 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       }
     },
     generate: (request) =>
-      run(request, false, (model, options) =>
-        client!.images.generate({ model, prompt: request.prompt, n: request.n, ...options } as OpenAI.ImageGenerateParamsNonStreaming, { timeout: request.timeoutMs }),
+      run(request, false, (model, options, timeout) =>
+        client!.images.generate({ model, prompt: request.prompt, n: request.n, ...options } as OpenAI.ImageGenerateParamsNonStreaming, { timeout }),
       ),
     edit: (request) =>
-      run(request, true, async (model, options) =>
+      run(request, true, async (model, options, timeout) =>
         client!.images.edit(
           {
             model,
@@ -200,7 +218,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
             n: request.n,
             ...options,
           } as OpenAI.ImageEditParamsNonStreaming,
-          { timeout: request.timeoutMs },
+          { timeout },
         ),
       ),
   };

@@ -1,4 +1,4 @@
-import { ExecutionAlreadyExists, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { DescribeExecutionCommand, ExecutionAlreadyExists, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 
 type Env = Record<string, string | undefined>;
 
@@ -27,16 +27,36 @@ export function executionArn(stateMachineArn: string, name: string): string {
   return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
 }
 
+/** Attempts of one request: `name`, then `name-2` … up to this. */
+export const MAX_ATTEMPTS = 9;
+
+/** The name of attempt `n` of a request named `name`. */
+export const attemptName = (name: string, n: number) => (n === 1 ? name : `${name}-${n}`);
+
 /**
- * Starts `name` once: a name already taken (a repeated delivery, an upload of the same content,
- * a second `avatars start`) answers with the existing execution instead of an error.
+ * Starts the request named `name` unless an attempt of it is running or has succeeded: a repeated
+ * delivery, an upload of the same content or a second `avatars start` answers with that attempt.
+ * An attempt that failed, timed out or was stopped is followed by a new one under the next name
+ * (Step Functions keeps a name for 90 days; a new name, not RedriveExecution, because a redrive
+ * resumes only recent failures and only from the failed state, while a new attempt runs with
+ * whatever was fixed since: a key, a quota, a setting).
  */
-export async function startOnce(sfn: SFNClient, stateMachineArn: string, name: string, input: unknown): Promise<{ executionArn: string; existing: boolean }> {
-  try {
-    const started = await sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(input) }));
-    return { executionArn: started.executionArn!, existing: false };
-  } catch (error) {
-    if (error instanceof ExecutionAlreadyExists) return { executionArn: executionArn(stateMachineArn, name), existing: true };
-    throw error;
+export async function startOnce(
+  sfn: SFNClient,
+  stateMachineArn: string,
+  name: string,
+  input: unknown,
+): Promise<{ executionArn: string; existing: boolean; attempt: number }> {
+  for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+    const arn = executionArn(stateMachineArn, attemptName(name, attempt));
+    try {
+      const started = await sfn.send(new StartExecutionCommand({ stateMachineArn, name: attemptName(name, attempt), input: JSON.stringify(input) }));
+      return { executionArn: started.executionArn!, existing: false, attempt };
+    } catch (error) {
+      if (!(error instanceof ExecutionAlreadyExists)) throw error;
+      const { status } = await sfn.send(new DescribeExecutionCommand({ executionArn: arn }));
+      if (status === 'RUNNING' || status === 'SUCCEEDED' || status === 'PENDING_REDRIVE') return { executionArn: arn, existing: true, attempt };
+    }
   }
+  throw new Error(`${name}: ${MAX_ATTEMPTS} attempts have failed; start it under a name of your own (avatars start --name) once the cause is fixed`);
 }

@@ -22,7 +22,8 @@ export interface S3Notification {
 
 export interface UploadOutcome {
   key: string;
-  started: { personaId: string; name: string; executionArn: string }[];
+  /** New executions: a first attempt, or another after a failed one. */
+  started: { personaId: string; name: string; executionArn: string; attempt: number }[];
   /** Persona content that already had its execution (a repeated delivery or upload). */
   alreadyStarted: { personaId: string; name: string }[];
   rejected: Problem[];
@@ -32,6 +33,8 @@ export interface UploadOutcome {
 /** Step Functions allows 80 characters; these are also safe in keys, logs and URLs. */
 export const EXECUTION_NAME_PATTERN = /^[A-Za-z0-9_-]{1,80}$/;
 const HASH_LENGTH = 16;
+/** Room for an attempt's suffix ("-9") within the 80 characters Step Functions allows. */
+const ATTEMPT_SUFFIX = 2;
 
 /** Starts at once per upload: a large JSON Lines file stays well inside the function's time. */
 const START_CONCURRENCY = 8;
@@ -55,7 +58,7 @@ function canonical(value: unknown): string {
  */
 export function executionName(request: RunRequest): string {
   const hash = createHash('sha256').update(canonical(request)).digest('hex').slice(0, HASH_LENGTH);
-  const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80 - HASH_LENGTH - 1);
+  const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80 - HASH_LENGTH - 1 - ATTEMPT_SUFFIX);
   return `${id}-${hash}`;
 }
 
@@ -77,9 +80,10 @@ async function startRun(deps: TriggerDeps, stateMachineArn: string, request: Run
   const personaId = request.persona.id;
   // A taken name means this persona content was started before (Step Functions keeps names for
   // 90 days): a second delivery of the same notification ends here.
-  const { executionArn, existing } = await startOnce(deps.sfn, stateMachineArn, name, request);
-  if (existing) outcome.alreadyStarted.push({ personaId, name });
-  else outcome.started.push({ personaId, name, executionArn });
+  const { executionArn, existing, attempt } = await startOnce(deps.sfn, stateMachineArn, name, request);
+  const started = executionArn.split(':').at(-1)!;
+  if (existing) outcome.alreadyStarted.push({ personaId, name: started });
+  else outcome.started.push({ personaId, name: started, executionArn, attempt });
 }
 
 async function startAll(deps: TriggerDeps, stateMachineArn: string, requests: RunRequest[], outcome: UploadOutcome): Promise<void> {

@@ -11,6 +11,7 @@ export interface DevFlags {
   out: string;
   fault: string[];
   latency: number;
+  rpm?: number;
   retryDelay: number;
 }
 
@@ -23,6 +24,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
     latencyMs: flags.latency,
+    ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
     stepFunctions: {
       retryDelayMs: flags.retryDelay,
       onProgress: (execution, event) => {

@@ -15,6 +15,7 @@ export interface RunFlags {
   json?: boolean;
   fault: string[];
   latency: number;
+  rpm?: number;
   data: string;
   retryDelay: number;
   verbose?: boolean;
@@ -35,7 +36,13 @@ export async function runCommand(personaFile: string, flags: RunFlags): Promise<
   const log = (line: string) => {
     if (!flags.quiet) process.stderr.write(`${line}\n`);
   };
-  const env = await startLocalEnvironment({ dataDir: flags.data, faults, latencyMs: flags.latency, logLevel: flags.verbose ? 'INFO' : 'SILENT' });
+  const env = await startLocalEnvironment({
+    dataDir: flags.data,
+    faults,
+    latencyMs: flags.latency,
+    ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
+    logLevel: flags.verbose ? 'INFO' : 'SILENT',
+  });
   try {
     const { settings } = env.deps;
     log(`persona-avatars: S3 ${env.s3 === 'embedded' ? `embedded (${join(flags.data, 's3')})` : env.s3}, images ${env.images === 'offline' ? 'offline backend' : 'OpenAI'}, ${settings.imageModel} ${settings.imageSize} ${settings.imageQuality}`);

@@ -1,0 +1,10 @@
+import { readFileSync } from 'node:fs';
+const t0 = performance.now();
+const { splitGrid } = await import('./lambdas/split-grid/split.ts');
+const t1 = performance.now();
+const grids = Array.from({ length: 36 }, (_, i) => readFileSync(`/tmp/sb/g${i}.png`));
+const queue = [...grids];
+const worker = async () => { for (let g = queue.shift(); g; g = queue.shift()) await splitGrid(g, 2, 2, 'png'); };
+const t2 = performance.now();
+await Promise.all([worker(), worker()]);
+console.log('import', (t1 - t0).toFixed(0), 'split', (performance.now() - t2).toFixed(0));

@@ -1,0 +1,54 @@
+import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import type { Fault } from '../local/offline-openai.ts';
+import { imageCalls, persona, startTestEnvironment } from './support.ts';
+
+let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+const uploaded = (bucket: string, key: string): S3Notification => ({ Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: bucket }, object: { key } } }] });
+
+async function statuses(world: NonNullable<typeof env>) {
+  const listed = await world.deps.sfn.send(new ListExecutionsCommand({ stateMachineArn: world.deps.settings.stateMachineArn! }));
+  return (listed.executions ?? []).map((e) => e.status);
+}
+
+describe('runs sharing an account\u2019s image rate limit', () => {
+  it('publishes every persona of an upload when the API allows fewer images a minute than they ask at once', async () => {
+    // 6 personas at once, 2 images each, against 120 images a minute: 429s with retry-after-ms
+    // are waited out inside the image call, not counted against the state machine's retries.
+    env = await startTestEnvironment({ stepFunctions: {}, imagesPerMinute: 120, env: { IMAGE_TIMEOUT_MS: '30000' } });
+    const lines = Array.from({ length: 6 }, (_, i) => JSON.stringify({ ...persona, id: `persona-${i}` })).join('\n');
+    await env.deps.store.put('personas/team.jsonl', lines, 'application/x-ndjson');
+    const [outcome] = await startFromUpload(uploaded(env.deps.store.bucket, 'personas/team.jsonl'), env.deps);
+    expect(outcome!.started).toHaveLength(6);
+    await env.stepFunctions!.settled();
+    expect(await statuses(env)).toEqual(Array(6).fill('SUCCEEDED'));
+    // 12 images were drawn; the requests beyond those were refused with 429 and asked again.
+    expect(imageCalls(env.backend!).length).toBeGreaterThan(12);
+  }, 120_000);
+
+  it('starts a persona again as a new attempt once its run failed, and not while it runs or after it succeeded', async () => {
+    const faults: Fault[] = [{ kind: 'policy', times: 2, route: 'generations' }];
+    env = await startTestEnvironment({ stepFunctions: {}, faults });
+    await env.deps.store.putJson('personas/ada-lovelace.json', persona);
+    const event = uploaded(env.deps.store.bucket, 'personas/ada-lovelace.json');
+    const [first] = await startFromUpload(event, env.deps);
+    await env.stepFunctions!.settled();
+    expect(await statuses(env)).toEqual(['FAILED']);
+    // The same upload again, the API behaving now: a second attempt under a name of its own.
+    const [second] = await startFromUpload(event, env.deps);
+    expect(second!.started.map((s) => s.name)).toEqual([`${first!.started[0]!.name}-2`]);
+    await env.stepFunctions!.settled();
+    const [third] = await startFromUpload(event, env.deps);
+    expect(third!.started).toEqual([]);
+    expect(third!.alreadyStarted.map((s) => s.name)).toEqual([`${first!.started[0]!.name}-2`]);
+    expect((await statuses(env)).sort()).toEqual(['FAILED', 'SUCCEEDED']);
+    const record = JSON.parse(await env.deps.store.getText(`avatars/ada-lovelace/failures/${first!.started[0]!.name}.json`));
+    expect(record.retry).toMatch(/upload the persona again/);
+  });
+});
