@@ -43,7 +43,8 @@ const RUN = {
  *                             └─ GenerateBase ─(policy)─► RewriteBasePrompt ─► GenerateBaseSafer
  *           ─► GenerateGrids (Map, one per 4 images) ─► GridAttempt:
  *                 GenerateGrid ─(policy)─► RewriteGridPrompt ─► GenerateGridSafer ─┐
- *                      └──────────────────────────────────────────────────────────► SplitGrid
+ *                      └──────────────────────────────────────────────────────────► SplitGrid ─► CheckIdentity
+ *                 (GridAttempt again, twice at most, on GridLayoutMismatch or IdentityMismatch)
  *           ─► Publish
  *   any failure ─► RecordFailure ─► RunFailed (named after the cause)
  */
