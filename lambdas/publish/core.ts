@@ -82,7 +82,7 @@ async function markSuperseded(deps: StageDeps<'store'>, run: CurrentManifest): P
 
 /** The run's estimate: unknown as soon as one call's is. */
 function sumCosts(lines: UsageLine[]): number | null {
-  if (lines.some((l) => l.estimatedCostUsd === null)) return null;
+  if (lines.some((l) => l.estimatedCostUsd == null)) return null;
   return Math.round(lines.reduce((sum, l) => sum + l.estimatedCostUsd!, 0) * 1e6) / 1e6;
 }
 
