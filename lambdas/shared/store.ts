@@ -63,5 +63,4 @@ export class ObjectStore {
   async delete(key: string): Promise<void> {
     await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
   }
-
 }
