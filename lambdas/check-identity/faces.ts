@@ -31,9 +31,13 @@ function fetchWithFiles(fetchUrl: typeof fetch): typeof fetch {
 }
 
 let loading: Promise<HumanLike> | undefined;
+let readsFiles = false;
 
 async function human(): Promise<HumanLike> {
-  if (!globalThis.fetch.name.startsWith('fetchWith')) globalThis.fetch = Object.defineProperty(fetchWithFiles(globalThis.fetch), 'name', { value: 'fetchWithFiles' });
+  if (!readsFiles) {
+    globalThis.fetch = fetchWithFiles(globalThis.fetch);
+    readsFiles = true;
+  }
   const dirs = faceAssetDirs();
   // Bundled with tfjs into the Lambda, which then needs only the .wasm binaries and the models.
   const { Human } = await loadHuman();

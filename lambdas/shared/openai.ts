@@ -113,7 +113,7 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
   return error instanceof Error ? error : new Error(String(error));
 }
 
-type Call = (model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;
+type Call = (api: OpenAI, model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;
 
 /** OpenAI's moderation model: free to call. */
 const MODERATION_MODEL = 'omni-moderation-latest';
@@ -137,9 +137,14 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
     return options;
   };
 
+  const configured = (what: string): OpenAI => {
+    if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+    return client;
+  };
+
   const run = async (request: ImageRequest, edit: boolean, call: Call): Promise<ImageResult> => {
     const { what } = request;
-    if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+    const api = configured(what);
     const chain = modelChain(settings).filter((m) => !gone.has(m));
     const warnings: string[] = [];
     // A 429 that says when to come back is waited out here, within the call's own time: many
@@ -150,7 +155,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       const model = chain[i]!;
       let answer: OpenAI.ImagesResponse;
       try {
-        answer = await call(model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
+        answer = await call(api, model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
         const wait = waitAsked(error);
         if (wait !== undefined && Date.now() + wait < deadline) {
@@ -187,29 +192,30 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
   return {
     name: 'openai',
     checkPrompt: async ({ what, prompt, timeoutMs }) => {
-      if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+      const api = configured(what);
       let answer: OpenAI.ModerationCreateResponse;
       try {
-        answer = await client.moderations.create({ model: MODERATION_MODEL, input: prompt }, { timeout: timeoutMs });
+        answer = await api.moderations.create({ model: MODERATION_MODEL, input: prompt }, { timeout: timeoutMs });
       } catch (error) {
         // A compatible server without a moderation endpoint: the image API's own check remains.
         if (error instanceof OpenAI.NotFoundError) return;
         throw toAvatarError(error, `${what} (moderation check)`, timeoutMs);
       }
-      const flagged = answer.results.filter((r) => r.flagged).flatMap((r) => Object.entries(r.categories).filter(([, on]) => on).map(([category]) => category));
-      if (answer.results.some((r) => r.flagged)) {
+      const flagged = answer.results.filter((r) => r.flagged);
+      if (flagged.length > 0) {
+        const categories = flagged.flatMap((r) => Object.entries(r.categories).filter(([, on]) => on).map(([category]) => category));
         throw new ContentPolicyViolation(
-          `${what}: the prompt was flagged by ${MODERATION_MODEL} (${flagged.join(', ') || 'flagged'}) before any image was paid for; the workflow rewrites it once into a safer one, then gives up on this persona`,
+          `${what}: the prompt was flagged by ${MODERATION_MODEL} (${categories.join(', ') || 'flagged'}) before any image was paid for; the workflow rewrites it once into a safer one, then gives up on this persona`,
         );
       }
     },
     generate: (request) =>
-      run(request, false, (model, options, timeout) =>
-        client!.images.generate({ model, prompt: request.prompt, n: request.n, ...options } as OpenAI.ImageGenerateParamsNonStreaming, { timeout }),
+      run(request, false, (api, model, options, timeout) =>
+        api.images.generate({ model, prompt: request.prompt, n: request.n, ...options } as OpenAI.ImageGenerateParamsNonStreaming, { timeout }),
       ),
     edit: (request) =>
-      run(request, true, async (model, options, timeout) =>
-        client!.images.edit(
+      run(request, true, async (api, model, options, timeout) =>
+        api.images.edit(
           {
             model,
             // Without an explicit type the API sees application/octet-stream and rejects the file.

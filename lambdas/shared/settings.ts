@@ -138,7 +138,8 @@ export const SETTINGS = {
 
   openAiKey: spec({ scope: 'client', env: 'OPENAI_API_KEY', doc: 'OpenAI key (on AWS: the secret named by `OPENAI_API_KEY_SECRET_ARN`); without one, runs use the offline backend', schema: optionalText }),
   openAiBaseUrl: spec({ scope: 'client', env: 'OPENAI_BASE_URL', doc: 'an OpenAI-compatible server', schema: optionalText }),
-  s3Credentials: spec({ scope: 'client', env: 'S3_ACCESS_KEY', aliases: ['S3_SECRET_KEY'], doc: 'credentials for `S3_ENDPOINT`', schema: optionalText }),
+  s3AccessKey: spec({ scope: 'client', env: 'S3_ACCESS_KEY', doc: 'access key for `S3_ENDPOINT`', schema: optionalText }),
+  s3SecretKey: spec({ scope: 'client', env: 'S3_SECRET_KEY', doc: 'secret key for `S3_ENDPOINT`', schema: optionalText }),
 } as const;
 
 type Specs = typeof SETTINGS;
