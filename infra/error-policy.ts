@@ -62,3 +62,12 @@ export const plainStageRetries = [retryLambdaService];
 
 /** Stages that call the image or text API. */
 export const apiStageRetries = [retryLambdaService, retryRateLimited, retryTransient];
+
+/** A batch starting a persona's execution: Step Functions' own limits pass. */
+export const retryStartExecution: RetryProps = {
+  errors: ['StepFunctions.ExecutionLimitExceededException', 'StepFunctions.AWSStepFunctionsException', 'StepFunctions.SdkClientException'],
+  interval: Duration.seconds(5),
+  maxAttempts: 6,
+  backoffRate: 2,
+  jitterStrategy: JitterType.FULL,
+};

@@ -9,6 +9,7 @@ import { StageFunctions } from './stage-functions.ts';
 import { Operations } from './operations.ts';
 import { UploadTrigger } from './upload-trigger.ts';
 import { AvatarWorkflow } from './workflow.ts';
+import { AvatarBatch } from './batch-workflow.ts';
 
 export interface PersonaAvatarsProps extends StackProps, StackSettings {
   /** What the stages run with (from context): written into every function's environment. */
@@ -18,6 +19,7 @@ export interface PersonaAvatarsProps extends StackProps, StackSettings {
 export class PersonaAvatarsStack extends Stack {
   readonly workflow: AvatarWorkflow;
   readonly stages: StageFunctions;
+  readonly batch: AvatarBatch;
 
   constructor(scope: Construct, id: string, props: PersonaAvatarsProps) {
     super(scope, id, props);
@@ -33,7 +35,19 @@ export class PersonaAvatarsStack extends Stack {
     const publicBaseUrl = props.settings.publicBaseUrl ?? cdn.baseUrl;
     this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl }, logRetentionDays: props.logRetentionDays });
     this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency, logRetentionDays: props.logRetentionDays });
-    const uploads = new UploadTrigger(this, 'UploadTrigger', { bucket, trigger: this.stages.functions['start-from-upload'], stateMachine: this.workflow.stateMachine });
+    this.batch = new AvatarBatch(this, 'Batch', {
+      bucket,
+      personaWorkflow: this.workflow.stateMachine,
+      planBatch: this.stages.functions['plan-batch'],
+      reportBatch: this.stages.functions['report-batch'],
+      logRetentionDays: props.logRetentionDays,
+    });
+    const uploads = new UploadTrigger(this, 'UploadTrigger', {
+      bucket,
+      trigger: this.stages.functions['start-from-upload'],
+      stateMachine: this.workflow.stateMachine,
+      batchStateMachine: this.batch.stateMachine,
+    });
     const operations = new Operations(this, 'Operations', {
       stateMachine: this.workflow.stateMachine,
       failedUploads: uploads.failedUploads,
@@ -44,6 +58,7 @@ export class PersonaAvatarsStack extends Stack {
 
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
     new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'BatchStateMachineArn', { value: this.batch.stateMachine.stateMachineArn, description: 'batches: `avatars start FILE.jsonl`, or upload personas/{name}.jsonl' });
     new CfnOutput(this, 'AvatarsUrl', { value: `${cdn.baseUrl}/avatars/`, description: 'where published avatars are read: {AvatarsUrl}{personaId}/manifest.json' });
 
     NagSuppressions.addStackSuppressions(this, [
@@ -54,8 +69,18 @@ export class PersonaAvatarsStack extends Stack {
       },
       {
         id: 'AwsSolutions-IAM5',
-        reason: 'Object keys are per persona and per run, so each stage may touch objects under its own prefixes (runs/*, avatars/*, personas/*, rejected/*), one action each, and never list the bucket.',
-        appliesTo: [{ regex: '/^Resource::(<AvatarsBucket[0-9A-F]+\\.Arn>|arn:<AWS::Partition>:s3:::[^/]+)\\/(runs|avatars|personas|rejected)\\/.*$/g' }],
+        reason: 'Object keys are per persona, run and batch, so each stage may touch objects under its own prefixes (runs/*, avatars/*, personas/*, rejected/*, batches/*), one action each, and never list the bucket.',
+        appliesTo: [{ regex: '/^Resource::(<AvatarsBucket[0-9A-F]+\\.Arn>|arn:<AWS::Partition>:s3:::[^/]+)\\/(runs|avatars|personas|rejected|batches)\\/.*$/g' }],
+      },
+      {
+        id: 'AwsSolutions-IAM5',
+        reason: "The batch's Distributed Map reads the items file and writes its results at keys the plan names at run time (under batches/); CDK's ItemReader and ResultWriter grant that on the bucket's objects.",
+        appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:s3:::<AvatarsBucket[0-9A-F]+>\\/\\*$/g' }],
+      },
+      {
+        id: 'AwsSolutions-IAM5',
+        reason: "Execution names are per persona request and per batch: the trigger describes its workflows' executions, and the batch starts, follows and stops its child executions, of these two state machines only.",
+        appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:states:.*:execution:.*$/g' }],
       },
       {
         id: 'AwsSolutions-IAM5',

@@ -49,6 +49,8 @@ const failures = `${Prefixes.avatars}*/failures/*`;
 const currentManifests = `${Prefixes.avatars}*/manifest.json`;
 const personas = `${Prefixes.personas}*`;
 const rejected = `${Prefixes.rejected}*`;
+const batches = `${Prefixes.batches}*`;
+const runManifests = `${Prefixes.avatars}*/runs/*/manifest.json`;
 
 /** Image calls may take minutes (the seed allowed 600 s); a Lambda may run 15. */
 const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
@@ -65,7 +67,10 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
   // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
-  'start-from-upload': { reads: [personas], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
+  'start-from-upload': { reads: [personas, batches], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
+  // A batch's first and last states (batch-workflow.ts): they read a file of any length as it streams.
+  'plan-batch': { reads: [personas, batches, runManifests, failures], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
+  'report-batch': { reads: [batches], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
 };
 
 /** sharp's native parts for one Linux architecture, as npm installed them (no network needed). */

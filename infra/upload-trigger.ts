@@ -14,13 +14,16 @@ export interface UploadTriggerProps {
   /** The start-from-upload function. */
   trigger: LambdaFunction;
   stateMachine: IStateMachine;
+  /** What a JSON Lines upload starts: one batch. */
+  batchStateMachine: IStateMachine;
 }
 
 /** Persona files are uploaded as one JSON persona or as JSON Lines of many. */
 
 /**
  * Uploads under personas/ start runs: S3 notifies the trigger function, which validates each
- * persona and starts this state machine, and nothing else, under an idempotent name. A
+ * persona and starts the persona workflow (a .json file) or one batch (a .jsonl file), and
+ * nothing else, under an idempotent name. A
  * notification the function could not handle in three tries (throttled, say) is kept in a
  * queue with its error instead of being dropped; its names make replaying it safe.
  */
@@ -30,7 +33,12 @@ export class UploadTrigger extends Construct {
   constructor(scope: Construct, id: string, props: UploadTriggerProps) {
     super(scope, id);
     props.trigger.addEnvironment('STATE_MACHINE_ARN', props.stateMachine.stateMachineArn);
-    props.stateMachine.grantStartExecution(props.trigger);
+    props.trigger.addEnvironment('BATCH_STATE_MACHINE_ARN', props.batchStateMachine.stateMachineArn);
+    for (const machine of [props.stateMachine, props.batchStateMachine]) {
+      machine.grantStartExecution(props.trigger);
+      // A taken name is looked up: running or done is that start; failed gets a new attempt.
+      machine.grantExecution(props.trigger, 'states:DescribeExecution');
+    }
     // Every file under personas/: S3's suffix filters are case-sensitive, so `Ada.JSON` would be
     // skipped in silence; the trigger reads any case and reports what is not a persona file.
     props.bucket.addEventNotification(EventType.OBJECT_CREATED, new LambdaDestination(props.trigger), { prefix: Prefixes.personas });

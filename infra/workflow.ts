@@ -29,6 +29,29 @@ export interface AvatarWorkflowProps {
   logRetentionDays: number;
 }
 
+export interface StageTaskProps {
+  stage: StageName;
+  fn: IFunction;
+  payload: Record<string, unknown>;
+  retries: RetryProps[];
+  resultPath?: string;
+}
+
+/** A state that invokes one stage's function with a payload, retried as the error policy says. */
+export function stageTask(scope: Construct, name: string, props: StageTaskProps): LambdaInvoke {
+  const state = new LambdaInvoke(scope, name, {
+    lambdaFunction: props.fn,
+    payload: TaskInput.fromObject(props.payload),
+    payloadResponseOnly: true,
+    retryOnServiceExceptions: false,
+    // Outlives the Lambda's own timeout, so the function always reports first.
+    taskTimeout: Timeout.duration(STAGE_SPECS[props.stage].timeout.plus(Duration.minutes(1))),
+    ...(props.resultPath ? { resultPath: props.resultPath } : {}),
+  });
+  for (const retry of props.retries) state.addRetry(retry);
+  return state;
+}
+
 /** The run's identity, as every stage's payload starts with it. */
 const RUN = {
   personaId: JsonPath.stringAt('$.personaId'),
@@ -54,19 +77,8 @@ export class AvatarWorkflow extends Construct {
   constructor(scope: Construct, id: string, props: AvatarWorkflowProps) {
     super(scope, id);
     const fn = props.functions;
-    const task = (name: string, stage: StageName, payload: Record<string, unknown>, retries: RetryProps[], resultPath?: string) => {
-      const state = new LambdaInvoke(this, name, {
-        lambdaFunction: fn[stage],
-        payload: TaskInput.fromObject(payload),
-        payloadResponseOnly: true,
-        retryOnServiceExceptions: false,
-        // Outlives the Lambda's own timeout, so the function always reports first.
-        taskTimeout: Timeout.duration(STAGE_SPECS[stage].timeout.plus(Duration.minutes(1))),
-        ...(resultPath ? { resultPath } : {}),
-      });
-      for (const retry of retries) state.addRetry(retry);
-      return state;
-    };
+    const task = (name: string, stage: StageName, payload: Record<string, unknown>, retries: RetryProps[], resultPath?: string) =>
+      stageTask(this, name, { stage, fn: fn[stage], payload, retries, resultPath });
 
     // Failure path: record why, then fail with the cause's own name.
     const runFailed = new Fail(this, 'RunFailed', {

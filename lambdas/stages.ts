@@ -1,9 +1,11 @@
 import { checkIdentity } from './check-identity/core.ts';
 import { generateBase } from './generate-base/core.ts';
 import { generateGrid } from './generate-grid/core.ts';
+import { planBatch } from './plan-batch/core.ts';
 import { planRun } from './plan-run/core.ts';
 import { publish } from './publish/core.ts';
 import { recordFailure } from './record-failure/core.ts';
+import { reportBatch } from './report-batch/core.ts';
 import { splitGrid } from './split-grid/core.ts';
 import { startFromUpload } from './start-from-upload/core.ts';
 import { writePrompt } from './write-prompt/core.ts';
@@ -22,6 +24,8 @@ export const stages = {
   publish,
   'record-failure': recordFailure,
   'start-from-upload': startFromUpload,
+  'plan-batch': planBatch,
+  'report-batch': reportBatch,
 } satisfies Record<string, (event: never, deps: never) => Promise<unknown>>;
 
 export type StageName = keyof typeof stages;

@@ -29,24 +29,29 @@ export function program(): Command {
   const jsonOption = new Option('--json', 'print the result as JSON');
   const latencyOption = new Option('--latency <ms>', 'offline backend: delay per image call').argParser(int('--latency')).default(0);
   const retryDelayOption = new Option('--retry-delay <ms>', 'pause before each retry instead of the deployed backoff').argParser(int('--retry-delay')).default(0);
-  const rpmOption = new Option('--rpm <n>', 'offline backend: an image rate limit, in images per minute (429 with retry-after beyond it)').argParser(int('--rpm'));
+  const rpmOption = new Option('--rpm <n>', 'offline backend: an image rate limit, in images per minute (429 with retry-after beyond it); also the pace unless IMAGES_PER_MINUTE is set').argParser(int('--rpm'));
   const pollOption = new Option('--poll-interval <ms>', 'how often to read the execution history').argParser(int('--poll-interval')).default(2000);
-  cli
+  /** What the commands that run workflows locally share: the offline backend's knobs, the data folder. */
+  const localRun = (command: Command) =>
+    command.addOption(jsonOption).addOption(faultOption).addOption(latencyOption).addOption(rpmOption).addOption(dataOption).addOption(retryDelayOption).option('--quiet', 'no progress lines');
+  const run = cli
     .command('run')
     .description('run the whole workflow locally for one persona and save the avatars')
     .addArgument(personaArgument)
     .addOption(imagesOption)
     .addOption(modeOption)
-    .option('--out <dir>', 'where to save the images, contact sheet and index.html (default: out/<persona id>)')
-    .addOption(jsonOption)
-    .addOption(faultOption)
-    .addOption(latencyOption)
-    .addOption(rpmOption)
-    .addOption(dataOption)
-    .addOption(retryDelayOption)
+    .option('--out <dir>', 'where to save the images, contact sheet and index.html (default: out/<persona id>)');
+  localRun(run)
     .option('--verbose', 'print the stages\u2019 JSON logs')
-    .option('--quiet', 'no progress lines')
     .action(action(async () => (await import('./commands/run.ts')).runCommand));
+  const batch = cli
+    .command('batch')
+    .description('run a batch of personas locally, one per line of a JSON Lines file, paced to IMAGES_PER_MINUTE; exit 1 if any failed')
+    .argument('<personas.jsonl>', 'one persona (or execution input) per line')
+    .addOption(imagesOption)
+    .addOption(modeOption)
+    .option('--out <dir>', 'where to save the report, contact sheet and avatars (default: out/batches/<batch id>)');
+  localRun(batch).action(action(async () => (await import('./commands/batch.ts')).batchCommand));
   cli
     .command('invoke')
     .description('run one stage on an event fixture, as `sam local invoke -e` does')
@@ -58,11 +63,13 @@ export function program(): Command {
     .action(action(async () => (await import('./commands/invoke.ts')).invokeCommand));
   cli
     .command('start')
-    .description('start an execution of the deployed state machine (or any Step Functions endpoint: AWS_ENDPOINT_URL_SFN)')
+    .description('start an execution of the deployed state machine, or a batch for a .jsonl file (or any Step Functions endpoint: AWS_ENDPOINT_URL_SFN)')
     .addArgument(personaArgument)
     .addOption(imagesOption)
     .addOption(modeOption)
     .option('--state-machine-arn <arn>', 'the StateMachineArn output of the stack (default: $STATE_MACHINE_ARN)')
+    .option('--batch-state-machine-arn <arn>', 'for a .jsonl file: the BatchStateMachineArn output (default: $BATCH_STATE_MACHINE_ARN)')
+    .option('--bucket <name>', 'for a .jsonl file: the BucketName output, where the file is put (default: $S3_BUCKET_NAME)')
     .option('--name <name>', 'execution name (default: the persona id and a hash of the input, as uploads get)')
     .option('--wait', 'follow the execution state by state until it ends; exit 1 if it fails')
     .addOption(pollOption)

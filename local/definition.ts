@@ -1,11 +1,12 @@
 /**
- * The state machine definition exactly as the CDK app synthesizes it, with each Task state
- * traced back to the stage whose function it invokes. Nothing here restates the workflow.
+ * The state machine definitions exactly as the CDK app synthesizes them, with each Task state
+ * traced back to the stage whose function it invokes. Nothing here restates a workflow.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildApp } from '../infra/app.ts';
+import { BATCH_STATE_MACHINE_NAME, STACK_NAME } from '../infra/context.ts';
 import type { StageName } from '../lambdas/stages.ts';
 
 interface CfnResource {
@@ -31,24 +32,47 @@ export interface AslMachine {
 
 export interface SynthesizedWorkflow {
   definition: AslMachine;
-  /** Task state name → the stage its Lambda runs. */
+  /** Task state name → the stage its Lambda runs (other Tasks call Step Functions itself). */
   taskStages: Record<string, StageName>;
-  template: { Resources: Record<string, CfnResource> };
+  /** As Step Functions would name it in this account: arn:aws:states:…:stateMachine:{name}. */
+  stateMachineArn: string;
+  template: Template;
+}
+
+interface Template {
+  Resources: Record<string, CfnResource>;
+}
+
+/** The two state machines of the stack: one persona, and a batch of them. */
+export interface SynthesizedWorkflows {
+  persona: SynthesizedWorkflow;
+  batch: SynthesizedWorkflow;
 }
 
 const LOCAL_ARN = 'arn:aws:lambda:us-east-1:000000000000:function:';
+export const localStateMachineArn = (name: string) => `arn:aws:states:us-east-1:000000000000:stateMachine:${name}`;
 
-/** Resolves the intrinsics CDK puts in a DefinitionString: Join, Ref and GetAtt of functions. */
-function resolve(value: unknown): string {
-  if (typeof value === 'string') return value;
-  const node = value as Record<string, unknown>;
-  if ('Fn::Join' in node) {
-    const [separator, parts] = node['Fn::Join'] as [string, unknown[]];
-    return parts.map(resolve).join(separator);
-  }
-  if ('Fn::GetAtt' in node) return `${LOCAL_ARN}${(node['Fn::GetAtt'] as string[])[0]}`;
-  if ('Ref' in node) return node.Ref === 'AWS::Partition' ? 'aws' : `${LOCAL_ARN}${String(node.Ref)}`;
-  throw new Error(`unexpected intrinsic in the state machine definition: ${JSON.stringify(value)}`);
+/** Resolves the intrinsics CDK puts in a DefinitionString: Join, Ref and GetAtt of functions and state machines. */
+function resolver(template: Template): (value: unknown) => string {
+  const resolve = (value: unknown): string => {
+    if (typeof value === 'string') return value;
+    const node = value as Record<string, unknown>;
+    if ('Fn::Join' in node) {
+      const [separator, parts] = node['Fn::Join'] as [string, unknown[]];
+      return parts.map(resolve).join(separator);
+    }
+    if ('Fn::GetAtt' in node) return `${LOCAL_ARN}${(node['Fn::GetAtt'] as string[])[0]}`;
+    if ('Ref' in node) {
+      if (node.Ref === 'AWS::Partition') return 'aws';
+      const resource = template.Resources[String(node.Ref)];
+      // A state machine's Ref is its ARN.
+      if (resource?.Type === 'AWS::StepFunctions::StateMachine') return localStateMachineArn(String(resource.Properties.StateMachineName));
+      // A bucket's Ref is its name: locally, the one bucket of the store.
+      return resource?.Type === 'AWS::Lambda::Function' ? `${LOCAL_ARN}${String(node.Ref)}` : String(node.Ref);
+    }
+    throw new Error(`unexpected intrinsic in the state machine definition: ${JSON.stringify(value)}`);
+  };
+  return resolve;
 }
 
 export function allStates(machine: AslMachine): [string, AslState][] {
@@ -59,35 +83,39 @@ export function allStates(machine: AslMachine): [string, AslState][] {
   ]);
 }
 
-export function workflowFromTemplate(template: SynthesizedWorkflow['template']): SynthesizedWorkflow {
-  const machines = Object.values(template.Resources).filter((r) => r.Type === 'AWS::StepFunctions::StateMachine');
-  if (machines.length !== 1) throw new Error(`expected one state machine in the template, found ${machines.length}`);
-  const definition = JSON.parse(resolve(machines[0]!.Properties.DefinitionString)) as AslMachine;
+/** Step Functions' own integrations (a child execution): run by the local runner, not a stage. */
+export const isStepFunctionsTask = (state: AslState) => state.Resource?.startsWith('arn:aws:states:::states:') ?? false;
+
+/** The state machine named `name` in a synthesized template, with each Lambda Task traced to its stage. */
+export function workflowFromTemplate(template: Template, name = STACK_NAME): SynthesizedWorkflow {
+  const machines = Object.values(template.Resources).filter((r) => r.Type === 'AWS::StepFunctions::StateMachine' && r.Properties.StateMachineName === name);
+  if (machines.length !== 1) throw new Error(`expected one state machine named ${name} in the template, found ${machines.length}`);
+  const definition = JSON.parse(resolver(template)(machines[0]!.Properties.DefinitionString)) as AslMachine;
   const stageOf = new Map<string, StageName>();
   for (const [logicalId, resource] of Object.entries(template.Resources)) {
     const stage = (resource.Properties?.Environment as { Variables?: { STAGE?: StageName } } | undefined)?.Variables?.STAGE;
     if (resource.Type === 'AWS::Lambda::Function' && stage) stageOf.set(`${LOCAL_ARN}${logicalId}`, stage);
   }
   const taskStages: Record<string, StageName> = {};
-  for (const [name, state] of allStates(definition)) {
-    if (state.Type !== 'Task') continue;
+  for (const [stateName, state] of allStates(definition)) {
+    if (state.Type !== 'Task' || isStepFunctionsTask(state)) continue;
     const stage = stageOf.get(state.Resource ?? '');
-    if (!stage) throw new Error(`Task state ${name} invokes ${state.Resource}, which is no stage function`);
-    taskStages[name] = stage;
+    if (!stage) throw new Error(`Task state ${stateName} invokes ${state.Resource}, which is no stage function`);
+    taskStages[stateName] = stage;
   }
-  return { definition, taskStages, template };
+  return { definition, taskStages, stateMachineArn: localStateMachineArn(name), template };
 }
 
-let cached: SynthesizedWorkflow | undefined;
+let cached: SynthesizedWorkflows | undefined;
 
-/** Synthesizes the CDK app (without bundling: only the definition is needed) once per process. */
-export function synthesizeWorkflow(): SynthesizedWorkflow {
+/** Synthesizes the CDK app (without bundling: only the definitions are needed) once per process. */
+export function synthesizeWorkflows(): SynthesizedWorkflows {
   if (cached) return cached;
   const outdir = mkdtempSync(join(tmpdir(), 'avatars-synth-'));
   try {
     const { app, stack } = buildApp({ bundle: false, outdir });
-    const template = app.synth().getStackByName(stack.stackName).template as SynthesizedWorkflow['template'];
-    cached = workflowFromTemplate(template);
+    const template = app.synth().getStackByName(stack.stackName).template as Template;
+    cached = { persona: workflowFromTemplate(template, STACK_NAME), batch: workflowFromTemplate(template, BATCH_STATE_MACHINE_NAME) };
     return cached;
   } finally {
     rmSync(outdir, { recursive: true, force: true });

@@ -49,6 +49,9 @@ export interface LocalEnvironment {
   close(): Promise<void>;
 }
 
+/** The offline backend without --rpm: no limit to pace to. */
+export const UNLIMITED_IMAGES_PER_MINUTE = 100_000;
+
 function usesAwsS3(env: Record<string, string | undefined>): boolean {
   return !!env.S3_BUCKET_NAME && !!(env.AWS_ACCESS_KEY_ID || env.AWS_PROFILE || env.AWS_ENDPOINT_URL_S3);
 }
@@ -79,8 +82,15 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   if (images === 'offline') {
     backend = await startOfflineBackend({ faults: options.faults ?? [], latencyMs: options.latencyMs ?? 0, ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}), ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}) });
     closers.push(backend.close);
-    // The offline backend only draws; the prompt comes from the built-in template.
-    Object.assign(env, { OPENAI_BASE_URL: backend.baseUrl, OPENAI_API_KEY: 'offline', PROMPT_PROVIDER: env.PROMPT_PROVIDER || 'template' });
+    // The offline backend only draws; the prompt comes from the built-in template. Its rate limit
+    // is --rpm's, or none: the account's default limit does not apply unless set.
+    const limitSet = (options.env ?? process.env).IMAGES_PER_MINUTE ?? (options.context ?? projectContext()).imagesPerMinute;
+    Object.assign(env, {
+      OPENAI_BASE_URL: backend.baseUrl,
+      OPENAI_API_KEY: 'offline',
+      PROMPT_PROVIDER: env.PROMPT_PROVIDER || 'template',
+      ...(limitSet === undefined ? { IMAGES_PER_MINUTE: String(options.imagesPerMinute ?? UNLIMITED_IMAGES_PER_MINUTE) } : {}),
+    });
   }
   try {
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
@@ -93,8 +103,8 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       closers.push(stepFunctions.close);
       const sfn = new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
       clients.push(sfn);
-      deps = { ...deps, sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn } };
-      Object.assign(env, { STATE_MACHINE_ARN: stepFunctions.stateMachineArn, AWS_ENDPOINT_URL_SFN: stepFunctions.endpoint });
+      deps = { ...deps, sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn, batchStateMachineArn: stepFunctions.batchStateMachineArn } };
+      Object.assign(env, { STATE_MACHINE_ARN: stepFunctions.stateMachineArn, BATCH_STATE_MACHINE_ARN: stepFunctions.batchStateMachineArn, AWS_ENDPOINT_URL_SFN: stepFunctions.endpoint });
     }
     return {
       deps,

@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import type { PublishResult } from '../lambdas/publish/core.ts';
+import { escape } from '../lambdas/report-batch/contact-sheet.ts';
 
 const THUMB = 256;
 
@@ -17,7 +18,6 @@ export async function writeContactSheet(files: string[], path: string): Promise<
     .toFile(path);
 }
 
-const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
 /** A page a person can open: the avatars, the prompt, and what the run cost. */
 export async function writeGallery(dir: string, result: PublishResult, files: string[], prompt: string): Promise<void> {

@@ -37,6 +37,10 @@ export interface RecordedRequest {
   /** Multipart parts of an edit: field name, file name and declared type. */
   files: { field: string; filename: string; mimeType: string }[];
   authorization: string | undefined;
+  /** When it arrived (ms since the epoch). */
+  at: number;
+  /** Answered 429: beyond the simulated rate limit, nothing drawn. */
+  rateLimited: boolean;
 }
 
 export interface OfflineBackendOptions {
@@ -267,7 +271,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     const size = String(body.size ?? '1024x1024');
     const n = Number(body.n ?? 1);
     const { model: _m, prompt: _p, n: _n, size: _s, messages: _messages, ...rest } = body;
-    requests.push({
+    const recorded: RecordedRequest = {
       route,
       model,
       prompt,
@@ -276,7 +280,10 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       options: rest,
       files: form.files.map(({ field, filename, mimeType }) => ({ field, filename, mimeType })),
       authorization: req.headers.authorization,
-    });
+      at: Date.now(),
+      rateLimited: false,
+    };
+    requests.push(recorded);
     if (retired.has(model)) {
       apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
       return;
@@ -284,6 +291,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     const invalid = route === 'chat' || route === 'moderations' ? undefined : invalidRequest(model, body, route === 'edits');
     const waitMs = invalid || route === 'chat' || route === 'moderations' ? 0 : limiter.take(n);
     if (waitMs > 0) {
+      recorded.rateLimited = true;
       apiError(
         res,
         429,

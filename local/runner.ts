@@ -1,12 +1,26 @@
 /**
- * Runs one execution of the synthesized state machine in-process with aws-local-stepfunctions,
- * each Task calling its stage's core with the clients given.
+ * Runs one execution of a synthesized state machine in-process with aws-local-stepfunctions,
+ * each Task calling its stage's core with the clients given; a batch's child executions run
+ * here too, and its Distributed Map as distributed-map.ts adapts it.
  */
 import { ExecutionError, StateMachine } from 'aws-local-stepfunctions';
 import { stages } from '../lambdas/stages.ts';
 import { loggedStage, type Deps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
-import { allStates, synthesizeWorkflow } from './definition.ts';
+import { randomUUID } from 'node:crypto';
+import { executionArn } from '../lambdas/shared/sfn.ts';
+import { allStates, isStepFunctionsTask, synthesizeWorkflows, type AslMachine, type SynthesizedWorkflows } from './definition.ts';
+import { adaptDistributedMaps, runDistributedMap } from './distributed-map.ts';
+
+/**
+ * aws-local-stepfunctions waits out a Wait whose timestamp has passed with a negative timeout,
+ * which Node warns of on stderr; Step Functions goes straight on, and so does this, quietly.
+ */
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+  const type = typeof rest[0] === 'string' ? rest[0] : (rest[0] as { type?: string } | undefined)?.type;
+  if (type !== 'TimeoutNegativeWarning') emitWarning(warning as string, ...(rest as []));
+}) as typeof process.emitWarning;
 
 type EventLog = ReturnType<StateMachine['run']>['eventLogs'] extends AsyncGenerator<infer E> ? E : never;
 
@@ -24,9 +38,14 @@ export interface ProgressEvent {
   at: number;
 }
 
-export type RunOutcome =
-  | { status: 'SUCCEEDED'; runId: string; output: PublishResult; events: ProgressEvent[]; ms: number }
+export type RunOutcome<T = PublishResult> =
+  | { status: 'SUCCEEDED'; runId: string; output: T; events: ProgressEvent[]; ms: number }
   | { status: 'FAILED'; runId: string; error: string; cause: string; events: ProgressEvent[]; ms: number };
+
+/** How the batch's startExecution.sync Tasks run a persona's execution. */
+export interface ChildExecutions {
+  run(stateMachineArn: string, name: string, input: unknown): Promise<RunOutcome<unknown>>;
+}
 
 export interface LocalRunOptions {
   input: unknown;
@@ -35,6 +54,10 @@ export interface LocalRunOptions {
   /** Pause before each retry, instead of the definition's backoff (minutes on AWS). */
   retryDelayMs?: number;
   onProgress?: (event: ProgressEvent) => void;
+  /** The persona workflow (default), or the batch of many. */
+  machine?: keyof SynthesizedWorkflows;
+  /** Where a batch's child executions run: by default here, each a local run of the persona workflow. */
+  children?: ChildExecutions;
 }
 
 export function newRunId(now = new Date()): string {
@@ -72,45 +95,111 @@ function asLambdaReports(error: unknown): never {
   throw reported;
 }
 
-export async function runLocally(options: LocalRunOptions): Promise<RunOutcome> {
-  const { definition, taskStages } = synthesizeWorkflow();
-  const runId = options.runId ?? newRunId();
-  const started = Date.now();
-  const taskResourceLocalHandlers = Object.fromEntries(
-    Object.entries(taskStages).map(([state, stage]) => [
-      state,
-      // The runtime passes states JSON; each core takes its own event shape.
-      (input: unknown) => loggedStage(stage, stages[stage] as (e: unknown, d: Deps) => Promise<unknown>, input, options.deps).catch(asLambdaReports),
-    ]),
-  );
-  const retryIntervalOverrides = Object.fromEntries(
-    allStates(definition)
-      .filter(([, state]) => state.Retry)
-      .map(([name]) => [name, options.retryDelayMs ?? 0]),
-  );
-  const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false } });
-  const execution = machine.run(options.input as never, {
-    overrides: { taskResourceLocalHandlers: taskResourceLocalHandlers as never, retryIntervalOverrides },
-    context: { Execution: { Input: options.input, Name: runId, Id: `local:${runId}`, StartTime: new Date(started).toISOString() } } as never,
+type Handler = (input: unknown) => Promise<unknown>;
+
+interface ExecuteOptions {
+  handlers: Record<string, Handler>;
+  retryDelays: Record<string, number>;
+  context: Record<string, unknown>;
+  onProgress: (event: ProgressEvent) => void;
+  /** Reported as the events' index: the item of a Distributed Map. */
+  item?: number;
+}
+
+/** One execution of a definition by the interpreter; rejects with what ended it. */
+async function execute(definition: AslMachine, input: unknown, options: ExecuteOptions): Promise<unknown> {
+  const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false, noValidate: options.item !== undefined } });
+  const execution = machine.run(input as never, {
+    overrides: { taskResourceLocalHandlers: options.handlers as never, retryIntervalOverrides: options.retryDelays },
+    context: options.context as never,
   });
-  const events: ProgressEvent[] = [];
   const entered = new Map<string, number>();
   const watching = (async () => {
     for await (const event of execution.eventLogs) {
       const progress = progressOf(event, entered);
-      if (!progress) continue;
-      events.push(progress);
-      options.onProgress?.(progress);
+      if (progress) options.onProgress(options.item === undefined ? progress : { ...progress, index: options.item });
     }
   })();
   try {
-    const output = (await execution.result) as unknown as PublishResult;
+    const output = await execution.result;
     await watching;
-    return { status: 'SUCCEEDED', runId, output, events, ms: Date.now() - started };
+    return output;
   } catch (error) {
     await watching.catch(() => undefined);
     // ExecutionError wraps what ended the run: for a Fail state, its Error and Cause.
-    const failure = (error instanceof ExecutionError && error.cause instanceof Error ? error.cause : error) as Error;
+    throw error instanceof ExecutionError && error.cause instanceof Error ? error.cause : error;
+  }
+}
+
+interface StartExecutionParameters {
+  StateMachineArn: string;
+  Name?: string;
+  Input?: unknown;
+}
+
+/**
+ * `states:startExecution.sync:2`: the child's description with its output as JSON, or, when it
+ * does not succeed, States.TaskFailed with that description (its Error and Cause) as the cause.
+ */
+async function startExecutionSync(params: StartExecutionParameters, children: ChildExecutions): Promise<unknown> {
+  const name = params.Name ?? randomUUID();
+  const input = typeof params.Input === 'string' ? (JSON.parse(params.Input) as unknown) : (params.Input ?? {});
+  const startDate = Date.now();
+  const outcome = await children.run(params.StateMachineArn, name, input);
+  const described = { ExecutionArn: executionArn(params.StateMachineArn, name), StateMachineArn: params.StateMachineArn, Name: name, Input: input, StartDate: startDate, StopDate: Date.now(), Status: outcome.status };
+  if (outcome.status === 'SUCCEEDED') return { ...described, Output: outcome.output };
+  const failed = new Error(JSON.stringify({ ...described, Error: outcome.error, Cause: outcome.cause }));
+  failed.name = 'States.TaskFailed';
+  throw failed;
+}
+
+/** Children run here, each a local run of the persona workflow. */
+function inProcessChildren(options: LocalRunOptions, personaArn: string): ChildExecutions {
+  return {
+    run: (arn, name, input) => {
+      if (arn !== personaArn) throw new Error(`the local runner starts executions of ${personaArn} only, not ${arn}`);
+      return runLocally({ input, deps: options.deps, runId: name, ...(options.retryDelayMs !== undefined ? { retryDelayMs: options.retryDelayMs } : {}) });
+    },
+  };
+}
+
+export async function runLocally<T = PublishResult>(options: LocalRunOptions): Promise<RunOutcome<T>> {
+  const workflows = synthesizeWorkflows();
+  const { definition: synthesized, taskStages } = workflows[options.machine ?? 'persona'];
+  const { definition, maps } = adaptDistributedMaps(synthesized);
+  const runId = options.runId ?? newRunId();
+  const started = Date.now();
+  const children = options.children ?? inProcessChildren(options, workflows.persona.stateMachineArn);
+  const events: ProgressEvent[] = [];
+  const onProgress = (event: ProgressEvent) => {
+    events.push(event);
+    options.onProgress?.(event);
+  };
+  const context = { Execution: { Input: options.input, Name: runId, Id: `local:${runId}`, StartTime: new Date(started).toISOString() } };
+  const handlers: Record<string, Handler> = {};
+  for (const [state, stage] of Object.entries(taskStages)) {
+    // The runtime passes states JSON; each core takes its own event shape.
+    handlers[state] = (input) => loggedStage(stage, stages[stage] as (e: unknown, d: Deps) => Promise<unknown>, input, options.deps).catch(asLambdaReports);
+  }
+  for (const [state, asl] of allStates(synthesized)) {
+    if (isStepFunctionsTask(asl)) handlers[state] = (input) => startExecutionSync(input as StartExecutionParameters, children);
+  }
+  const retryDelays = Object.fromEntries(
+    allStates(synthesized)
+      .filter(([, state]) => state.Retry)
+      .map(([name]) => [name, options.retryDelayMs ?? 0]),
+  );
+  for (const [name, map] of Object.entries(maps)) {
+    handlers[name] = (input) =>
+      runDistributedMap(name, map, input, options.deps.store, (processor, item, index) =>
+        execute(processor, item, { handlers, retryDelays, onProgress, item: index, context: { Execution: { ...context.Execution, Name: `${runId}-${index}`, Input: item } } }),
+      );
+  }
+  try {
+    const output = (await execute(definition, options.input, { handlers, retryDelays, context, onProgress })) as T;
+    return { status: 'SUCCEEDED', runId, output, events, ms: Date.now() - started };
+  } catch (error) {
+    const failure = error as Error;
     return { status: 'FAILED', runId, error: failure.name, cause: failure.message, events, ms: Date.now() - started };
   }
 }

@@ -1,6 +1,7 @@
 /**
  * A Step Functions API on loopback (the AWS JSON 1.0 protocol the SDK and the AWS CLI speak)
- * whose one state machine is the synthesized workflow, run by the local runner. It keeps the
+ * whose state machines are the synthesized ones (a persona, a batch), run by the local runner;
+ * a batch's child executions are executions here like any other. It keeps the
  * service's rules that callers rely on: execution names are unique, a repeated start with the
  * same name and input while the first runs answers with that execution, anything else reusing
  * a name is ExecutionAlreadyExists. So `avatars start`, the upload trigger and `avatars dev`
@@ -9,9 +10,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
-import { STACK_NAME } from '../infra/context.ts';
+import { synthesizeWorkflows, type SynthesizedWorkflows } from './definition.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
-import { runLocally, type ProgressEvent, type RunOutcome } from './runner.ts';
+import { runLocally, type ChildExecutions, type ProgressEvent, type RunOutcome } from './runner.ts';
 
 
 /** One event of GetExecutionHistory, as the service writes it (timestamps in epoch seconds). */
@@ -25,12 +26,13 @@ type WireHistoryEvent = HistoryEntry & { id: number; previousEventId: number };
 
 export interface LocalExecution {
   executionArn: string;
+  machine: keyof SynthesizedWorkflows;
   name: string;
   input: string;
   startDate: number;
   stopDate?: number;
   /** Set when the execution ends. */
-  outcome?: RunOutcome;
+  outcome?: RunOutcome<unknown>;
   history: WireHistoryEvent[];
   done: Promise<void>;
 }
@@ -47,6 +49,8 @@ export interface LocalStepFunctionsOptions {
 export interface LocalStepFunctions {
   endpoint: string;
   stateMachineArn: string;
+  batchStateMachineArn: string;
+  /** By execution ARN. */
   executions: Map<string, LocalExecution>;
   /** Resolves once every execution started so far has ended. */
   settled(): Promise<void>;
@@ -90,9 +94,9 @@ function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
 
 export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
   const executions = new Map<string, LocalExecution>();
-  // Named as the stack names it on AWS.
-  const stateMachineArn = `arn:aws:states:us-east-1:000000000000:stateMachine:${STACK_NAME}`;
-  const executionArnOf = (name: string) => executionArn(stateMachineArn, name);
+  const workflows = synthesizeWorkflows();
+  const machines = Object.fromEntries((Object.keys(workflows) as (keyof SynthesizedWorkflows)[]).map((m) => [workflows[m].stateMachineArn, m]));
+  const stateMachineArn = workflows.persona.stateMachineArn;
 
   const append = (execution: LocalExecution, event: HistoryEntry, previousEventId = execution.history.length) => {
     const id = execution.history.length + 1;
@@ -100,11 +104,39 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     return id;
   };
 
-  function start(name: string, input: string): LocalExecution {
+  /** StartExecution's rules: a name is unique per state machine, unless the same input is still running. */
+  function startExecution(machineArn: string, name: string, input: string): LocalExecution {
+    const existing = executions.get(executionArn(machineArn, name));
+    if (existing) {
+      if (isRunning(existing) && existing.input === input) return existing;
+      throw new ApiError('ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
+    }
+    return start(machineArn, name, input);
+  }
+
+  /** A batch's startExecution.sync: an execution here, followed to its end. */
+  const children: ChildExecutions = {
+    run: async (machineArn, name, input) => {
+      let child: LocalExecution;
+      try {
+        child = startExecution(machineArn, name, JSON.stringify(input));
+      } catch (error) {
+        if (!(error instanceof ApiError)) throw error;
+        const refused = new Error(error.message);
+        refused.name = `StepFunctions.${error.code}Exception`;
+        throw refused;
+      }
+      await child.done;
+      return child.outcome!;
+    },
+  };
+
+  function start(machineArn: string, name: string, input: string): LocalExecution {
     const startDate = Date.now();
-    const execution: LocalExecution = { executionArn: executionArnOf(name), name, input, startDate, history: [], done: Promise.resolve() };
+    const machine = machines[machineArn]!;
+    const execution: LocalExecution = { executionArn: executionArn(machineArn, name), machine, name, input, startDate, history: [], done: Promise.resolve() };
     append(execution, { timestamp: seconds(startDate), type: 'ExecutionStarted', executionStartedEventDetails: { input, roleArn: 'arn:aws:iam::000000000000:role/local' } });
-    executions.set(name, execution);
+    executions.set(execution.executionArn, execution);
     // As on the service, a state's later events point back to its entry, and the states of a
     // Map iteration back to a MapIterationStarted event with its index, so readers can tell
     // which of two grids running side by side an event belongs to.
@@ -112,6 +144,8 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     const iterations = new Map<number, number>();
     let map = '';
     execution.done = runLocally({
+      machine,
+      children,
       input: JSON.parse(input),
       deps: options.deps,
       runId: name,
@@ -142,19 +176,19 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
   }
 
   function executionNamed(arn: unknown): LocalExecution {
-    const name = typeof arn === 'string' && arn.startsWith(executionArnOf('')) ? arn.slice(executionArnOf('').length) : undefined;
-    const execution = name === undefined ? undefined : executions.get(name);
+    const execution = typeof arn === 'string' ? executions.get(arn) : undefined;
     if (!execution) throw new ApiError('ExecutionDoesNotExist', `Execution Does Not Exist: '${String(arn)}'`);
     return execution;
   }
 
-  function checkStateMachine(arn: unknown): void {
-    if (arn !== stateMachineArn) throw new ApiError('StateMachineDoesNotExist', `State Machine Does Not Exist: '${String(arn)}' (this local endpoint serves ${stateMachineArn})`);
+  function checkStateMachine(arn: unknown): string {
+    if (typeof arn !== 'string' || !machines[arn]) throw new ApiError('StateMachineDoesNotExist', `State Machine Does Not Exist: '${String(arn)}' (this local endpoint serves ${Object.keys(machines).join(' and ')})`);
+    return arn;
   }
 
   const summary = (e: LocalExecution) => ({
     executionArn: e.executionArn,
-    stateMachineArn,
+    stateMachineArn: workflows[e.machine].stateMachineArn,
     name: e.name,
     status: statusOf(e),
     startDate: seconds(e.startDate),
@@ -163,7 +197,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
 
   const operations: Record<string, (body: Record<string, unknown>) => unknown> = {
     StartExecution(body) {
-      checkStateMachine(body.stateMachineArn);
+      const machineArn = checkStateMachine(body.stateMachineArn);
       const name = body.name === undefined ? crypto.randomUUID() : String(body.name);
       if (name.length < 1 || name.length > 80 || INVALID_NAME.test(name)) throw new ApiError('InvalidName', `Invalid Name: '${name}'`);
       const input = body.input === undefined ? '{}' : String(body.input);
@@ -172,13 +206,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       } catch (error) {
         throw new ApiError('InvalidExecutionInput', `Invalid State Machine Execution Input: '${(error as Error).message}'`);
       }
-      const existing = executions.get(name);
-      if (existing) {
-        // The service's idempotency: same name and input while running answers with that execution.
-        if (isRunning(existing) && existing.input === input) return { executionArn: existing.executionArn, startDate: seconds(existing.startDate) };
-        throw new ApiError('ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
-      }
-      const execution = start(name, input);
+      const execution = startExecution(machineArn, name, input);
       return { executionArn: execution.executionArn, startDate: seconds(execution.startDate) };
     },
     DescribeExecution(body) {
@@ -199,8 +227,8 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       return { events: page, ...(from + size < events.length ? { nextToken: String(from + size) } : {}) };
     },
     ListExecutions(body) {
-      checkStateMachine(body.stateMachineArn);
-      const listed = [...executions.values()].filter((e) => !body.statusFilter || statusOf(e) === body.statusFilter).reverse();
+      const machine = machines[checkStateMachine(body.stateMachineArn)];
+      const listed = [...executions.values()].filter((e) => e.machine === machine && (!body.statusFilter || statusOf(e) === body.statusFilter)).reverse();
       return { executions: listed.map(summary) };
     },
   };
@@ -231,6 +259,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
   return {
     endpoint: `http://127.0.0.1:${server.port}`,
     stateMachineArn,
+    batchStateMachineArn: workflows.batch.stateMachineArn,
     executions,
     settled,
     close: async () => {

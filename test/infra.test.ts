@@ -83,7 +83,7 @@ describe('the synthesized stack', () => {
       const actions = s3.flatMap((st) => [st.Action].flat());
       expect(actions.filter((a) => /s3:List|LegalHold|Retention|\*/.test(a)), stage).toEqual([]);
       expect(actions.includes('s3:DeleteObject'), stage).toBe(stage === 'start-from-upload');
-      for (const st of s3) expect(JSON.stringify(st.Resource), stage).toMatch(/\/(runs|avatars|personas|rejected)\//);
+      for (const st of s3) expect(JSON.stringify(st.Resource), stage).toMatch(/\/(runs|avatars|personas|rejected|batches)\//);
     }
   });
 
@@ -119,11 +119,18 @@ describe('the synthesized stack', () => {
     template.hasResourceProperties('AWS::SQS::Queue', { SqsManagedSseEnabled: true });
   });
 
-  it('lets the upload trigger start this one state machine and nothing else', () => {
-    const machineId = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'))[0]!;
+  it('lets the upload trigger start the persona and batch workflows, and read their executions\u2019 status, and nothing else', () => {
+    const machines = Object.entries(template.findResources('AWS::StepFunctions::StateMachine'));
+    const idOf = (name: string) => machines.find(([, m]) => m.Properties.StateMachineName === name)![0];
+    const [persona, batch] = [idOf('PersonaAvatars'), idOf('PersonaAvatars-Batch')];
     const states = statementsOf('start-from-upload').filter((s) => String(s.Action).includes('states:'));
-    expect(states).toEqual([expect.objectContaining({ Action: 'states:StartExecution', Effect: 'Allow', Resource: { Ref: machineId } })]);
-    expect(stageFunctions()['start-from-upload']!.Properties.Environment.Variables.STATE_MACHINE_ARN).toEqual({ Ref: machineId });
+    const text = JSON.stringify(states);
+    expect([...new Set(states.flatMap((s) => [s.Action].flat()))].sort()).toEqual(['states:DescribeExecution', 'states:StartExecution']);
+    expect(text).toContain(persona);
+    expect(text).toContain(batch);
+    const variables = stageFunctions()['start-from-upload']!.Properties.Environment.Variables;
+    expect(variables.STATE_MACHINE_ARN).toEqual({ Ref: persona });
+    expect(variables.BATCH_STATE_MACHINE_ARN).toEqual({ Ref: batch });
     for (const stage of stageNames.filter((s) => s !== 'start-from-upload')) {
       expect(JSON.stringify(statementsOf(stage)), stage).not.toContain('states:');
     }
@@ -274,5 +281,34 @@ describe('the state machine definition', () => {
     const walk = (v: unknown) => (typeof v === 'object' && v ? Object.values(v).forEach(walk) : leaves.push(String(v)));
     walk(parameters);
     for (const leaf of leaves) expect(leaf.length).toBeLessThan(200);
+  });
+});
+
+describe('the synthesized batch workflow', () => {
+  const batch = workflowFromTemplate(template.toJSON() as never, 'PersonaAvatars-Batch');
+  const batchStates = Object.fromEntries(allStates(batch.definition));
+  const map = batchStates.RunPersonas!;
+
+  it('reads the personas with a Distributed Map from the JSON Lines items file in S3', () => {
+    expect(map.Type).toBe('Map');
+    expect(map.ItemProcessor).toMatchObject({ ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' } });
+    expect(map.ItemReader).toMatchObject({ Resource: 'arn:aws:states:::s3:getObject', ReaderConfig: { InputType: 'JSONL' }, Parameters: { 'Key.$': '$.plan.itemsKey' } });
+  });
+
+  it('runs each persona as a child execution of the persona workflow, named from its request', () => {
+    const run = batchStates.RunPersona!;
+    expect(run.Resource).toBe('arn:aws:states:::states:startExecution.sync:2');
+    expect(run.Parameters).toEqual({ StateMachineArn: workflowFromTemplate(template.toJSON() as never).stateMachineArn, 'Name.$': '$.name', 'Input.$': '$.input' });
+    // Each waits for its turn first: the pacing to the account's image rate.
+    expect(batchStates.WaitTurn).toMatchObject({ Type: 'Wait', TimestampPath: '$.notBefore', Next: 'RunPersona' });
+  });
+
+  it('tolerates any number of failed personas, each caught and reported, and writes the results to S3', () => {
+    expect(map.ToleratedFailurePercentage).toBe(100);
+    expect(caughtOn(batchStates.RunPersona!)).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'PersonaFailed' })]);
+    expect(map.ResultWriter).toMatchObject({ Resource: 'arn:aws:states:::s3:putObject', Parameters: { 'Prefix.$': '$.plan.resultsPrefix' } });
+    expect(map.MaxConcurrencyPath).toBe('$.plan.concurrency');
+    expect(map.Next).toBe('ReportBatch');
+    expect(batch.taskStages).toEqual({ PlanBatch: 'plan-batch', ReportBatch: 'report-batch' });
   });
 });

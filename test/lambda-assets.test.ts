@@ -77,6 +77,8 @@ describe('the bundled Lambda assets', () => {
       'generate-base': ['s3', 'openai', 'secrets'],
       'generate-grid': ['s3', 'openai', 'secrets'],
       'start-from-upload': ['s3', 'sfn'],
+      'plan-batch': ['s3'],
+      'report-batch': ['s3'],
     };
     for (const stage of stageNames) {
       const code = readFileSync(join(assetOf(stage), 'index.js'), 'utf8');

@@ -18,14 +18,15 @@ async function statuses(world: NonNullable<typeof env>) {
 }
 
 describe('runs sharing an account\u2019s image rate limit', () => {
-  it('publishes every persona of an upload when the API allows fewer images a minute than they ask at once', async () => {
-    // 6 personas at once, 2 images each, against 120 images a minute: 429s with retry-after-ms
-    // are waited out inside the image call, not counted against the state machine's retries.
-    env = await startTestEnvironment({ stepFunctions: {}, imagesPerMinute: 120, env: { IMAGE_TIMEOUT_MS: '30000' } });
-    const lines = Array.from({ length: 6 }, (_, i) => JSON.stringify({ ...persona, id: `persona-${i}` })).join('\n');
-    await env.deps.store.put('personas/team.jsonl', lines, 'application/x-ndjson');
-    const [outcome] = await startFromUpload(uploaded(env.deps.store.bucket, 'personas/team.jsonl'), env.deps);
-    expect(outcome!.started).toHaveLength(6);
+  it('publishes every persona uploaded at once when the API allows fewer images a minute than they ask', async () => {
+    // 6 personas at once, 2 images each, against 120 images a minute, and no pacing of our own
+    // (IMAGES_PER_MINUTE far above it): 429s with retry-after-ms are waited out inside the image
+    // call, not counted against the state machine's retries.
+    env = await startTestEnvironment({ stepFunctions: {}, imagesPerMinute: 120, env: { IMAGE_TIMEOUT_MS: '30000', IMAGES_PER_MINUTE: '100000' } });
+    const keys = Array.from({ length: 6 }, (_, i) => `personas/persona-${i}.json`);
+    for (const [i, key] of keys.entries()) await env.deps.store.putJson(key, { ...persona, id: `persona-${i}` });
+    const outcomes = await startFromUpload({ Records: keys.flatMap((key) => uploaded(env!.deps.store.bucket, key).Records!) }, env.deps);
+    expect(outcomes.flatMap((o) => o.started)).toHaveLength(6);
     await env.stepFunctions!.settled();
     expect(await statuses(env)).toEqual(Array(6).fill('SUCCEEDED'));
     // 12 images were drawn; the requests beyond those were refused with 429 and asked again.

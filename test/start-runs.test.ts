@@ -7,7 +7,8 @@ import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand,
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
-import { EXECUTION_NAME_PATTERN, executionName, startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import { EXECUTION_NAME_PATTERN, executionName } from '../lambdas/shared/run-name.ts';
 import { historyReader } from '../local/follow.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { avatars, cliPath, eventsDir, persona, startTestEnvironment } from './support.ts';
@@ -72,7 +73,7 @@ describe('the upload trigger', () => {
     expect(await executions(world)).toHaveLength(1);
   });
 
-  it('starts N-1 executions for a JSON Lines file of N personas with one bad line, and reports that line', async () => {
+  it('starts one batch for a JSON Lines file, reports its bad line, and the batch publishes the rest', async () => {
     const world = await startWorld();
     const text = [
       line({ ...persona, id: 'p1' }),
@@ -83,15 +84,36 @@ describe('the upload trigger', () => {
     ].join('\n');
     await world.deps.store.put('personas/team.jsonl', text, 'application/x-ndjson');
     const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/team.jsonl'), world.deps);
-    expect(outcome!.started.map((s) => s.personaId).sort()).toEqual(['p1', 'p2', 'p4']);
-    expect(await executions(world)).toHaveLength(3);
+    expect(outcome!.batch).toMatchObject({ name: expect.stringMatching(/^team-[0-9a-f]{16}$/), existing: false, personas: 3 });
     expect(await keysUnder(world, 'rejected/')).toEqual(['rejected/personas/team.jsonl.error.json']);
-    const report = JSON.parse(await world.deps.store.getText('rejected/personas/team.jsonl.error.json'));
-    expect(report).toMatchObject({ key: 'personas/team.jsonl', problems: [{ line: 3, field: 'persona.gender' }] });
-    expect(report.problems).toHaveLength(1);
+    const rejected = JSON.parse(await world.deps.store.getText('rejected/personas/team.jsonl.error.json'));
+    expect(rejected).toMatchObject({ key: 'personas/team.jsonl', problems: [{ line: 3, field: 'persona.gender' }] });
+    expect(rejected.problems).toHaveLength(1);
+    await world.stepFunctions!.settled();
+    const report = JSON.parse(await world.deps.store.getText(`batches/${outcome!.batch!.name}/report.json`));
+    expect(report.personas.map((p: { line: number; personaId?: string; status: string }) => [p.line, p.personaId, p.status])).toEqual([
+      [1, 'p1', 'SUCCEEDED'],
+      [2, 'p2', 'SUCCEEDED'],
+      [3, undefined, 'SKIPPED'],
+      [5, 'p4', 'SUCCEEDED'],
+    ]);
+    expect(report.personas[3].avatars).toHaveLength(8);
     // The upload itself is kept as it was.
     expect(await world.deps.store.getText('personas/team.jsonl')).toBe(text);
+  });
+
+  it('starts a JSON Lines file once when S3 delivers it twice', async () => {
+    const world = await startWorld();
+    await world.deps.store.put('personas/pair.jsonl', [line({ ...persona, id: 'p1' }), line({ ...persona, id: 'p2' })].join('\n'), 'application/x-ndjson');
+    const event = notification(world.deps.store.bucket, 'personas/pair.jsonl');
+    const [first] = await startFromUpload(event, world.deps);
+    const [second] = await startFromUpload(event, world.deps);
+    // Step Functions answers a second start of a running execution, same name and input, with it.
+    expect(second!.batch!.executionArn).toBe(first!.batch!.executionArn);
     await world.stepFunctions!.settled();
+    const batches = await world.deps.sfn.send(new ListExecutionsCommand({ stateMachineArn: world.deps.settings.batchStateMachineArn! }));
+    expect(batches.executions).toHaveLength(1);
+    expect(await executions(world)).toHaveLength(2);
   });
 
   it('reports a file that is not JSON and starts nothing', async () => {

@@ -9,12 +9,18 @@
  *   avatars/{personaId}/runs/{runId}/manifest.json that run's manifest
  *   avatars/{personaId}/manifest.json         the current manifest: a copy of the latest run's
  *   avatars/{personaId}/failures/{runId}.json why a run failed
+ *   batches/{batchId}/personas.jsonl          a batch's file, when not uploaded under personas/
+ *   batches/{batchId}/items.jsonl             the personas the batch runs, each with its turn
+ *   batches/{batchId}/plan.json               what it skips (bad lines, duplicates, published)
+ *   batches/{batchId}/results/...             the Map Run's results (Step Functions' ResultWriter)
+ *   batches/{batchId}/report.json, index.html one entry per persona; a contact sheet
  */
 export const Prefixes = {
   personas: 'personas/',
   rejected: 'rejected/',
   runs: 'runs/',
   avatars: 'avatars/',
+  batches: 'batches/',
 } as const;
 
 export type TileFormat = 'png' | 'webp' | 'jpeg';
@@ -58,4 +64,16 @@ export const SUPERSEDED_TAG = { key: 'avatar-run', value: 'superseded' } as cons
 
 export function rejectedKey(uploadKey: string): string {
   return `${Prefixes.rejected}${uploadKey}.error.json`;
+}
+
+export function batchKeys(batchId: string) {
+  const root = `${Prefixes.batches}${batchId}`;
+  return {
+    personas: `${root}/personas.jsonl`,
+    items: `${root}/items.jsonl`,
+    plan: `${root}/plan.json`,
+    results: `${root}/results`,
+    report: `${root}/report.json`,
+    index: `${root}/index.html`,
+  };
 }

@@ -113,6 +113,20 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
   return error instanceof Error ? error : new Error(String(error));
 }
 
+/**
+ * Image calls made by this process keep to the account's rate among themselves: each takes the
+ * next free slot, IMAGES_PER_MINUTE apart. A batch's turns (plan-batch) pace calls across
+ * Lambdas; this spaces the calls that share a process (all of a local batch's), which would
+ * otherwise arrive in bursts the API answers 429 to.
+ */
+let nextSlotAt = 0;
+async function takeSlot(images: number, perMinute: number): Promise<void> {
+  const now = Date.now();
+  const at = Math.max(now, nextSlotAt);
+  nextSlotAt = at + (images * 60_000) / perMinute;
+  if (at > now) await new Promise((resolve) => setTimeout(resolve, at - now));
+}
+
 type Call = (api: OpenAI, model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;
 
 /** OpenAI's moderation model: free to call. */
@@ -155,6 +169,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       const model = chain[i]!;
       let answer: OpenAI.ImagesResponse;
       try {
+        await takeSlot(request.n, settings.imagesPerMinute);
         answer = await call(api, model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
         const wait = waitAsked(error);

@@ -42,6 +42,35 @@ function problemOf(error: unknown, at: Pick<Problem, 'line' | 'item'>, idFrom: s
   throw error;
 }
 
+const BOM = /^\uFEFF/;
+
+export type PersonaLine = { line: number; request: RunRequest } | { line: number; problem: Problem };
+
+/** One line of a JSON Lines file (from 1): a run request, what is wrong with it, or nothing if blank. */
+export function parsePersonaLine(text: string, line: number): PersonaLine | undefined {
+  if (!text.trim()) return undefined;
+  try {
+    const value = JSON.parse(text) as unknown;
+    const request = value && typeof value === 'object' && 'persona' in value ? value : { persona: value };
+    return { line, request: parseRunRequest(request) };
+  } catch (error) {
+    return { line, problem: problemOf(error, { line }, undefined) };
+  }
+}
+
+/**
+ * A JSON Lines file read as it arrives: memory holds one line at a time, so a file of any
+ * length is checked in the same space.
+ */
+export async function* readPersonaLines(lines: AsyncIterable<string>): AsyncGenerator<PersonaLine> {
+  let n = 0;
+  for await (const text of lines) {
+    n++;
+    const parsed = parsePersonaLine(n === 1 ? text.replace(BOM, '') : text, n);
+    if (parsed) yield parsed;
+  }
+}
+
 /** A persona file's run requests, and what is wrong with the rest. */
 export function parsePersonaFile(name: string, text: string): { requests: RunRequest[]; problems: Problem[] } {
   const requests: RunRequest[] = [];
@@ -62,15 +91,12 @@ export function parsePersonaFile(name: string, text: string): { requests: RunReq
     }
   };
   // Editors on Windows save JSON with a byte-order mark, which JSON.parse refuses.
-  const body = text.replace(/^\uFEFF/, '');
+  const body = text.replace(BOM, '');
   if (kind === 'jsonl') {
     body.split(/\r?\n/).forEach((line, i) => {
-      if (!line.trim()) return;
-      try {
-        read(JSON.parse(line), { line: i + 1 }, false);
-      } catch (error) {
-        problems.push(problemOf(error, { line: i + 1 }, undefined));
-      }
+      const parsed = parsePersonaLine(line, i + 1);
+      if (parsed && 'request' in parsed) requests.push(parsed.request);
+      else if (parsed) problems.push(parsed.problem);
     });
   } else {
     let value: unknown;

@@ -115,6 +115,15 @@ export const SETTINGS = {
   outputCompression: spec({ scope: 'stage', env: 'OUTPUT_COMPRESSION', context: 'outputCompression', default: '90', doc: 'quality 0-100 of webp and jpeg avatars (the API\'s `output_compression`)', schema: wholeNumber(0, 100) }),
   urlExpirySeconds: spec({ scope: 'stage', env: 'URL_EXPIRY_SECONDS', context: 'urlExpirySeconds', default: String(MAX_PRESIGNED_SECONDS), doc: 'presigned URL lifetime, at most 604800 (7 days)', schema: wholeNumber(1, MAX_PRESIGNED_SECONDS) }),
   stateMachineArn: spec({ scope: 'stage', env: 'STATE_MACHINE_ARN', doc: 'the state machine `avatars start` and the upload trigger start (on AWS: set by the stack)', schema: optionalText }),
+  batchStateMachineArn: spec({ scope: 'stage', env: 'BATCH_STATE_MACHINE_ARN', doc: 'the batch state machine `.jsonl` uploads and `avatars start FILE.jsonl` start (on AWS: set by the stack)', schema: optionalText }),
+  imagesPerMinute: spec({
+    scope: 'stage',
+    env: 'IMAGES_PER_MINUTE',
+    context: 'imagesPerMinute',
+    default: '50',
+    doc: 'the OpenAI account\'s image rate limit (tiers 1-5 of gpt-image-2: 5, 20, 50, 150, 250); batches pace their image calls to it (README: Batches)',
+    schema: wholeNumber(1, 100_000),
+  }),
 
   bucketName: spec({ scope: 'stack', context: 'bucketName', doc: 'import this existing bucket instead of creating one', schema: optionalText }),
   runExpiryDays: spec({ scope: 'stack', context: 'runExpiryDays', default: '7', doc: 'days intermediate files under `runs/` are kept', schema: wholeNumber(1, 3650) }),

@@ -1,4 +1,6 @@
-import { DescribeExecutionCommand, ExecutionAlreadyExists, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { DescribeExecutionCommand, ExecutionAlreadyExists, SFNClient, StartExecutionCommand, type ExecutionStatus } from '@aws-sdk/client-sfn';
+
+import { attemptName, MAX_ATTEMPTS } from './run-name.ts';
 
 type Env = Record<string, string | undefined>;
 
@@ -27,11 +29,10 @@ export function executionArn(stateMachineArn: string, name: string): string {
   return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
 }
 
-/** Attempts of one request: `name`, then `name-2` … up to this. */
-export const MAX_ATTEMPTS = 9;
+/** Whether an earlier attempt in this state stands for the request: running, or done with it. */
+export type Settled = (status: ExecutionStatus | undefined, name: string) => boolean | Promise<boolean>;
 
-/** The name of attempt `n` of a request named `name`. */
-export const attemptName = (name: string, n: number) => (n === 1 ? name : `${name}-${n}`);
+const runningOrSucceeded: Settled = (status) => status === 'RUNNING' || status === 'SUCCEEDED' || status === 'PENDING_REDRIVE';
 
 /**
  * Starts the request named `name` unless an attempt of it is running or has succeeded: a repeated
@@ -46,6 +47,7 @@ export async function startOnce(
   stateMachineArn: string,
   name: string,
   input: unknown,
+  settled: Settled = runningOrSucceeded,
 ): Promise<{ executionArn: string; existing: boolean; attempt: number }> {
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const arn = executionArn(stateMachineArn, attemptName(name, attempt));
@@ -55,7 +57,7 @@ export async function startOnce(
     } catch (error) {
       if (!(error instanceof ExecutionAlreadyExists)) throw error;
       const { status } = await sfn.send(new DescribeExecutionCommand({ executionArn: arn }));
-      if (status === 'RUNNING' || status === 'SUCCEEDED' || status === 'PENDING_REDRIVE') return { executionArn: arn, existing: true, attempt };
+      if (await settled(status, attemptName(name, attempt))) return { executionArn: arn, existing: true, attempt };
     }
   }
   throw new Error(`${name}: ${MAX_ATTEMPTS} attempts have failed; start it under a name of your own (avatars start --name) once the cause is fixed`);

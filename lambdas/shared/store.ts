@@ -1,3 +1,5 @@
+import type { Readable } from 'node:stream';
+import { createInterface } from 'node:readline';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -38,6 +40,12 @@ export class ObjectStore {
   async getBytes(key: string): Promise<Buffer> {
     const answer = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
     return Buffer.from(await answer.Body!.transformToByteArray());
+  }
+
+  /** The object's lines as they arrive, without holding the whole object. */
+  async *lines(key: string): AsyncGenerator<string> {
+    const answer = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+    yield* createInterface({ input: answer.Body as Readable, crlfDelay: Infinity });
   }
 
   async getText(key: string): Promise<string> {

@@ -1,15 +1,18 @@
 /**
  * The upload trigger: persona files put under personas/ start runs. Each persona is validated
  * before anything is spent, and started under a name derived from its id and content, so a
- * notification S3 delivers twice starts one execution. What cannot start gets a report under
+ * notification S3 delivers twice starts one execution; a JSON Lines file starts one batch, named
+ * from its content, that runs them all at the account's image rate. What cannot start gets a report under
  * rejected/ naming the file, line and field; the upload itself is never touched.
  */
-import { createHash } from 'node:crypto';
 import { ConfigurationError } from '../shared/errors.ts';
-import { Prefixes, rejectedKey } from '../shared/keys.ts';
+import { batchKeys, Prefixes, rejectedKey } from '../shared/keys.ts';
+import type { BatchReport } from '../report-batch/core.ts';
 import type { RunRequest } from '../shared/persona.ts';
-import { parsePersonaFile, personaFileKind, type Problem } from '../shared/run-input.ts';
-import { startOnce } from '../shared/sfn.ts';
+import { idFromFileName, parsePersonaFile, personaFileKind, readPersonaLines, type Problem } from '../shared/run-input.ts';
+import { batchName, contentHash, executionName } from '../shared/run-name.ts';
+import { startOnce, type Settled } from '../shared/sfn.ts';
+import { inPool } from '../shared/pool.ts';
 import { isMissingObject } from '../shared/store.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
@@ -28,39 +31,12 @@ export interface UploadOutcome {
   alreadyStarted: { personaId: string; name: string }[];
   rejected: Problem[];
   reportKey?: string;
+  /** A JSON Lines upload: its batch, new or already running. */
+  batch?: { name: string; executionArn: string; existing: boolean; attempt: number; personas: number };
 }
-
-/** Step Functions allows 80 characters; these are also safe in keys, logs and URLs. */
-export const EXECUTION_NAME_PATTERN = /^[A-Za-z0-9_-]{1,80}$/;
-const HASH_LENGTH = 16;
-/** Room for an attempt's suffix ("-9") within the 80 characters Step Functions allows. */
-const ATTEMPT_SUFFIX = 2;
 
 /** Starts at once per upload: a large JSON Lines file stays well inside the function's time. */
 const START_CONCURRENCY = 8;
-
-/** JSON with sorted keys: the same persona hashes the same whatever order its fields came in. */
-function canonical(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const entries = Object.entries(value).filter(([, v]) => v !== undefined);
-    return `{${entries
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-      .map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(value);
-}
-
-/**
- * `{personaId}-{hash of the request}`: the same request always gets the same, valid name. The
- * request is hashed as asked (no deployment default filled in), so every way of starting it agrees.
- */
-export function executionName(request: RunRequest): string {
-  const hash = createHash('sha256').update(canonical(request)).digest('hex').slice(0, HASH_LENGTH);
-  const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80 - HASH_LENGTH - 1 - ATTEMPT_SUFFIX);
-  return `${id}-${hash}`;
-}
 
 function uploadedKeys(event: S3Notification, deps: TriggerDeps): string[] {
   return (event.Records ?? [])
@@ -86,29 +62,76 @@ async function startRun(deps: TriggerDeps, stateMachineArn: string, request: Run
   else outcome.started.push({ personaId, name: started, executionArn, attempt });
 }
 
-async function startAll(deps: TriggerDeps, stateMachineArn: string, requests: RunRequest[], outcome: UploadOutcome): Promise<void> {
-  const queue = [...requests];
-  const worker = async () => {
-    for (let request = queue.shift(); request; request = queue.shift()) await startRun(deps, stateMachineArn, request, outcome);
-  };
-  await Promise.all(Array.from({ length: Math.min(START_CONCURRENCY, queue.length) }, worker));
+async function startEach(deps: TriggerDeps, key: string, outcome: UploadOutcome): Promise<void> {
+  const stateMachineArn = deps.settings.stateMachineArn;
+  if (!stateMachineArn) throw new ConfigurationError('STATE_MACHINE_ARN is not set: the upload trigger does not know which workflow to start');
+  const text = await deps.store.getText(key);
+  const { requests, problems } = personaFileKind(key)
+    ? parsePersonaFile(key, text)
+    : { requests: [], problems: [{ field: '(file)', message: 'not a persona file: name it .json (one persona) or .jsonl (one per line)' }] };
+  outcome.rejected.push(...problems);
+  await inPool(requests, START_CONCURRENCY, (request) => startRun(deps, stateMachineArn, request, outcome));
 }
 
-async function handleUpload(deps: TriggerDeps, stateMachineArn: string, key: string): Promise<UploadOutcome | undefined> {
-  let text: string;
+/** A batch that ran to its end with every persona published or skipped stands; any other is run again. */
+export function batchSettled(store: TriggerDeps['store']): Settled {
+  return async (status, name) => {
+    if (status === 'RUNNING' || status === 'PENDING_REDRIVE') return true;
+    if (status !== 'SUCCEEDED') return false;
+    const report = await store.getJsonIfExists<Pick<BatchReport, 'counts'>>(batchKeys(name).report);
+    return report?.counts.FAILED === 0;
+  };
+}
+
+/** Starts the batch `name` of the JSON Lines file at `personasKey`, unless it is running or done. */
+export async function startBatch(deps: Pick<TriggerDeps, 'store' | 'sfn'>, batchArn: string, name: string, personasKey: string) {
+  return startOnce(deps.sfn, batchArn, name, { personasKey }, batchSettled(deps.store));
+}
+
+/** Problems listed per upload; past this many only their number is kept, so any file fits. */
+const MAX_PROBLEMS = 1000;
+
+/**
+ * A JSON Lines upload: every line checked as it streams (bad ones reported by line number), then
+ * one batch started for the valid ones, which the batch workflow reads from the same file.
+ */
+async function startBatchFromUpload(deps: TriggerDeps, batchArn: string, key: string, outcome: UploadOutcome): Promise<void> {
+  const hash = contentHash();
+  let valid = 0;
+  let more = 0;
+  const lines = async function* () {
+    for await (const line of deps.store.lines(key)) {
+      hash.add(line);
+      yield line;
+    }
+  };
+  for await (const parsed of readPersonaLines(lines())) {
+    if ('request' in parsed) valid++;
+    else if (outcome.rejected.length < MAX_PROBLEMS) outcome.rejected.push(parsed.problem);
+    else more++;
+  }
+  if (more > 0) outcome.rejected.push({ field: '(file)', message: `${more} more lines are not valid personas` });
+  if (valid === 0) {
+    if (outcome.rejected.length === 0) outcome.rejected.push({ field: '(file)', message: 'no personas in the file: write one persona per line' });
+    return;
+  }
+  const { executionArn, existing, attempt } = await startBatch(deps, batchArn, batchName(idFromFileName(key), hash.hex()), key);
+  outcome.batch = { name: executionArn.split(':').at(-1)!, executionArn, existing, attempt, personas: valid };
+}
+
+async function handleUpload(deps: TriggerDeps, key: string): Promise<UploadOutcome | undefined> {
+  const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: [] };
+  const batchArn = deps.settings.batchStateMachineArn;
   try {
-    text = await deps.store.getText(key);
+    if (batchArn && personaFileKind(key) === 'jsonl') await startBatchFromUpload(deps, batchArn, key, outcome);
+    else await startEach(deps, key, outcome);
   } catch (error) {
     // Deleted before this delivery reached us: nothing to start.
     if (!isMissingObject(error)) throw error;
     deps.logger.warn('uploaded persona file is gone', { key });
     return undefined;
   }
-  const { requests, problems } = personaFileKind(key)
-    ? parsePersonaFile(key, text)
-    : { requests: [], problems: [{ field: '(file)', message: 'not a persona file: name it .json (one persona) or .jsonl (one per line)' }] };
-  const outcome: UploadOutcome = { key, started: [], alreadyStarted: [], rejected: problems };
-  await startAll(deps, stateMachineArn, requests, outcome);
+  const problems = outcome.rejected;
   const reportKey = rejectedKey(key);
   if (problems.length === 0) {
     // A corrected upload: the report about its earlier version no longer applies.
@@ -121,6 +144,7 @@ async function handleUpload(deps: TriggerDeps, stateMachineArn: string, key: str
     rejectedAt: new Date().toISOString(),
     problems,
     started: [...outcome.started, ...outcome.alreadyStarted].map((s) => s.personaId),
+    ...(outcome.batch ? { batch: outcome.batch.name, batchPersonas: outcome.batch.personas } : {}),
     fix: 'correct what is named here and upload the file again; personas that already started do not start twice',
   });
   deps.logger.warn('upload has invalid personas', { key, reportKey, problems });
@@ -128,11 +152,9 @@ async function handleUpload(deps: TriggerDeps, stateMachineArn: string, key: str
 }
 
 export async function startFromUpload(event: S3Notification, deps: TriggerDeps): Promise<UploadOutcome[]> {
-  const stateMachineArn = deps.settings.stateMachineArn;
-  if (!stateMachineArn) throw new ConfigurationError('STATE_MACHINE_ARN is not set: the upload trigger does not know which workflow to start');
   const outcomes: UploadOutcome[] = [];
   for (const key of uploadedKeys(event, deps)) {
-    const outcome = await handleUpload(deps, stateMachineArn, key);
+    const outcome = await handleUpload(deps, key);
     if (outcome) outcomes.push(outcome);
   }
   return outcomes;

@@ -1,4 +1,6 @@
 import { join, resolve } from 'node:path';
+import type { PublishResult } from '../../lambdas/publish/core.ts';
+import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { startFromUpload, type S3Notification } from '../../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment } from '../environment.ts';
 import { parseFaults } from '../offline-openai.ts';
@@ -20,7 +22,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const env: LocalEnvironment = await startLocalEnvironment({
     // Uploads here start local executions, never a deployed state machine.
-    env: { ...process.env, STATE_MACHINE_ARN: undefined },
+    env: { ...process.env, STATE_MACHINE_ARN: undefined, BATCH_STATE_MACHINE_ARN: undefined },
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
     latencyMs: flags.latency,
@@ -31,11 +33,17 @@ export async function devCommand(flags: DevFlags): Promise<number> {
         log(`[${execution.name}] ${describe(event).trimStart()}`);
       },
       onEnd: async (execution) => {
-        const outcome = execution.outcome!;
-        if (outcome.status === 'FAILED') {
-          log(`✗ [${execution.name}] failed: ${outcome.error}: ${outcome.cause}`);
+        const ended = execution.outcome!;
+        if (ended.status === 'FAILED') {
+          log(`✗ [${execution.name}] failed: ${ended.error}: ${ended.cause}`);
           return;
         }
+        if (execution.machine === 'batch') {
+          const { counts, reportKey, indexKey } = ended.output as BatchSummary;
+          log(`✓ [${execution.name}] batch: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; report ${reportKey}, contact sheet ${indexKey}`);
+          return;
+        }
+        const outcome = { ...ended, output: ended.output as PublishResult };
         const outDir = resolve(flags.out, outcome.output.personaId);
         try {
           await saveOutputs(env.deps.store, outcome.output, outDir);
@@ -58,6 +66,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
     startFromUpload(event, deps)
       .then((outcomes) => {
         for (const o of outcomes) {
+          if (o.batch) log(`${o.key}: ${o.batch.existing ? 'batch already running or done' : 'started batch'} ${o.batch.name} (${o.batch.personas} personas)`);
           for (const s of o.started) log(`${o.key}: started ${s.name}`);
           for (const s of o.alreadyStarted) log(`${o.key}: ${s.personaId} unchanged, already started as ${s.name}`);
           for (const p of o.rejected) log(`${o.key}: rejected${p.line ? ` line ${p.line}` : ''}: ${p.message} (report: ${o.reportKey})`);
@@ -68,7 +77,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
   const bucket = deps.store.bucket;
   process.stdout.write(
     [
-      `avatars dev: runs the workflow for every persona file put under s3://${bucket}/personas/ (.json, or .jsonl for many)`,
+      `avatars dev: runs the workflow for every persona file put under s3://${bucket}/personas/ (.json; a .jsonl file runs as one batch)`,
       `  S3 endpoint: ${embeddedS3.endpoint} (bucket ${bucket}, data in ${join(flags.data, 's3')}, keys ${embeddedS3.accessKey}/${embeddedS3.secretKey})`,
       `  Step Functions endpoint: ${stepFunctions.endpoint} (state machine ${stepFunctions.stateMachineArn})`,
       `  upload: curl -T events/persona.json ${embeddedS3.endpoint}/${bucket}/personas/ada-lovelace.json`,

@@ -1,3 +1,5 @@
+import type { PublishResult } from '../../lambdas/publish/core.ts';
+import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { readFile } from 'node:fs/promises';
 import { stageNames, stages, type StageName } from '../../lambdas/stages.ts';
 import type { Deps } from '../../lambdas/shared/stage.ts';
@@ -31,7 +33,12 @@ export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<
   const stepFunctions: LocalEnvironmentOptions['stepFunctions'] = {
     onEnd: (execution) => {
       const outcome = execution.outcome!;
-      const detail = outcome.status === 'SUCCEEDED' ? `${outcome.output.images.length} avatars, manifest ${outcome.output.manifestKey}` : `${outcome.error}: ${outcome.cause}`;
+      const output = outcome.status === 'SUCCEEDED' ? (outcome.output as Partial<PublishResult & BatchSummary>) : undefined;
+      const detail = !output
+        ? `${outcome.status === 'FAILED' ? `${outcome.error}: ${outcome.cause}` : ''}`
+        : output.counts
+          ? `batch: ${output.counts.SUCCEEDED} published, ${output.counts.FAILED} failed, ${output.counts.SKIPPED} skipped, report ${output.reportKey}`
+          : `${output.images!.length} avatars, manifest ${output.manifestKey}`;
       process.stderr.write(`execution ${execution.name}: ${outcome.status}, ${detail}\n`);
     },
   };

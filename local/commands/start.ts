@@ -1,8 +1,15 @@
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import { customSfnEndpoint, sfnClientFromEnv, startOnce } from '../../lambdas/shared/sfn.ts';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
-import { executionName } from '../../lambdas/start-from-upload/core.ts';
+import { executionName } from '../../lambdas/shared/run-name.ts';
 import { consoleUrl, followExecution } from '../follow.ts';
+import { readBatchFile } from '../batch-file.ts';
+import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
+import { batchKeys } from '../../lambdas/shared/keys.ts';
+import { describeProblem, personaFileKind } from '../../lambdas/shared/run-input.ts';
+import { storeClient } from '../../lambdas/shared/s3.ts';
+import { settingsFromEnv } from '../../lambdas/shared/settings.ts';
+import { startBatch } from '../../lambdas/start-from-upload/core.ts';
 import { describe, readRunInput, resultLines, UsageError } from './common.ts';
 
 export interface FollowFlags {
@@ -14,6 +21,8 @@ export interface StartFlags extends FollowFlags {
   images?: number;
   mode?: string;
   stateMachineArn?: string;
+  batchStateMachineArn?: string;
+  bucket?: string;
   name?: string;
   wait?: boolean;
 }
@@ -34,7 +43,41 @@ export async function statusCommand(executionArn: string, flags: FollowFlags): P
   return followAndReport(sfnClientFromEnv(process.env, executionArn), executionArn, flags);
 }
 
+/**
+ * A JSON Lines file starts one batch: the file is put under batches/{name}/ in the stack's bucket
+ * and the batch state machine started under the name an upload of it gets, so it runs once.
+ */
+async function startBatchCommand(file: string, flags: StartFlags): Promise<number> {
+  const batch = await readBatchFile(file, flags);
+  for (const problem of batch.problems) process.stderr.write(`✗ ${file}: ${describeProblem(problem)}\n`);
+  if (batch.personas === 0) throw new UsageError(`${file}: no valid personas: nothing to start`);
+  const batchArn = flags.batchStateMachineArn ?? process.env.BATCH_STATE_MACHINE_ARN;
+  const bucket = flags.bucket ?? process.env.S3_BUCKET_NAME;
+  if (!batchArn || !bucket) {
+    throw new UsageError('a batch needs the stack\'s BatchStateMachineArn and BucketName outputs: pass --batch-state-machine-arn and --bucket, or set BATCH_STATE_MACHINE_ARN and S3_BUCKET_NAME');
+  }
+  const env = { ...process.env, S3_BUCKET_NAME: bucket };
+  const { store } = storeClient(env, settingsFromEnv(env));
+  const sfn = sfnClientFromEnv(process.env, batchArn);
+  const personasKey = batchKeys(batch.name).personas;
+  await store.put(personasKey, batch.body, 'application/x-ndjson');
+  const { executionArn, existing } = await startBatch({ store, sfn }, batchArn, batch.name, personasKey);
+  const url = consoleUrl(executionArn, !!customSfnEndpoint());
+  process.stdout.write(`${existing ? 'batch already running, or done with every persona published' : 'started batch'}: ${executionArn}\n${url ? `console: ${url}\n` : ''}`);
+  if (!flags.wait) return 0;
+  const end = await followExecution({ sfn, executionArn, pollMs: flags.pollInterval, onProgress: (event) => event.index === undefined && process.stderr.write(`${describe(event)}\n`) });
+  if (end.status !== 'SUCCEEDED') {
+    process.stderr.write(`\n✗ batch ${executionArn} ${end.status}: ${end.error}: ${end.cause}\n`);
+    return 1;
+  }
+  const { counts, reportKey, indexKey } = end.output as BatchSummary;
+  if (flags.json) process.stdout.write(`${JSON.stringify({ executionArn, ...(end.output as BatchSummary) }, null, 2)}\n`);
+  else process.stdout.write(`${counts.FAILED === 0 ? '✓' : '✗'} ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; report s3://${bucket}/${reportKey}, contact sheet s3://${bucket}/${indexKey}\n`);
+  return counts.FAILED === 0 ? 0 : 1;
+}
+
 export async function startCommand(personaFile: string, flags: StartFlags): Promise<number> {
+  if (personaFileKind(personaFile) === 'jsonl') return startBatchCommand(personaFile, flags);
   const request = await readRunInput(personaFile, flags);
   const stateMachineArn = flags.stateMachineArn ?? process.env.STATE_MACHINE_ARN;
   if (!stateMachineArn) {

@@ -1,0 +1,120 @@
+import { RemovalPolicy, Stack } from 'aws-cdk-lib';
+import type { IFunction } from 'aws-cdk-lib/aws-lambda';
+import { LogGroup } from 'aws-cdk-lib/aws-logs';
+import type { IBucket } from 'aws-cdk-lib/aws-s3';
+import {
+  Choice,
+  Condition,
+  DefinitionBody,
+  DistributedMap,
+  IntegrationPattern,
+  JsonPath,
+  LogLevel,
+  Pass,
+  Result,
+  ResultWriterV2,
+  S3JsonLItemReader,
+  StateMachine,
+  StateMachineType,
+  TaskInput,
+  Wait,
+  WaitTime,
+  type IStateMachine,
+} from 'aws-cdk-lib/aws-stepfunctions';
+import { StepFunctionsStartExecution } from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import { Construct } from 'constructs';
+import { plainStageRetries, retryStartExecution } from './error-policy.ts';
+import { stageTask } from './workflow.ts';
+
+export interface AvatarBatchProps {
+  bucket: IBucket;
+  /** The per-persona workflow each line runs as. */
+  personaWorkflow: IStateMachine;
+  planBatch: IFunction;
+  reportBatch: IFunction;
+  logRetentionDays: number;
+}
+
+/** The item a child workflow gets (plan-batch's BatchItem) and what it returns, for the report. */
+const ITEM = {
+  personaId: JsonPath.stringAt('$.personaId'),
+  line: JsonPath.numberAt('$.line'),
+  name: JsonPath.stringAt('$.name'),
+};
+
+/**
+ * The batch workflow: thousands of personas from one JSON Lines file, as child executions of
+ * the per-persona workflow, paced to the account's image rate limit.
+ *
+ *   PlanBatch ─► AnythingToRun? ─► RunPersonas (Distributed Map over batches/{id}/items.jsonl):
+ *                     │               WaitTurn (until the item's turn) ─► RunPersona (startExecution.sync:2)
+ *                     │                 ─► PersonaDone | (any error) PersonaFailed
+ *                     │             results ─► batches/{id}/results/ (ResultWriter)
+ *                     └──(nothing)──► NothingToRun
+ *             ─► ReportBatch (batches/{id}/report.json, index.html)
+ *
+ * A persona's failure is its own: caught in its child workflow and reported, never the batch's.
+ */
+export class AvatarBatch extends Construct {
+  readonly stateMachine: StateMachine;
+
+  constructor(scope: Construct, id: string, props: AvatarBatchProps) {
+    super(scope, id);
+    const planBatch = stageTask(this, 'PlanBatch', {
+      stage: 'plan-batch',
+      fn: props.planBatch,
+      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName },
+      retries: plainStageRetries,
+      resultPath: '$.plan',
+    });
+
+    // Each persona's turn comes when the image calls of those before it fit in the rate limit.
+    const waitTurn = new Wait(this, 'WaitTurn', { time: WaitTime.timestampPath('$.notBefore') });
+    // Named from the request (or its next attempt), so a persona already published never runs again.
+    const runPersona = new StepFunctionsStartExecution(this, 'RunPersona', {
+      stateMachine: props.personaWorkflow,
+      integrationPattern: IntegrationPattern.RUN_JOB,
+      name: JsonPath.stringAt('$.name'),
+      input: TaskInput.fromJsonPathAt('$.input'),
+      resultSelector: { status: 'SUCCEEDED', manifestKey: JsonPath.stringAt('$.Output.manifestKey'), images: JsonPath.objectAt('$.Output.images') },
+      resultPath: '$.outcome',
+    });
+    runPersona.addRetry(retryStartExecution);
+    const personaDone = new Pass(this, 'PersonaDone', { parameters: { ...ITEM, outcome: JsonPath.objectAt('$.outcome') } });
+    const personaFailed = new Pass(this, 'PersonaFailed', {
+      parameters: { ...ITEM, outcome: { status: 'FAILED', error: JsonPath.stringAt('$.failure.Error'), cause: JsonPath.stringAt('$.failure.Cause') } },
+    });
+    runPersona.addCatch(personaFailed, { errors: ['States.ALL'], resultPath: '$.failure' });
+
+    const runPersonas = new DistributedMap(this, 'RunPersonas', {
+      itemReader: new S3JsonLItemReader({ bucket: props.bucket, key: JsonPath.stringAt('$.plan.itemsKey') }),
+      resultWriterV2: new ResultWriterV2({ bucket: props.bucket, prefix: JsonPath.stringAt('$.plan.resultsPrefix') }),
+      // Enough child workflows for the rate limit to be the only brake (plan-batch works it out).
+      maxConcurrencyPath: JsonPath.stringAt('$.plan.concurrency'),
+      toleratedFailurePercentage: 100,
+      mapExecutionType: StateMachineType.STANDARD,
+      label: 'Personas',
+      resultPath: '$.map',
+    }).itemProcessor(waitTurn.next(runPersona.next(personaDone)));
+
+    const reportBatch = stageTask(this, 'ReportBatch', {
+      stage: 'report-batch',
+      fn: props.reportBatch,
+      payload: { plan: JsonPath.objectAt('$.plan'), map: JsonPath.objectAt('$.map') },
+      retries: plainStageRetries,
+    });
+    const nothingToRun = new Pass(this, 'NothingToRun', { result: Result.fromObject({}), resultPath: '$.map' });
+    const anythingToRun = new Choice(this, 'AnythingToRun')
+      .when(Condition.numberGreaterThan('$.plan.toRun', 0), runPersonas.next(reportBatch))
+      .otherwise(nothingToRun.next(reportBatch));
+
+    const logs = new LogGroup(this, 'ExecutionLogs', { retention: props.logRetentionDays, removalPolicy: RemovalPolicy.DESTROY });
+    this.stateMachine = new StateMachine(this, 'StateMachine', {
+      stateMachineName: `${Stack.of(this).stackName}-Batch`,
+      stateMachineType: StateMachineType.STANDARD,
+      definitionBody: DefinitionBody.fromChainable(planBatch.next(anythingToRun)),
+      tracingEnabled: true,
+      logs: { destination: logs, level: LogLevel.ALL, includeExecutionData: false },
+    });
+  }
+}

@@ -1,0 +1,5 @@
+import { storeClient } from '../shared/s3.ts';
+import { lambdaHandler } from '../shared/stage.ts';
+import { planBatch } from './core.ts';
+
+export const handler = lambdaHandler('plan-batch', planBatch, [storeClient]);

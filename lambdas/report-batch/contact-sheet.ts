@@ -1,0 +1,34 @@
+import type { Avatar } from '../plan-batch/core.ts';
+import type { BatchReport } from './core.ts';
+
+export const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+
+/** A page of the whole batch: a row of avatars per persona, and each failure or skip with its reason. */
+export function contactSheet(report: BatchReport, src: (avatar: Avatar) => string = (avatar) => avatar.url ?? avatar.key): string {
+  const rows = report.personas
+    .map((p) => {
+      const who = `<th>${escape(p.personaId ?? `line ${p.line}`)}<small>line ${p.line} · ${p.status}</small></th>`;
+      const body =
+        p.status === 'FAILED'
+          ? `<td class="failed">${escape(`${p.error}: ${p.cause}`)}</td>`
+          : `<td>${(p.avatars ?? []).map((a, i) => `<img src="${escape(src(a))}" alt="avatar ${i + 1}" loading="lazy">`).join('')}${p.reason ? `<p>${escape(p.reason)}</p>` : ''}</td>`;
+      return `<tr class="${p.status.toLowerCase()}">${who}${body}</tr>`;
+    })
+    .join('\n');
+  const { counts } = report;
+  return `<!doctype html>
+<meta charset="utf-8">
+<title>Batch ${escape(report.batchId)}</title>
+<style>
+body{font-family:system-ui,sans-serif;background:#111;color:#eee;margin:2rem}
+table{border-collapse:collapse}th,td{padding:.4rem;border-bottom:1px solid #333;text-align:left;vertical-align:top}
+th small{display:block;color:#999;font-weight:normal}img{width:96px;height:96px;object-fit:cover;border-radius:6px;margin-right:4px}
+.failed{color:#f88}.skipped p{color:#aaa;margin:.2rem 0}
+</style>
+<h1>Batch ${escape(report.batchId)}</h1>
+<p>${counts.total} personas: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped · ${escape(report.personasKey)} · ${escape(report.finishedAt)}</p>
+<table>
+${rows}
+</table>
+`;
+}

@@ -1,0 +1,154 @@
+/**
+ * The last state of a batch: one entry per line of its file, from the plan (what was skipped and
+ * why) and the Map Run's results as Step Functions' ResultWriter stored them, written as
+ * batches/{batchId}/report.json and a contact sheet, index.html. A persona the Map never ran
+ * (the batch stopped, say) is reported failed, never left out.
+ */
+import { batchKeys } from '../shared/keys.ts';
+import type { Avatar, BatchItem, BatchPlan, SkippedLine } from '../plan-batch/core.ts';
+import { inPool } from '../shared/pool.ts';
+import type { StageDeps } from '../shared/stage.ts';
+import { objectUrl } from '../shared/urls.ts';
+import { contactSheet } from './contact-sheet.ts';
+
+/** What the Distributed Map answers when its results were written to S3. */
+export interface MapRunResults {
+  MapRunArn: string;
+  ResultWriterDetails: { Bucket: string; Key: string };
+}
+
+export interface ReportBatchEvent {
+  plan: BatchPlan;
+  /** Absent when nothing was left to run. */
+  map?: Partial<MapRunResults>;
+}
+
+export type PersonaStatus = 'SUCCEEDED' | 'FAILED' | 'SKIPPED';
+
+export interface ReportEntry {
+  line: number;
+  personaId?: string;
+  status: PersonaStatus;
+  /** The persona's execution. */
+  name?: string;
+  manifestKey?: string;
+  avatars?: Avatar[];
+  error?: string;
+  cause?: string;
+  /** Why it was skipped. */
+  reason?: string;
+}
+
+export interface BatchReport {
+  batchId: string;
+  personasKey: string;
+  finishedAt: string;
+  counts: Record<PersonaStatus, number> & { total: number };
+  personas: ReportEntry[];
+}
+
+export interface BatchSummary {
+  batchId: string;
+  reportKey: string;
+  indexKey: string;
+  counts: BatchReport['counts'];
+}
+
+const URL_CONCURRENCY = 16;
+
+/** What each child workflow of the Map returns (infra/batch-workflow.ts). */
+interface ItemOutcome {
+  personaId: string;
+  line: number;
+  name: string;
+  outcome:
+    | { status: 'SUCCEEDED'; manifestKey: string; images: Avatar[] }
+    | { status: 'FAILED'; error: string; cause: string };
+}
+
+/** One child workflow execution as ResultWriter lists it (Transformation NONE). */
+interface ChildResult {
+  Input?: string;
+  Output?: string;
+  Status?: string;
+  Error?: string;
+  Cause?: string;
+}
+
+interface ResultManifest {
+  ResultFiles: Partial<Record<'SUCCEEDED' | 'FAILED' | 'PENDING', { Key: string }[]>>;
+}
+
+/**
+ * A persona execution that failed reaches the batch as States.TaskFailed, its cause the
+ * execution's description: the persona's own error and cause are inside.
+ */
+function personaFailure(error: string, cause: string): { error: string; cause: string } {
+  try {
+    const described = JSON.parse(cause) as Record<string, unknown>;
+    const inner = { error: described.Error ?? described.error, cause: described.Cause ?? described.cause };
+    if (typeof inner.error === 'string') return { error: inner.error, cause: typeof inner.cause === 'string' ? inner.cause : '' };
+  } catch {
+    // A cause of the task's own (a timeout, a refused start): it stands as it is.
+  }
+  return { error, cause };
+}
+
+function entryOf(result: ItemOutcome): ReportEntry {
+  const base = { line: result.line, personaId: result.personaId, name: result.name };
+  const o = result.outcome;
+  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, avatars: o.images.map(({ key }) => ({ key })) };
+  return { ...base, status: 'FAILED', ...personaFailure(o.error, o.cause) };
+}
+
+async function mapResults(deps: StageDeps<'store'>, manifestKey: string): Promise<Map<number, ReportEntry>> {
+  const entries = new Map<number, ReportEntry>();
+  const manifest = JSON.parse(await deps.store.getText(manifestKey)) as ResultManifest;
+  for (const file of [...(manifest.ResultFiles.SUCCEEDED ?? []), ...(manifest.ResultFiles.FAILED ?? [])]) {
+    for (const child of JSON.parse(await deps.store.getText(file.Key)) as ChildResult[]) {
+      if (child.Status === 'SUCCEEDED' && child.Output) {
+        const entry = entryOf(JSON.parse(child.Output) as ItemOutcome);
+        entries.set(entry.line, entry);
+        continue;
+      }
+      // The child workflow itself failed (the batch's own machinery, not the persona's run).
+      const item = JSON.parse(child.Input ?? '{}') as Partial<BatchItem>;
+      if (item.line !== undefined) entries.set(item.line, { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', error: child.Error ?? 'States.Runtime', cause: child.Cause ?? '' });
+    }
+  }
+  return entries;
+}
+
+export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'store'>): Promise<BatchSummary> {
+  const { plan } = event;
+  const keys = batchKeys(plan.batchId);
+  const written = event.map?.ResultWriterDetails;
+  const results = written ? await mapResults(deps, written.Key) : new Map<number, ReportEntry>();
+  const personas: ReportEntry[] = [];
+  for await (const line of plan.toRun > 0 ? deps.store.lines(plan.itemsKey) : []) {
+    if (!line.trim()) continue;
+    const item = JSON.parse(line) as BatchItem;
+    personas.push(
+      results.get(item.line) ?? { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', error: 'NotRun', cause: 'the batch ended before this persona ran; run the batch again to run it' },
+    );
+  }
+  const { skippedLines } = JSON.parse(await deps.store.getText(plan.planKey)) as { skippedLines: SkippedLine[] };
+  personas.push(...skippedLines);
+  personas.sort((a, b) => a.line - b.line);
+  // URLs made now, as publish makes them: presigned ones live a week at most.
+  await inPool(personas, URL_CONCURRENCY, async (p) => {
+    if (p.avatars) p.avatars = await Promise.all(p.avatars.map(async ({ key }) => ({ key, url: await objectUrl(deps, key) })));
+  });
+  const count = (status: PersonaStatus) => personas.filter((p) => p.status === status).length;
+  const report: BatchReport = {
+    batchId: plan.batchId,
+    personasKey: plan.personasKey,
+    finishedAt: new Date().toISOString(),
+    counts: { total: personas.length, SUCCEEDED: count('SUCCEEDED'), FAILED: count('FAILED'), SKIPPED: count('SKIPPED') },
+    personas,
+  };
+  await deps.store.putJson(keys.report, report);
+  await deps.store.put(keys.index, contactSheet(report), 'text/html; charset=utf-8');
+  deps.logger.info('batch reported', { batchId: plan.batchId, ...report.counts });
+  return { batchId: plan.batchId, reportKey: keys.report, indexKey: keys.index, counts: report.counts };
+}

@@ -1,0 +1,54 @@
+/**
+ * A batch's JSON Lines file as `avatars batch` and `avatars start` send it: read as it streams,
+ * each valid line with the command's --images and --mode applied, every line kept in its place
+ * (the report's line numbers are the file's), and the batch's name from what will run.
+ */
+import { createReadStream } from 'node:fs';
+import { basename } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { RunRequest } from '../lambdas/shared/persona.ts';
+import { idFromFileName, parsePersonaLine, type Problem } from '../lambdas/shared/run-input.ts';
+import { batchName, contentHash } from '../lambdas/shared/run-name.ts';
+import { UsageError } from './commands/common.ts';
+
+export interface BatchFile {
+  /** The batch's name: the file's and its content's. */
+  name: string;
+  /** The JSON Lines to store, one per line of the file. */
+  body: string;
+  personas: number;
+  problems: Problem[];
+}
+
+export async function readBatchFile(path: string, flags: { images?: number; mode?: string }): Promise<BatchFile> {
+  const hash = contentHash();
+  const lines: string[] = [];
+  const problems: Problem[] = [];
+  let personas = 0;
+  let n = 0;
+  const input = createReadStream(path, 'utf8');
+  const opened = new Promise<void>((resolve, reject) => {
+    input.once('open', () => resolve());
+    input.once('error', (error: NodeJS.ErrnoException) => reject(new UsageError(`cannot read batch file ${path}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`)));
+  });
+  await opened;
+  for await (const raw of createInterface({ input, crlfDelay: Infinity })) {
+    n++;
+    const text = n === 1 ? raw.replace(/^\uFEFF/, '') : raw;
+    const parsed = parsePersonaLine(text, n);
+    let line = text;
+    if (parsed && 'request' in parsed) {
+      personas++;
+      // Unchanged without flags: the same file gets the same name as its upload would.
+      if (flags.images !== undefined || flags.mode !== undefined) {
+        const request: RunRequest = { ...parsed.request, ...(flags.images !== undefined ? { images: flags.images } : {}), ...(flags.mode !== undefined ? { mode: flags.mode as RunRequest['mode'] } : {}) };
+        line = JSON.stringify(request);
+      }
+    } else if (parsed) {
+      problems.push(parsed.problem);
+    }
+    hash.add(line);
+    lines.push(line);
+  }
+  return { name: batchName(idFromFileName(basename(path)), hash.hex()), body: `${lines.join('\n')}\n`, personas, problems };
+}

@@ -1,0 +1,166 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { basename, join, relative, resolve } from 'node:path';
+import type { BatchPlan } from '../../lambdas/plan-batch/core.ts';
+import { contactSheet } from '../../lambdas/report-batch/contact-sheet.ts';
+import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
+import { batchKeys } from '../../lambdas/shared/keys.ts';
+import { describeProblem } from '../../lambdas/shared/run-input.ts';
+import { attemptName, MAX_ATTEMPTS } from '../../lambdas/shared/run-name.ts';
+import type { ObjectStore } from '../../lambdas/shared/store.ts';
+import { readBatchFile } from '../batch-file.ts';
+import { startLocalEnvironment, UNLIMITED_IMAGES_PER_MINUTE } from '../environment.ts';
+import { parseFaults } from '../offline-openai.ts';
+import { runLocally, type ChildExecutions, type ProgressEvent } from '../runner.ts';
+import { UsageError } from './common.ts';
+import type { RunFlags } from './run.ts';
+
+export type BatchFlags = Omit<RunFlags, 'verbose'>;
+
+/** What the batch is doing, from its events: each persona's state and every image call. */
+class BatchProgress {
+  readonly personas = new Map<number, 'waiting' | 'running' | 'done' | 'failed'>();
+  readonly imageCalls: number[] = [];
+  plan: BatchPlan | undefined;
+  readonly started = Date.now();
+
+  onBatchEvent(event: ProgressEvent): void {
+    if (event.kind !== 'entered' || event.index === undefined) return;
+    const state = { WaitTurn: 'waiting', RunPersona: 'running', PersonaDone: 'done', PersonaFailed: 'failed' } as const;
+    const now = state[event.state as keyof typeof state];
+    if (now) this.personas.set(event.index, now);
+  }
+
+  onPersonaEvent(event: ProgressEvent): void {
+    // Each image call is a Generate… Task that ended, whether it drew or not.
+    if ((event.kind === 'exited' || event.kind === 'failed') && event.stateType === 'Task' && /^Generate(Base|Grid)/.test(event.state)) this.imageCalls.push(event.at);
+  }
+
+  count(status: string): number {
+    return [...this.personas.values()].filter((s) => s === status).length;
+  }
+
+  /** Image calls a minute over the last minute (or since the first call). */
+  rate(now = Date.now()): number {
+    const recent = this.imageCalls.filter((t) => t > now - 60_000);
+    if (recent.length < 2) return recent.length;
+    const span = Math.max(1, now - Math.max(recent[0]!, now - 60_000));
+    return (recent.length * 60_000) / Math.max(span, 1000);
+  }
+
+  line(): string {
+    const plan = this.plan;
+    if (!plan) return 'planning…';
+    const waiting = plan.toRun - this.count('running') - this.count('done') - this.count('failed');
+    // The last turn, then about one persona's run after it.
+    const left = Math.max(0, Date.parse(plan.lastTurn) - Date.now()) / 1000;
+    const limit = plan.imagesPerMinute < UNLIMITED_IMAGES_PER_MINUTE ? ` (limit ${plan.imagesPerMinute})` : '';
+    return `${this.count('done')} done, ${this.count('failed')} failed, ${this.count('running')} running, ${waiting} waiting · ${this.rate().toFixed(0)} images/min${limit} · ${left > 0 ? `about ${Math.ceil(left)} s left` : 'finishing'}`;
+  }
+}
+
+/** The first attempt of this batch that has not run here yet: reruns keep earlier reports. */
+async function freshAttempt(store: ObjectStore, name: string): Promise<string> {
+  for (let n = 1; n <= MAX_ATTEMPTS; n++) {
+    if (!(await store.getJsonIfExists(batchKeys(attemptName(name, n)).plan))) return attemptName(name, n);
+  }
+  throw new UsageError(`batch ${name} has run ${MAX_ATTEMPTS} times in this --data folder; use another --data folder`);
+}
+
+/** The report and contact sheet in a folder a person opens, each avatar copied beside them. */
+async function saveReport(store: ObjectStore, report: BatchReport, outDir: string): Promise<void> {
+  await mkdir(outDir, { recursive: true });
+  const local = new Map<string, string>();
+  for (const persona of report.personas) {
+    for (const avatar of persona.avatars ?? []) {
+      const file = join(outDir, persona.personaId!, basename(avatar.key));
+      await mkdir(join(outDir, persona.personaId!), { recursive: true });
+      await writeFile(file, await store.getBytes(avatar.key));
+      local.set(avatar.key, relative(outDir, file));
+    }
+  }
+  await writeFile(join(outDir, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+  await writeFile(join(outDir, 'index.html'), contactSheet(report, (avatar) => local.get(avatar.key) ?? avatar.url ?? avatar.key));
+}
+
+export async function batchCommand(file: string, flags: BatchFlags): Promise<number> {
+  const batch = await readBatchFile(file, flags);
+  const log = (line: string) => {
+    if (!flags.quiet) process.stderr.write(`${line}\n`);
+  };
+  for (const problem of batch.problems.slice(0, 20)) log(`✗ ${file}: ${describeProblem(problem)}`);
+  if (batch.problems.length > 20) log(`✗ ${file}: ${batch.problems.length - 20} more lines are not valid personas`);
+  if (batch.personas === 0) {
+    process.stderr.write(`✗ ${file}: no valid personas: nothing to run\n`);
+    return 1;
+  }
+  const env = await startLocalEnvironment({
+    dataDir: flags.data,
+    faults: parseFaults(flags.fault),
+    latencyMs: flags.latency,
+    ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
+  });
+  try {
+    const { store } = env.deps;
+    const batchId = await freshAttempt(store, batch.name);
+    const personasKey = batchKeys(batchId).personas;
+    await store.put(personasKey, batch.body, 'application/x-ndjson');
+    const limit = env.deps.settings.imagesPerMinute;
+    const paced = limit < UNLIMITED_IMAGES_PER_MINUTE;
+    log(`batch ${batchId}: ${batch.personas} personas from ${file}, ${paced ? `image calls paced to ${limit}/min (IMAGES_PER_MINUTE)` : 'no image rate limit to pace to (the offline backend has none unless --rpm)'}`);
+
+    const progress = new BatchProgress();
+    const children: ChildExecutions = {
+      run: (_arn, name, input) =>
+        runLocally({ input, deps: env.deps, runId: name, retryDelayMs: flags.retryDelay, onProgress: (event) => progress.onPersonaEvent(event) }),
+    };
+    const live = process.stderr.isTTY && !flags.quiet;
+    const show = () => (live ? process.stderr.write(`\r\x1b[K${progress.line()}`) : log(progress.line()));
+    const ticker = setInterval(show, live ? 500 : 10_000);
+    const outcome = await runLocally<BatchSummary>({
+      machine: 'batch',
+      input: { personasKey },
+      runId: batchId,
+      deps: env.deps,
+      retryDelayMs: flags.retryDelay,
+      children,
+      onProgress: (event) => {
+        progress.onBatchEvent(event);
+        if (event.state === 'PlanBatch' && event.kind === 'exited') {
+          store.getJsonIfExists<BatchPlan>(batchKeys(batchId).plan).then((plan) => (progress.plan = plan), () => undefined);
+        }
+      },
+    }).finally(() => clearInterval(ticker));
+    if (live) process.stderr.write('\r\x1b[K');
+    if (outcome.status === 'FAILED') {
+      process.stderr.write(`✗ batch ${batchId} failed: ${outcome.error}: ${outcome.cause}\n`);
+      return 1;
+    }
+    const report = JSON.parse(await store.getText(outcome.output.reportKey)) as BatchReport;
+    const outDir = resolve(flags.out ?? join('out', 'batches', batchId));
+    await saveReport(store, report, outDir);
+    const calls = progress.imageCalls;
+    const minutes = calls.length > 1 ? (calls.at(-1)! - calls[0]!) / 60_000 : 0;
+    const rate = minutes > 0 ? (calls.length - 1) / minutes : 0;
+    const failed = report.personas.filter((p) => p.status === 'FAILED');
+    const invalid = report.personas.filter((p) => p.status === 'SKIPPED' && !p.personaId);
+    if (flags.json) process.stdout.write(`${JSON.stringify({ ...report, outDir }, null, 2)}\n`);
+    else {
+      for (const p of failed) process.stdout.write(`✗ ${p.personaId} (line ${p.line}): ${p.error}: ${p.cause}\n`);
+      for (const p of report.personas.filter((e) => e.status === 'SKIPPED')) process.stdout.write(`- ${p.personaId ?? '(invalid)'} (line ${p.line}): skipped, ${p.reason}\n`);
+      const { counts } = report;
+      process.stdout.write(
+        [
+          '',
+          `${failed.length === 0 ? '✓' : '✗'} batch ${batchId}: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped, in ${(outcome.ms / 1000).toFixed(1)} s`,
+          `  ${calls.length} image calls${rate > 0 ? `, ${rate.toFixed(1)}/min from first to last${paced ? ` (${((rate / limit) * 100).toFixed(0)}% of the ${limit}/min limit)` : ''}` : ''}`,
+          `  report: ${join(outDir, 'report.json')}; open ${join(outDir, 'index.html')}`,
+          ...(failed.length > 0 ? ['  run the same command again once the cause is fixed: published personas are not paid for twice'] : []),
+          '',
+        ].join('\n'),
+      );
+    }
+    return failed.length > 0 || invalid.length > 0 ? 1 : 0;
+  } finally {
+    await env.close();
+  }
+}

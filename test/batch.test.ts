@@ -1,0 +1,150 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
+import { afterEach, describe, expect, it } from 'vitest';
+import { planBatch, type BatchItem } from '../lambdas/plan-batch/core.ts';
+import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
+import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
+import { runLocally } from '../local/runner.ts';
+import { avatars, imageCalls, persona, startTestEnvironment } from './support.ts';
+
+type World = Awaited<ReturnType<typeof startTestEnvironment>>;
+let world: World | undefined;
+const dirs: string[] = [];
+afterEach(async () => {
+  await world?.close();
+  world = undefined;
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+const personaLine = (id: string, extra: Record<string, unknown> = {}) => JSON.stringify({ persona: { ...persona, id }, ...extra });
+const team = (n: number, prefix = 'member') => Array.from({ length: n }, (_, i) => personaLine(`${prefix}-${i + 1}`));
+
+async function runBatch(w: World, lines: string[], batchId: string) {
+  const personasKey = `batches/${batchId}/personas.jsonl`;
+  await w.deps.store.put(personasKey, `${lines.join('\n')}\n`, 'application/x-ndjson');
+  const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey }, runId: batchId, deps: w.deps });
+  if (outcome.status !== 'SUCCEEDED') throw new Error(`batch ${batchId} failed: ${outcome.error}: ${outcome.cause}`);
+  return JSON.parse(await w.deps.store.getText(outcome.output.reportKey)) as BatchReport;
+}
+
+const statusesOf = (report: BatchReport) => report.personas.map((p) => `${p.line}:${p.personaId ?? '-'}:${p.status}`);
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-batch-'));
+  dirs.push(dir);
+  return dir;
+}
+
+describe('a batch of personas', () => {
+  it('publishes 24 of 24 against an API limited to 120 images a minute, its image calls at 90% of the limit or more', async () => {
+    // The identity check's CPU is not what this measures: without it a small machine keeps up.
+    world = await startTestEnvironment({ imagesPerMinute: 120, env: { IMAGES_PER_MINUTE: '120', IMAGE_TIMEOUT_MS: '60000', IDENTITY_POLICY: 'off' } });
+    const report = await runBatch(world, team(24), 'team-of-24');
+    expect(report.counts).toEqual({ total: 24, SUCCEEDED: 24, FAILED: 0, SKIPPED: 0 });
+    expect(report.personas.map((p) => p.personaId)).toEqual(team(24).map((_, i) => `member-${i + 1}`));
+    for (const p of report.personas) expect(p.avatars).toHaveLength(4);
+    const drawn = imageCalls(world.backend!).filter((c) => !c.rateLimited);
+    expect(drawn).toHaveLength(48);
+    const perMinute = ((drawn.length - 1) * 60_000) / (drawn.at(-1)!.at - drawn[0]!.at);
+    expect(perMinute).toBeGreaterThanOrEqual(0.9 * 120);
+    // And never above it for long: the API refused next to nothing.
+    expect(imageCalls(world.backend!).filter((c) => c.rateLimited).length).toBeLessThan(10);
+  }, 120_000);
+
+  it('makes no image call when the same file runs again, each persona reported as already published', async () => {
+    world = await startTestEnvironment();
+    const lines = team(3);
+    await runBatch(world, lines, 'again');
+    const calls = imageCalls(world.backend!).length;
+    const second = await runBatch(world, lines, 'again-2');
+    expect(imageCalls(world.backend!)).toHaveLength(calls);
+    expect(second.counts).toEqual({ total: 3, SUCCEEDED: 0, FAILED: 0, SKIPPED: 3 });
+    for (const p of second.personas) {
+      expect(p.reason).toBe('already published with the same request');
+      expect(p.avatars).toHaveLength(4);
+    }
+  });
+
+  it('runs again only the personas whose request changed or never published', async () => {
+    world = await startTestEnvironment();
+    await runBatch(world, team(2), 'first');
+    const calls = imageCalls(world.backend!).length;
+    const report = await runBatch(world, [personaLine('member-1'), personaLine('member-2', { images: 8 }), personaLine('member-3')], 'second');
+    expect(statusesOf(report)).toEqual(['1:member-1:SKIPPED', '2:member-2:SUCCEEDED', '3:member-3:SUCCEEDED']);
+    // member-2 with 8 images (a base, two grids) and member-3 (a base, a grid).
+    expect(imageCalls(world.backend!).length - calls).toBe(5);
+  });
+
+  it('runs the first of two lines with one id and reports the other, overwriting nothing', async () => {
+    world = await startTestEnvironment();
+    const report = await runBatch(world, [personaLine('twin'), personaLine('other'), JSON.stringify({ persona: { ...persona, id: 'twin', firstname: 'Grace' } })], 'twins');
+    expect(statusesOf(report)).toEqual(['1:twin:SUCCEEDED', '2:other:SUCCEEDED', '3:twin:SKIPPED']);
+    expect(report.personas[2]!.reason).toMatch(/duplicate id: line 1 has persona twin already/);
+    const manifest = JSON.parse(await world.deps.store.getText('avatars/twin/manifest.json'));
+    expect(manifest.persona.firstname).toBe(persona.firstname);
+  });
+
+  it('writes a contact sheet with a row of avatars per persona and each failure with its reason', async () => {
+    world = await startTestEnvironment();
+    await runBatch(world, [personaLine('shown'), '{"persona": {"id": "broken"}}'], 'sheet');
+    const html = await world.deps.store.getText('batches/sheet/index.html');
+    expect(html.match(/<img /g)).toHaveLength(4);
+    expect(html).toContain('shown');
+    expect(html).toMatch(/line 2 · SKIPPED[\s\S]*not a valid persona: persona.firstname/);
+  });
+
+  it('spaces the personas\u2019 turns by their image calls at IMAGES_PER_MINUTE', async () => {
+    world = await startTestEnvironment({ env: { IMAGES_PER_MINUTE: '30' } });
+    await world.deps.store.put('batches/paced/personas.jsonl', [personaLine('a'), personaLine('b', { images: 8 }), personaLine('c')].join('\n'), 'application/x-ndjson');
+    const plan = await planBatch({ personasKey: 'batches/paced/personas.jsonl', batchId: 'paced' }, world.deps);
+    const items = (await world.deps.store.getText(plan.itemsKey)).trim().split('\n').map((l) => JSON.parse(l) as BatchItem);
+    const turns = items.map((i) => Date.parse(i.notBefore));
+    // a: 2 calls, 4 s at 30 a minute; b: 3 calls, 6 s.
+    expect([turns[1]! - turns[0]!, turns[2]! - turns[1]!]).toEqual([4000, 6000]);
+    expect(plan).toMatchObject({ toRun: 3, imageCalls: 7, imagesPerMinute: 30 });
+  });
+
+  it('checks a 10,000-line upload as it streams: bad lines by number, one batch for the rest', async () => {
+    world = await startTestEnvironment({ stepFunctions: {}, env: { IDENTITY_POLICY: 'off' } });
+    // Five personas, each on 1,998 lines (the first runs, the others are duplicates), and ten bad lines.
+    const lines = Array.from({ length: 10_000 }, (_, i) => (i % 1000 === 999 ? `{"persona": {"id": "bad-${i + 1}"}}` : personaLine(`p${i % 5}`, { images: 1 })));
+    await world.deps.store.put('personas/big.jsonl', lines.join('\n'), 'application/x-ndjson');
+    const [outcome] = await startFromUpload({ Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: world.deps.store.bucket }, object: { key: 'personas/big.jsonl' } } }] }, world.deps);
+    expect(outcome!.rejected.map((p) => p.line)).toEqual([1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000]);
+    expect(outcome!.batch).toMatchObject({ personas: 9990, existing: false });
+    await world.stepFunctions!.settled();
+    const report = JSON.parse(await world.deps.store.getText(`batches/${outcome!.batch!.name}/report.json`)) as BatchReport;
+    expect(report.counts).toEqual({ total: 10_000, SUCCEEDED: 5, FAILED: 0, SKIPPED: 9995 });
+    const children = await world.deps.sfn.send(new ListExecutionsCommand({ stateMachineArn: world.deps.settings.stateMachineArn! }));
+    expect(children.executions).toHaveLength(5);
+  }, 120_000);
+});
+
+describe('avatars batch', () => {
+  it('exits non-zero with every persona reported failed when every image call fails, and publishes them all once the API answers', async () => {
+    const cwd = tempDir();
+    writeFileSync(join(cwd, 'team.jsonl'), `${team(3).join('\n')}\n`);
+    const failing = await avatars(cwd, ['batch', 'team.jsonl', '--fault', 'server-error:always', '--json']);
+    expect(failing.code).toBe(1);
+    const failed = JSON.parse(failing.stdout) as BatchReport;
+    expect(failed.counts).toEqual({ total: 3, SUCCEEDED: 0, FAILED: 3, SKIPPED: 0 });
+    for (const p of failed.personas) expect(p).toMatchObject({ status: 'FAILED', error: 'UpstreamError', cause: expect.stringContaining(p.personaId!) });
+
+    const fixed = await avatars(cwd, ['batch', 'team.jsonl']);
+    expect(fixed.code).toBe(0);
+    expect(fixed.stdout).toMatch(/✓ batch team-[0-9a-f]{16}-2: 3 published, 0 failed, 0 skipped/);
+    const report = JSON.parse(readFileSync(join(cwd, 'out', 'batches', fixed.stdout.match(/batch (team-[0-9a-f]{16}-2)/)![1]!, 'report.json'), 'utf8')) as BatchReport;
+    // Each persona ran as a new attempt: the failed one's name is kept with its failure record.
+    for (const p of report.personas) expect(p.name).toMatch(new RegExp(`^${p.personaId}-[0-9a-f]{16}-2$`));
+  }, 120_000);
+
+  it('rejects a file with no valid persona before starting anything, naming the line and field', async () => {
+    const cwd = tempDir();
+    writeFileSync(join(cwd, 'bad.jsonl'), '{"persona": {"id": "x", "firstname": "X"}}\n');
+    const result = await avatars(cwd, ['batch', 'bad.jsonl']);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/bad.jsonl: line 1: .*gender/);
+  });
+});
