@@ -127,7 +127,7 @@ function bundleBench(): void {
 }
 
 async function cliBench(): Promise<void> {
-  const cli = join(projectRoot, 'local', 'cli.ts');
+  const cli = join(projectRoot, 'local', 'cli.mjs');
   const bare = bareNodeMs();
   const help = processMs(process.execPath, [cli, '--help']);
   out('The avatars CLI, whole processes');

@@ -30,7 +30,7 @@ describe('one configuration for every path', () => {
     symlinkSync(join(projectRoot, 'node_modules'), join(copy, 'node_modules'));
     const cdkJson = JSON.parse(readFileSync(join(projectRoot, 'cdk.json'), 'utf8'));
     writeFileSync(join(copy, 'cdk.json'), JSON.stringify({ ...cdkJson, context: { ...cdkJson.context, images: 8 } }));
-    const { code, stdout, stderr } = await avatars(copy, ['run', join(eventsDir, 'persona.json'), '--json', '--quiet', '--out', join(work, 'out')], {}, join(copy, 'local', 'cli.ts'));
+    const { code, stdout, stderr } = await avatars(copy, ['run', join(eventsDir, 'persona.json'), '--json', '--quiet', '--out', join(work, 'out')], {}, join(copy, 'local', 'cli.mjs'));
     expect(code, stderr).toBe(0);
     expect(JSON.parse(stdout).images).toHaveLength(8);
   });

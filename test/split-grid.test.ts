@@ -41,6 +41,17 @@ describe('split-grid cell detection', () => {
     });
   }
 
+  it('reads transparent gutters as white, and gives tiles without transparency', async () => {
+    const { png, cells } = await makeGrid(1024, 1024, 'transparent');
+    // The white of the gutters made transparent (dark underneath), as a model may draw them.
+    const { data, info } = await sharp(png).ensureAlpha().raw().toBuffer({ resolveWithObject: true });
+    for (let p = 0; p < data.length; p += 4) if (data[p]! > 230 && data[p + 1]! > 230 && data[p + 2]! > 230) data.set([0, 0, 0, 0], p);
+    const transparent = await sharp(data, { raw: { width: info.width, height: info.height, channels: 4 } }).png().toBuffer();
+    const tiles = await splitGrid(transparent, 2, 2);
+    expectBoxesNear(tiles.map((t) => t.box), cells);
+    for (const tile of tiles) expect((await sharp(tile.data).metadata()).hasAlpha).toBe(false);
+  });
+
   it('finds off-centre cells on a grid with no gutters at all, by the seams between pictures', async () => {
     const { png, cells } = await makeGrid(1024, 1024, 'no-gutters', 2, 2, 0);
     expectBoxesNear((await splitGrid(png, 2, 2)).map((t) => t.box), cells);

@@ -28,7 +28,7 @@ export function imageCalls(backend: { requests: RecordedRequest[] }): RecordedRe
   return backend.requests.filter((r) => r.route === 'generations' || r.route === 'edits');
 }
 
-export const cliPath = join(import.meta.dirname, '..', 'local', 'cli.ts');
+export const cliPath = join(import.meta.dirname, '..', 'local', 'cli.mjs');
 export const eventsDir = join(import.meta.dirname, '..', 'events');
 
 export interface CliResult {

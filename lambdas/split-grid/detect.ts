@@ -30,6 +30,8 @@ type Span = { start: number; end: number };
 /** A pixel is background when it is bright and colourless: white gutters with noise. */
 const BACKGROUND_MIN = 205;
 const BACKGROUND_MAX_CHROMA = 40;
+/** Pixels less opaque than this are background: flattened onto white they are near-white. */
+const TRANSPARENT_BELOW = 128;
 /** A line is background when this share of its pixels is: noise may speck a gutter. */
 const LINE_BACKGROUND_SHARE = 0.9;
 /** Panels narrower than this share of the grid are slivers of noise, not panels. */
@@ -39,46 +41,88 @@ const CUT_TOLERANCE = 0.2;
 /** A seam must jump this many times more than the median line to count as one. */
 const SEAM_STRENGTH = 4;
 
+/** Whether one pixel is background: bright and colourless. */
+function isBackground(r: number, g: number, b: number): boolean {
+  if (r < BACKGROUND_MIN || g < BACKGROUND_MIN || b < BACKGROUND_MIN) return false;
+  const max = r > g ? (r > b ? r : b) : g > b ? g : b;
+  const min = r < g ? (r < b ? r : b) : g < b ? g : b;
+  return max - min <= BACKGROUND_MAX_CHROMA;
+}
+
+/**
+ * One row of the background counts: `rowSums` along the row, `colSums` down from the row above.
+ * A pixel is background when bright and colourless, or transparent (white once flattened, as the
+ * tiles are). Called once per row, so the JIT optimizes it within the first grid.
+ */
+function countRow(data: Uint8Array, channels: number, y: number, width: number, rowSums: Int32Array, colSums: Int32Array): void {
+  const alpha = channels === 2 || channels === 4 ? channels - 1 : -1;
+  const green = channels >= 3 ? 1 : 0;
+  const blue = channels >= 3 ? 2 : 0;
+  const at = y * (width + 1);
+  const above = y * width;
+  let p = y * width * channels;
+  let count = 0;
+  for (let x = 0; x < width; x++, p += channels) {
+    const bg = (alpha > 0 && data[p + alpha]! < TRANSPARENT_BELOW) || isBackground(data[p]!, data[p + green]!, data[p + blue]!) ? 1 : 0;
+    count += bg;
+    rowSums[at + x + 1] = count;
+    colSums[above + width + x] = colSums[above + x]! + bg;
+  }
+}
+
+/**
+ * The counts' memory, reused from grid to grid: fresh megabytes for every grid cost more in page
+ * faults than counting does. One grid is measured at a time (detection never awaits).
+ */
+let scratch = new Int32Array(0);
+
 export class GridImage {
   readonly width: number;
   readonly height: number;
-  readonly background: Uint8Array;
   readonly pixels: Uint8Array;
   readonly channels: number;
+  /**
+   * Background pixels counted along each row (`rowSums[y * (width + 1) + x]`: those left of x)
+   * and down each column (`colSums[y * width + x]`: those above y), so the profile of any box
+   * costs its height plus its width, however often the cut asks.
+   */
+  private readonly rowSums: Int32Array;
+  private readonly colSums: Int32Array;
 
   constructor(image: RawImage) {
-    const { data, width, height, channels } = image;
+    const { width, height, channels } = image;
+    // A plain view: the JIT compiles loops over Node's Buffer subclass less well.
+    const data = new Uint8Array(image.data.buffer, image.data.byteOffset, image.data.length);
     this.width = width;
     this.height = height;
-    this.background = new Uint8Array(width * height);
     this.pixels = data;
     this.channels = channels;
-    for (let i = 0, p = 0; i < width * height; i++, p += channels) {
-      const r = data[p]!;
-      const g = channels >= 3 ? data[p + 1]! : r;
-      const b = channels >= 3 ? data[p + 2]! : r;
-      const min = Math.min(r, g, b);
-      const max = Math.max(r, g, b);
-      this.background[i] = min >= BACKGROUND_MIN && max - min <= BACKGROUND_MAX_CHROMA ? 1 : 0;
+    const rowLength = (width + 1) * height;
+    const colLength = width * (height + 1);
+    if (scratch.length < rowLength + colLength) scratch = new Int32Array(rowLength + colLength);
+    const rowSums = scratch.subarray(0, rowLength);
+    const colSums = scratch.subarray(rowLength, rowLength + colLength);
+    colSums.fill(0, 0, width);
+    for (let y = 0; y < height; y++) {
+      rowSums[y * (width + 1)] = 0;
+      countRow(data, channels, y, width, rowSums, colSums);
     }
+    this.rowSums = rowSums;
+    this.colSums = colSums;
   }
 
-  /** Share of background pixels in each row and each column of `box`, in one pass. */
+  /** Share of background pixels in each row and each column of `box`. */
   profiles(box: Box): { rows: Float64Array; cols: Float64Array } {
-    const { background, width } = this;
+    const { rowSums, colSums, width } = this;
     const rows = new Float64Array(box.height);
     const cols = new Float64Array(box.width);
     for (let y = 0; y < box.height; y++) {
-      const row = (box.top + y) * width + box.left;
-      let count = 0;
-      for (let x = 0; x < box.width; x++) {
-        const b = background[row + x]!;
-        count += b;
-        cols[x]! += b;
-      }
-      rows[y] = count / box.width;
+      const at = (box.top + y) * (width + 1) + box.left;
+      rows[y] = (rowSums[at + box.width]! - rowSums[at]!) / box.width;
     }
-    for (let x = 0; x < box.width; x++) cols[x]! /= box.height;
+    const top = box.top * width + box.left;
+    const bottom = (box.top + box.height) * width + box.left;
+    for (let x = 0; x < box.width; x++) cols[x] = (colSums[bottom + x]! - colSums[top + x]!) / box.height;
     return { rows, cols };
   }
 

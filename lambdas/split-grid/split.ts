@@ -9,12 +9,13 @@ export interface Tile {
 }
 
 /**
- * Decodes once, flattening transparency onto white so it reads as background. A grid that does
- * not decode has no layout at all: the workflow draws it again, as for a wrong layout.
+ * Decodes once, alpha kept: a transparent pixel reads as background (detect.ts) and each tile is
+ * flattened onto white as it is encoded, in sharp's threads, instead of the whole grid here. A
+ * grid that does not decode has no layout at all: the workflow draws it again, as for a wrong layout.
  */
 export async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
   try {
-    const { data, info } = await sharp(image).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(image).raw().toBuffer({ resolveWithObject: true });
     return { data, width: info.width, height: info.height, channels: info.channels };
   } catch (error) {
     throw new GridLayoutMismatch(`${what} cannot be decoded (${(error as Error).message.trim()}); the workflow draws this grid again, at most twice, then fails the run`);
@@ -23,14 +24,12 @@ export async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
 
 export async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Promise<Tile[]> {
   const { width, height, channels } = raw;
+  const hasAlpha = channels === 2 || channels === 4;
   return Promise.all(
-    boxes.map(async (box) => ({
-      box,
-      data: await sharp(raw.data, { raw: { width, height, channels: channels as 3 } })
-        .extract(box)
-        .toFormat(format)
-        .toBuffer(),
-    })),
+    boxes.map(async (box) => {
+      const tile = sharp(raw.data, { raw: { width, height, channels: channels as 1 | 2 | 3 | 4 } }).extract(box);
+      return { box, data: await (hasAlpha ? tile.flatten({ background: '#ffffff' }) : tile).toFormat(format).toBuffer() };
+    }),
   );
 }
 
