@@ -106,6 +106,25 @@ describe('a batch of personas', () => {
     expect(plan).toMatchObject({ toRun: 3, imageCalls: 7, imagesPerMinute: 30 });
   });
 
+  it('starts an uploaded file again only once a persona in it failed, then runs just that persona, as a new attempt', async () => {
+    // The base image call fails on its first try and on each of its three retries.
+    world = await startTestEnvironment({ stepFunctions: {}, faults: [{ kind: 'server-error', times: 4, route: 'generations' }] });
+    await world.deps.store.put('personas/one.jsonl', `${personaLine('solo')}\n`, 'application/x-ndjson');
+    const upload = { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: world.deps.store.bucket }, object: { key: 'personas/one.jsonl' } } }] };
+    const [first] = await startFromUpload(upload, world.deps);
+    await world.stepFunctions!.settled();
+    const failed = JSON.parse(await world.deps.store.getText(`batches/${first!.batch!.name}/report.json`)) as BatchReport;
+    expect(failed.counts.FAILED).toBe(1);
+    const [second] = await startFromUpload(upload, world.deps);
+    expect(second!.batch).toMatchObject({ name: `${first!.batch!.name}-2`, existing: false, attempt: 2 });
+    await world.stepFunctions!.settled();
+    const fixed = JSON.parse(await world.deps.store.getText(`batches/${second!.batch!.name}/report.json`)) as BatchReport;
+    expect(fixed.personas).toEqual([expect.objectContaining({ personaId: 'solo', status: 'SUCCEEDED', name: `${failed.personas[0]!.name}-2` })]);
+    // Done with every persona published: the same upload starts nothing more.
+    const [third] = await startFromUpload(upload, world.deps);
+    expect(third!.batch).toMatchObject({ name: second!.batch!.name, existing: true });
+  });
+
   it('checks a 10,000-line upload as it streams: bad lines by number, one batch for the rest', async () => {
     world = await startTestEnvironment({ stepFunctions: {}, env: { IDENTITY_POLICY: 'off' } });
     // Five personas, each on 1,998 lines (the first runs, the others are duplicates), and ten bad lines.

@@ -31,6 +31,9 @@ describe('runs sharing an account\u2019s image rate limit', () => {
     expect(await statuses(env)).toEqual(Array(6).fill('SUCCEEDED'));
     // 12 images were drawn; the requests beyond those were refused with 429 and asked again.
     expect(imageCalls(env.backend!).length).toBeGreaterThan(12);
+    // A 429 that states the account's limit says what IMAGES_PER_MINUTE should be.
+    const warnings = await Promise.all(Array.from({ length: 6 }, async (_, i) => JSON.parse(await env!.deps.store.getText(`avatars/persona-${i}/manifest.json`)).warnings as string[]));
+    expect(warnings.flat()).toContainEqual(expect.stringMatching(/allows 120 images a minute, fewer than IMAGES_PER_MINUTE=100000/));
   }, 120_000);
 
   it('starts a persona again as a new attempt once its run failed, and not while it runs or after it succeeded', async () => {

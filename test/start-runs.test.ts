@@ -227,6 +227,23 @@ describe('avatars start and status', () => {
     expect(stderr).toMatch(/✗ execution arn:\S+ FAILED: ContentPolicyViolation: /);
   });
 
+  it('starts a batch for a JSON Lines file, follows it, and prints what it published', async () => {
+    const world = await startWorld();
+    const s3 = world.embeddedS3!;
+    const { code, stdout, stderr } = await avatars(work, ['start', join(eventsDir, 'team.jsonl'), '--wait', '--poll-interval', '50'], {
+      ...sfnEnv(world),
+      BATCH_STATE_MACHINE_ARN: world.stepFunctions!.batchStateMachineArn,
+      S3_ENDPOINT: s3.endpoint,
+      S3_ACCESS_KEY: s3.accessKey,
+      S3_SECRET_KEY: s3.secretKey,
+      S3_BUCKET_NAME: world.deps.store.bucket,
+    });
+    expect(code, stderr).toBe(0);
+    expect(stdout).toMatch(/^started batch: arn:aws:states:us-east-1:000000000000:execution:PersonaAvatars-Batch:team-[0-9a-f]{16}$/m);
+    expect(stdout).toMatch(/✓ 6 published, 0 failed, 0 skipped; report s3:\/\/avatars\/batches\/team-[0-9a-f]{16}\/report\.json/);
+    expect(stderr).toContain('✓ ReportBatch');
+  }, 120_000);
+
   it('follows an execution started elsewhere with avatars status', async () => {
     const world = await startWorld();
     const { executionArn } = await world.deps.sfn.send(

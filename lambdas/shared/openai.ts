@@ -65,6 +65,13 @@ function waitAsked(error: unknown): number | undefined {
   return retryAfterMs(error.headers);
 }
 
+/** The account's image limit as a 429 states it ("images per min… Limit: 20/1min"), if it does. */
+export function statedImageLimit(error: unknown): number | undefined {
+  if (!(error instanceof OpenAI.APIError) || error.status !== 429) return undefined;
+  const match = /images? per min[\s\S]*?Limit:? (\d+)/i.exec(error.message);
+  return match ? Number(match[1]) : undefined;
+}
+
 function isModelNotFound(error: unknown): boolean {
   return error instanceof OpenAI.APIError && (error.code === 'model_not_found' || (error.status === 404 && /model/i.test(error.message)));
 }
@@ -173,6 +180,12 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
         answer = await call(api, model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
         const wait = waitAsked(error);
+        const limit = statedImageLimit(error);
+        if (limit !== undefined && limit < settings.imagesPerMinute) {
+          const warning = `the image API allows ${limit} images a minute, fewer than IMAGES_PER_MINUTE=${settings.imagesPerMinute}: set IMAGES_PER_MINUTE (context imagesPerMinute) to ${limit} so batches pace to it`;
+          if (!warnings.includes(warning)) warnings.push(warning);
+          logger.warn(warning, { limit, imagesPerMinute: settings.imagesPerMinute });
+        }
         if (wait !== undefined && Date.now() + wait < deadline) {
           await new Promise((resolve) => setTimeout(resolve, wait + Math.random() * 250));
           i--;

@@ -3,6 +3,7 @@ import { basename, join, relative, resolve } from 'node:path';
 import type { BatchPlan } from '../../lambdas/plan-batch/core.ts';
 import { contactSheet } from '../../lambdas/report-batch/contact-sheet.ts';
 import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
+import { projectContext } from '../../infra/context.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
 import { describeProblem } from '../../lambdas/shared/run-input.ts';
 import { attemptName, MAX_ATTEMPTS } from '../../lambdas/shared/run-name.ts';
@@ -106,7 +107,11 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     await store.put(personasKey, batch.body, 'application/x-ndjson');
     const limit = env.deps.settings.imagesPerMinute;
     const paced = limit < UNLIMITED_IMAGES_PER_MINUTE;
-    log(`batch ${batchId}: ${batch.personas} personas from ${file}, ${paced ? `image calls paced to ${limit}/min (IMAGES_PER_MINUTE)` : 'no image rate limit to pace to (the offline backend has none unless --rpm)'}`);
+    const defaulted = process.env.IMAGES_PER_MINUTE === undefined && projectContext().imagesPerMinute === undefined && env.images === 'openai';
+    log(
+      `batch ${batchId}: ${batch.personas} personas from ${file}, ` +
+        (paced ? `image calls paced to ${limit}/min (IMAGES_PER_MINUTE${defaulted ? ': the default; set it to your account\u2019s image limit' : ''})` : 'no image rate limit to pace to (the offline backend has none unless --rpm)'),
+    );
 
     const progress = new BatchProgress();
     const children: ChildExecutions = {
