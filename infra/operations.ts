@@ -14,6 +14,8 @@ import { Construct } from 'constructs';
 
 export interface OperationsProps {
   stateMachine: StateMachine;
+  /** Batches fail only when their own machinery does (a persona's failure is reported, not raised). */
+  batchStateMachine: StateMachine;
   failedUploads: IQueue;
   recordFailure: IFunction;
   /** Where alarms are mailed (context alarmEmail); the topic exists either way. */
@@ -22,7 +24,7 @@ export interface OperationsProps {
 
 /**
  * What an operator sees when something fails:
- *  - alarms on failed, timed-out and aborted executions and on upload notifications waiting in
+ *  - alarms on failed, timed-out and aborted executions, on failed batches and on upload notifications waiting in
  *    the dead-letter queue, to one SNS topic (output AlarmTopicArn), mailed when alarmEmail is set;
  *  - executions that end outside the workflow's own Catch (the execution's time limit, a stop
  *    from the console) are recorded by record-failure all the same, from their status event.
@@ -43,6 +45,7 @@ export class Operations extends Construct {
       ['ExecutionsFailed', machine.metricFailed({ period: Duration.minutes(5) }), 'runs failed: see avatars/{id}/failures/ for why'],
       ['ExecutionsTimedOut', machine.metricTimedOut({ period: Duration.minutes(5) }), 'runs hit the execution time limit'],
       ['ExecutionsAborted', machine.metricAborted({ period: Duration.minutes(5) }), 'runs were stopped'],
+      ['BatchesFailed', props.batchStateMachine.metricFailed({ period: Duration.minutes(5) }), 'a batch failed as a whole (its file unreadable, its plan or report not written): see the execution'],
       [
         'UploadsDeadLettered',
         props.failedUploads.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) }),

@@ -50,6 +50,7 @@ export class PersonaAvatarsStack extends Stack {
     });
     const operations = new Operations(this, 'Operations', {
       stateMachine: this.workflow.stateMachine,
+      batchStateMachine: this.batch.stateMachine,
       failedUploads: uploads.failedUploads,
       recordFailure: this.stages.functions['record-failure'],
       alarmEmail: props.alarmEmail,

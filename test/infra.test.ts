@@ -171,9 +171,9 @@ describe('the synthesized stack', () => {
     expect(Object.values(groups).every((g) => g.Properties.RetentionInDays === 30)).toBe(true);
   });
 
-  it('raises alarms on failed, timed-out and stopped runs and on dead-lettered uploads, mailed when alarmEmail is set', () => {
+  it('raises alarms on failed, timed-out and stopped runs, failed batches and dead-lettered uploads, mailed when alarmEmail is set', () => {
     const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm'));
-    expect(alarms.map((a) => a.Properties.MetricName).sort()).toEqual(['ApproximateNumberOfMessagesVisible', 'ExecutionsAborted', 'ExecutionsFailed', 'ExecutionsTimedOut']);
+    expect(alarms.map((a) => a.Properties.MetricName).sort()).toEqual(['ApproximateNumberOfMessagesVisible', 'ExecutionsAborted', 'ExecutionsFailed', 'ExecutionsFailed', 'ExecutionsTimedOut']);
     const topicId = Object.keys(template.findResources('AWS::SNS::Topic'))[0]!;
     for (const alarm of alarms) expect(alarm.Properties.AlarmActions).toEqual([{ Ref: topicId }]);
     expect(template.findResources('AWS::SNS::Subscription')).toEqual({});

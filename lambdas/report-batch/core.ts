@@ -88,6 +88,9 @@ function personaFailure(error: string, cause: string): { error: string; cause: s
     const described = JSON.parse(cause) as Record<string, unknown>;
     const inner = { error: described.Error ?? described.error, cause: described.Cause ?? described.cause };
     if (typeof inner.error === 'string') return { error: inner.error, cause: typeof inner.cause === 'string' ? inner.cause : '' };
+    // Timed out or stopped: no error of its own, only its status.
+    const status = described.Status ?? described.status;
+    if (typeof status === 'string') return { error: `Execution${status.charAt(0)}${status.slice(1).toLowerCase().replace(/_(\w)/g, (_, c: string) => c.toUpperCase())}`, cause: `the persona's execution ${String(described.ExecutionArn ?? '')} ended ${status}` };
   } catch {
     // A cause of the task's own (a timeout, a refused start): it stands as it is.
   }
