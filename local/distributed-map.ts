@@ -5,8 +5,9 @@
  *
  *  - reads the ItemReader's object (JSONL or a JSON array) from the stack's bucket, its
  *    Parameters resolved against the state's input;
- *  - runs the ItemProcessor once per item as a child workflow, MaxConcurrency(Path) at a time,
- *    ItemSelector applied, each item's failure its own, tolerated up to ToleratedFailure*;
+ *  - runs the ItemProcessor once per item as a child workflow, MaxConcurrency(Path) at a time
+ *    (at most LOCAL_CHILD_WORKFLOWS: here they share one process's memory and CPU), ItemSelector
+ *    applied, each item's failure its own, tolerated up to ToleratedFailure*;
  *  - writes the results where ResultWriter says, laid out as Step Functions lays them out
  *    ({Prefix}/{run}/manifest.json, SUCCEEDED_0.json, FAILED_0.json), and answers
  *    { MapRunArn, ResultWriterDetails }, or, without a ResultWriter, the array of outputs.
@@ -20,6 +21,9 @@ import { StateMachine } from 'aws-local-stepfunctions';
 import { inPool } from '../lambdas/shared/pool.ts';
 import type { ObjectStore } from '../lambdas/shared/store.ts';
 import type { AslMachine, AslState } from './definition.ts';
+
+/** Child workflows at once in this process, whatever the definition allows Step Functions. */
+export const LOCAL_CHILD_WORKFLOWS = 64;
 
 /** What the interpreter keeps from the Map state: everything about input, output and errors. */
 const KEPT = ['Type', 'Comment', 'InputPath', 'OutputPath', 'ResultPath', 'ResultSelector', 'Retry', 'Catch', 'Next', 'End'];
@@ -85,7 +89,7 @@ export async function runDistributedMap(name: string, state: AslState, input: un
   const concurrency = state.MaxConcurrencyPath ? Number(await evaluate({ 'n.$': state.MaxConcurrencyPath }, input).then((r) => (r as { n: number }).n)) : Number(state.MaxConcurrency ?? 0);
   const processor = state.ItemProcessor as AslMachine;
   const runId = randomUUID();
-  const results = await inPool(items, concurrency > 0 ? concurrency : items.length, async (item, index): Promise<ChildResult> => {
+  const results = await inPool(items, Math.min(LOCAL_CHILD_WORKFLOWS, concurrency > 0 ? concurrency : items.length), async (item, index): Promise<ChildResult> => {
     const selected = state.ItemSelector ? await evaluate(state.ItemSelector, input, { Map: { Item: { Index: index, Value: item } } }) : item;
     const started = new Date().toISOString();
     const described = { ExecutionArn: `arn:aws:states:us-east-1:000000000000:execution:${name}/${runId}:${index}`, Name: `${runId}-${index}`, Input: JSON.stringify(selected), StartDate: started };
