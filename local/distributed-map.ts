@@ -23,7 +23,7 @@ import type { ObjectStore } from '../lambdas/shared/store.ts';
 import type { AslMachine, AslState } from './definition.ts';
 
 /** Child workflows at once in this process, whatever the definition allows Step Functions. */
-export const LOCAL_CHILD_WORKFLOWS = 64;
+const LOCAL_CHILD_WORKFLOWS = 64;
 
 /** What the interpreter keeps from the Map state: everything about input, output and errors. */
 const KEPT = ['Type', 'Comment', 'InputPath', 'OutputPath', 'ResultPath', 'ResultSelector', 'Retry', 'Catch', 'Next', 'End'];

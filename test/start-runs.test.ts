@@ -240,7 +240,7 @@ describe('avatars start and status', () => {
     });
     expect(code, stderr).toBe(0);
     expect(stdout).toMatch(/^started batch: arn:aws:states:us-east-1:000000000000:execution:PersonaAvatars-Batch:team-[0-9a-f]{16}$/m);
-    expect(stdout).toMatch(/✓ 6 published, 0 failed, 0 skipped; report s3:\/\/avatars\/batches\/team-[0-9a-f]{16}\/report\.json/);
+    expect(stdout).toMatch(/✓ 6 published, 0 failed, 0 skipped; report batches\/team-[0-9a-f]{16}\/report\.json/);
     expect(stderr).toContain('✓ ReportBatch');
   }, 120_000);
 

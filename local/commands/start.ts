@@ -27,13 +27,23 @@ export interface StartFlags extends FollowFlags {
   wait?: boolean;
 }
 
-/** Prints an execution's states until it ends; 0 when it succeeded. */
+const isBatch = (output: unknown): output is BatchSummary => typeof output === 'object' && output !== null && 'counts' in output;
+
+/**
+ * Prints an execution's states until it ends (a batch's own states, not each persona's), then
+ * what it published; 0 when it succeeded and, for a batch, every persona was published.
+ */
 async function followAndReport(sfn: SFNClient, executionArn: string, flags: FollowFlags): Promise<number> {
-  const end = await followExecution({ sfn, executionArn, pollMs: flags.pollInterval, onProgress: (event) => process.stderr.write(`${describe(event)}\n`) });
+  const end = await followExecution({ sfn, executionArn, pollMs: flags.pollInterval, onProgress: (event) => event.index === undefined || !executionArn.includes('-Batch:') ? process.stderr.write(`${describe(event)}\n`) : undefined });
   if (flags.json) process.stdout.write(`${JSON.stringify({ executionArn, ...end }, null, 2)}\n`);
   if (end.status !== 'SUCCEEDED') {
     process.stderr.write(`\n✗ execution ${executionArn} ${end.status}: ${end.error}: ${end.cause}\n`);
     return 1;
+  }
+  if (isBatch(end.output)) {
+    const { counts, reportKey, indexKey } = end.output;
+    if (!flags.json) process.stdout.write(`${counts.FAILED === 0 ? '✓' : '✗'} ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; report ${reportKey}, contact sheet ${indexKey}\n`);
+    return counts.FAILED === 0 ? 0 : 1;
   }
   if (!flags.json) process.stdout.write(resultLines(end.output as PublishResult, `(execution ${executionArn.split(':').at(-1)})`));
   return 0;
@@ -64,16 +74,7 @@ async function startBatchCommand(file: string, flags: StartFlags): Promise<numbe
   const { executionArn, existing } = await startBatch({ store, sfn }, batchArn, batch.name, personasKey);
   const url = consoleUrl(executionArn, !!customSfnEndpoint());
   process.stdout.write(`${existing ? 'batch already running, or done with every persona published' : 'started batch'}: ${executionArn}\n${url ? `console: ${url}\n` : ''}`);
-  if (!flags.wait) return 0;
-  const end = await followExecution({ sfn, executionArn, pollMs: flags.pollInterval, onProgress: (event) => event.index === undefined && process.stderr.write(`${describe(event)}\n`) });
-  if (end.status !== 'SUCCEEDED') {
-    process.stderr.write(`\n✗ batch ${executionArn} ${end.status}: ${end.error}: ${end.cause}\n`);
-    return 1;
-  }
-  const { counts, reportKey, indexKey } = end.output as BatchSummary;
-  if (flags.json) process.stdout.write(`${JSON.stringify({ executionArn, ...(end.output as BatchSummary) }, null, 2)}\n`);
-  else process.stdout.write(`${counts.FAILED === 0 ? '✓' : '✗'} ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; report s3://${bucket}/${reportKey}, contact sheet s3://${bucket}/${indexKey}\n`);
-  return counts.FAILED === 0 ? 0 : 1;
+  return flags.wait ? followAndReport(sfn, executionArn, flags) : 0;
 }
 
 export async function startCommand(personaFile: string, flags: StartFlags): Promise<number> {
