@@ -23,10 +23,13 @@ afterEach(async () => {
 });
 
 /** The embedded S3, the offline backend and a Step Functions API running the workflow, on loopback. */
-async function startWorld(faults: Fault[] = []) {
-  env = await startTestEnvironment({ faults, stepFunctions: {} });
+async function startWorld(faults: Fault[] = [], variables: Record<string, string> = {}) {
+  env = await startTestEnvironment({ faults, stepFunctions: {}, env: { IMAGE_TIMEOUT_MS: '1500', ...variables } });
   return env;
 }
+
+/** A batch runs many personas at once: on a small machine its image calls get the time a real one would. */
+const batchVariables = { IMAGE_TIMEOUT_MS: '60000' };
 
 type World = Awaited<ReturnType<typeof startWorld>>;
 
@@ -74,7 +77,7 @@ describe('the upload trigger', () => {
   });
 
   it('starts one batch for a JSON Lines file, reports its bad line, and the batch publishes the rest', async () => {
-    const world = await startWorld();
+    const world = await startWorld([], batchVariables);
     const text = [
       line({ ...persona, id: 'p1' }),
       line({ ...persona, id: 'p2', firstname: 'Grace' }),
@@ -103,7 +106,7 @@ describe('the upload trigger', () => {
   });
 
   it('starts a JSON Lines file once when S3 delivers it twice', async () => {
-    const world = await startWorld();
+    const world = await startWorld([], batchVariables);
     await world.deps.store.put('personas/pair.jsonl', [line({ ...persona, id: 'p1' }), line({ ...persona, id: 'p2' })].join('\n'), 'application/x-ndjson');
     const event = notification(world.deps.store.bucket, 'personas/pair.jsonl');
     const [first] = await startFromUpload(event, world.deps);
@@ -228,7 +231,7 @@ describe('avatars start and status', () => {
   });
 
   it('starts a batch for a JSON Lines file, follows it, and prints what it published', async () => {
-    const world = await startWorld();
+    const world = await startWorld([], batchVariables);
     const s3 = world.embeddedS3!;
     const { code, stdout, stderr } = await avatars(work, ['start', join(eventsDir, 'team.jsonl'), '--wait', '--poll-interval', '50'], {
       ...sfnEnv(world),
