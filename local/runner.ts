@@ -3,11 +3,11 @@
  * each Task calling its stage's core with the clients given; a batch's child executions run
  * here too, and its Distributed Map as distributed-map.ts adapts it.
  */
+import { randomUUID } from 'node:crypto';
 import { ExecutionError, StateMachine } from 'aws-local-stepfunctions';
 import { stages } from '../lambdas/stages.ts';
 import { loggedStage, type Deps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
-import { randomUUID } from 'node:crypto';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import { allStates, isStepFunctionsTask, synthesizeWorkflows, type AslMachine, type SynthesizedWorkflows } from './definition.ts';
 import { adaptDistributedMaps, runDistributedMap } from './distributed-map.ts';
@@ -108,6 +108,7 @@ interface ExecuteOptions {
 
 /** One execution of a definition by the interpreter; rejects with what ended it. */
 async function execute(definition: AslMachine, input: unknown, options: ExecuteOptions): Promise<unknown> {
+  // An ItemProcessor carries ProcessorConfig, which the validator refuses as a machine of its own.
   const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false, noValidate: options.item !== undefined } });
   const execution = machine.run(input as never, {
     overrides: { taskResourceLocalHandlers: options.handlers as never, retryIntervalOverrides: options.retryDelays },

@@ -22,13 +22,19 @@ class BatchProgress {
   readonly personas = new Map<number, 'waiting' | 'running' | 'done' | 'failed'>();
   readonly imageCalls: number[] = [];
   plan: BatchPlan | undefined;
-  readonly started = Date.now();
+  /** When each persona's run began, and how long the finished ones took. */
+  private readonly runningSince = new Map<number, number>();
+  private readonly runMs: number[] = [];
 
   onBatchEvent(event: ProgressEvent): void {
     if (event.kind !== 'entered' || event.index === undefined) return;
     const state = { WaitTurn: 'waiting', RunPersona: 'running', PersonaDone: 'done', PersonaFailed: 'failed' } as const;
     const now = state[event.state as keyof typeof state];
-    if (now) this.personas.set(event.index, now);
+    if (!now) return;
+    this.personas.set(event.index, now);
+    if (now === 'running') this.runningSince.set(event.index, event.at);
+    const since = this.runningSince.get(event.index);
+    if ((now === 'done' || now === 'failed') && since !== undefined) this.runMs.push(event.at - since);
   }
 
   onPersonaEvent(event: ProgressEvent): void {
@@ -44,16 +50,16 @@ class BatchProgress {
   rate(now = Date.now()): number {
     const recent = this.imageCalls.filter((t) => t > now - 60_000);
     if (recent.length < 2) return recent.length;
-    const span = Math.max(1, now - Math.max(recent[0]!, now - 60_000));
-    return (recent.length * 60_000) / Math.max(span, 1000);
+    return (recent.length * 60_000) / Math.max(now - recent[0]!, 1000);
   }
 
   line(): string {
     const plan = this.plan;
     if (!plan) return 'planning…';
     const waiting = plan.toRun - this.count('running') - this.count('done') - this.count('failed');
-    // The last turn, then about one persona's run after it.
-    const left = Math.max(0, Date.parse(plan.lastTurn) - Date.now()) / 1000;
+    // Until the last persona's turn, then about one persona's run.
+    const typicalRun = this.runMs.length > 0 ? this.runMs.reduce((a, b) => a + b, 0) / this.runMs.length : 0;
+    const left = (Math.max(0, Date.parse(plan.lastTurn) - Date.now()) + typicalRun) / 1000;
     const limit = plan.imagesPerMinute < UNLIMITED_IMAGES_PER_MINUTE ? ` (limit ${plan.imagesPerMinute})` : '';
     return `${this.count('done')} done, ${this.count('failed')} failed, ${this.count('running')} running, ${waiting} waiting · ${this.rate().toFixed(0)} images/min${limit} · ${left > 0 ? `about ${Math.ceil(left)} s left` : 'finishing'}`;
   }
