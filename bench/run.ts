@@ -188,9 +188,8 @@ const BATCH = { personas: 24, imagesPerMinute: 120, latencyMs: 1000 };
 
 async function batchBench(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-'));
-  // The identity check off: on AWS each stage has CPU of its own; here two cores would be the brake.
   const limit = String(BATCH.imagesPerMinute);
-  const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGES_PER_MINUTE: limit, IDENTITY_POLICY: 'off' }, latencyMs: BATCH.latencyMs, imagesPerMinute: BATCH.imagesPerMinute });
+  const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGES_PER_MINUTE: limit }, latencyMs: BATCH.latencyMs, imagesPerMinute: BATCH.imagesPerMinute });
   try {
     const lines = Array.from({ length: BATCH.personas }, (_, i) => JSON.stringify({ persona: { ...persona, id: `bench-${i + 1}` } }));
     await env.deps.store.put('batches/bench/personas.jsonl', lines.join('\n'), 'application/x-ndjson');
@@ -201,7 +200,7 @@ async function batchBench(): Promise<void> {
     const perMinute = ((drawn.length - 1) * 60_000) / (drawn.at(-1)!.at - drawn[0]!.at);
     const idealMs = (drawn.length * 60_000) / BATCH.imagesPerMinute;
     const images = outcome.output.counts.SUCCEEDED * 4;
-    out(`A batch: ${BATCH.personas} personas, API limited to ${BATCH.imagesPerMinute} images/min, ${BATCH.latencyMs} ms per image call (identity check off)`);
+    out(`A batch: ${BATCH.personas} personas, API limited to ${BATCH.imagesPerMinute} images/min, ${BATCH.latencyMs} ms per image call`);
     out(`  published ${outcome.output.counts.SUCCEEDED}/${BATCH.personas}; ${drawn.length} image calls at ${perMinute.toFixed(1)}/min from first to last: ${((perMinute / BATCH.imagesPerMinute) * 100).toFixed(0)}% of the limit`);
     out(`  429s: ${calls.length - drawn.length} (${((calls.length - drawn.length) / images).toFixed(2)} per published image)`);
     out(`  wall ${(outcome.ms / 1000).toFixed(1)} s against an ideal of ${(idealMs / 1000).toFixed(1)} s (image calls / limit): ${(outcome.ms / idealMs).toFixed(2)}x`);

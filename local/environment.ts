@@ -13,6 +13,7 @@ import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/
 import { sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
+import { localFaceFinder } from './face-worker.ts';
 import { startOfflineBackend, type Fault, type OfflineBackend } from './offline-openai.ts';
 import { startLocalStepFunctions, type LocalStepFunctions, type LocalStepFunctionsOptions } from './step-functions-api.ts';
 
@@ -94,7 +95,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   }
   try {
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient]);
+    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder]);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {

@@ -1,7 +1,7 @@
 import { IdentityMismatch } from '../shared/errors.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { SplitResult } from '../split-grid/core.ts';
-import { facesIn, similarity, type Face } from './faces.ts';
+import { similarity, type Face } from './faces.ts';
 
 export interface CheckIdentityEvent {
   personaId: string;
@@ -35,16 +35,16 @@ const subjectOf = (faces: Face[]) => faces.find((f) => f.score >= CONFIDENT);
  * a grid with a panel that fails is an IdentityMismatch (the workflow draws it again); with flag
  * every avatar is published with its verdict; off checks nothing.
  */
-export async function checkIdentity(event: CheckIdentityEvent, deps: StageDeps<'store'>): Promise<CheckedGrid> {
+export async function checkIdentity(event: CheckIdentityEvent, deps: StageDeps<'store' | 'faces'>): Promise<CheckedGrid> {
   const { identityPolicy: policy, identityThreshold: threshold } = deps.settings;
   const { split } = event;
   if (policy === 'off') {
     return { ...split, identity: { policy, threshold, verdicts: split.tiles.map(() => ({ faces: null, similarity: null, pass: true, reason: 'not checked (IDENTITY_POLICY=off)' })) } };
   }
-  const base = subjectOf(await facesIn(await deps.store.getBytes(event.baseKey)));
+  const base = subjectOf(await deps.faces.facesIn(await deps.store.getBytes(event.baseKey)));
   const verdicts = await Promise.all(
     split.tiles.map(async (tile): Promise<IdentityVerdict> => {
-      const faces = await facesIn(await deps.store.getBytes(tile.key));
+      const faces = await deps.faces.facesIn(await deps.store.getBytes(tile.key));
       const subject = subjectOf(faces);
       if (!base) return { faces: faces.length, similarity: null, pass: true, reason: 'not compared: no face found in the base image' };
       if (!subject) return { faces: faces.length, similarity: null, pass: false, reason: 'no face found' };

@@ -18,6 +18,16 @@ export interface Face {
   embedding: number[];
 }
 
+/** Who finds faces for check-identity: in-process on Lambda; in a worker thread locally. */
+export interface FaceFinder {
+  facesIn(image: Buffer): Promise<Face[]>;
+}
+
+/** For check-identity's handler: the detector in this process. */
+export function faceFinder(): { faces: FaceFinder } {
+  return { faces: { facesIn } };
+}
+
 type HumanLike = InstanceType<Awaited<ReturnType<typeof loadHuman>>['Human']>;
 
 /** tfjs loads models through fetch, which cannot read file:// URLs: read those from disk. */

@@ -121,17 +121,21 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
 }
 
 /**
- * Image calls made by this process keep to the account's rate among themselves: each takes the
- * next free slot, IMAGES_PER_MINUTE apart. A batch's turns (plan-batch) pace calls across
- * Lambdas; this spaces the calls that share a process (all of a local batch's), which would
- * otherwise arrive in bursts the API answers 429 to.
+ * Image calls made by this process keep to the account's rate among themselves. A batch's turns
+ * (plan-batch) pace calls across Lambdas; this spaces the calls that share a process (all of a
+ * local batch's), which would otherwise arrive in bursts the API answers 429 to. It is the
+ * generic cell rate algorithm: each call is due `60 / IMAGES_PER_MINUTE` s after the one before,
+ * and may go up to a second's worth of calls early, as the API's own bucket allows, so a call
+ * that came late does not push every later one back.
  */
-let nextSlotAt = 0;
+let dueAt = 0;
 async function takeSlot(images: number, perMinute: number): Promise<void> {
+  const interval = 60_000 / perMinute;
+  const early = Math.max(0, perMinute / 60 - 1) * interval;
   const now = Date.now();
-  const at = Math.max(now, nextSlotAt);
-  nextSlotAt = at + (images * 60_000) / perMinute;
-  if (at > now) await new Promise((resolve) => setTimeout(resolve, at - now));
+  const start = Math.max(now, dueAt - early);
+  dueAt = Math.max(dueAt, now) + images * interval;
+  if (start > now) await new Promise((resolve) => setTimeout(resolve, start - now));
 }
 
 type Call = (api: OpenAI, model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;

@@ -2,6 +2,7 @@ import { Logger } from '@aws-lambda-powertools/logger';
 import type { Context } from 'aws-lambda';
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
+import type { FaceFinder } from '../check-identity/faces.ts';
 import type { ImageProvider } from './image-provider.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
 import type { ObjectStore } from './store.ts';
@@ -22,6 +23,8 @@ export interface Deps {
   fetch: typeof fetch;
   /** Starts executions (the upload trigger only). */
   sfn: SFNClient;
+  /** Faces and their identity embeddings (check-identity only). */
+  faces: FaceFinder;
   /** Timeouts for one call, kept below what is left of the Lambda's own time. */
   imageTimeoutMs: number;
   textTimeoutMs: number;
