@@ -29,7 +29,7 @@ export interface AvatarWorkflowProps {
   logRetentionDays: number;
 }
 
-export interface StageTaskProps {
+interface StageTaskProps {
   stage: StageName;
   fn: IFunction;
   payload: Record<string, unknown>;

@@ -50,7 +50,7 @@ export interface SynthesizedWorkflows {
 }
 
 const LOCAL_ARN = 'arn:aws:lambda:us-east-1:000000000000:function:';
-export const localStateMachineArn = (name: string) => `arn:aws:states:us-east-1:000000000000:stateMachine:${name}`;
+const localStateMachineArn = (name: string) => `arn:aws:states:us-east-1:000000000000:stateMachine:${name}`;
 
 /** Resolves the intrinsics CDK puts in a DefinitionString: Join, Ref and GetAtt of functions and state machines. */
 function resolver(template: Template): (value: unknown) => string {

@@ -37,7 +37,7 @@ function started(): Worker {
   return thread;
 }
 
-export const workerFaces: FaceFinder = {
+const workerFaces: FaceFinder = {
   facesIn: (image) =>
     new Promise<Face[]>((resolve, reject) => {
       const id = nextId++;

@@ -77,7 +77,7 @@ const MAX_CHILD_WORKFLOWS = 10_000;
 const LOOKUP_CONCURRENCY = 16;
 
 /** Image calls one request makes: the base, then one per grid (or one image per avatar). */
-export function imageCallsOf(request: RunRequest, defaultImages: number): number {
+function imageCallsOf(request: RunRequest, defaultImages: number): number {
   const images = request.images ?? defaultImages;
   return 1 + (request.mode === 'separate' ? images : Math.ceil(images / IMAGES_PER_GRID));
 }

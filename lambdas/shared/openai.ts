@@ -66,7 +66,7 @@ function waitAsked(error: unknown): number | undefined {
 }
 
 /** The account's image limit as a 429 states it ("images per min… Limit: 20/1min"), if it does. */
-export function statedImageLimit(error: unknown): number | undefined {
+function statedImageLimit(error: unknown): number | undefined {
   if (!(error instanceof OpenAI.APIError) || error.status !== 429) return undefined;
   const match = /images? per min[\s\S]*?Limit:? (\d+)/i.exec(error.message);
   return match ? Number(match[1]) : undefined;

@@ -74,7 +74,7 @@ async function startEach(deps: TriggerDeps, key: string, outcome: UploadOutcome)
 }
 
 /** A batch that ran to its end with every persona published or skipped stands; any other is run again. */
-export function batchSettled(store: TriggerDeps['store']): Settled {
+function batchSettled(store: TriggerDeps['store']): Settled {
   return async (status, name) => {
     if (status === 'RUNNING' || status === 'PENDING_REDRIVE') return true;
     if (status !== 'SUCCEEDED') return false;
