@@ -86,7 +86,7 @@ export async function runDistributedMap(name: string, state: AslState, input: un
   const reader = state.ItemReader as { ReaderConfig?: { InputType?: string }; Parameters: Record<string, unknown> };
   const { Key } = (await evaluate(reader.Parameters, input)) as { Key: string };
   const items = itemsOf(await store.getText(Key), reader.ReaderConfig?.InputType);
-  const concurrency = state.MaxConcurrencyPath ? Number(await evaluate({ 'n.$': state.MaxConcurrencyPath }, input).then((r) => (r as { n: number }).n)) : Number(state.MaxConcurrency ?? 0);
+  const { concurrency } = (await evaluate({ ...(state.MaxConcurrencyPath ? { 'concurrency.$': state.MaxConcurrencyPath } : { concurrency: state.MaxConcurrency ?? 0 }) }, input)) as { concurrency: number };
   const processor = state.ItemProcessor as AslMachine;
   const runId = randomUUID();
   const results = await inPool(items, Math.min(LOCAL_CHILD_WORKFLOWS, concurrency > 0 ? concurrency : items.length), async (item, index): Promise<ChildResult> => {

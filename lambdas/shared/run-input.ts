@@ -44,15 +44,18 @@ function problemOf(error: unknown, at: Pick<Problem, 'line' | 'item'>, idFrom: s
 
 const BOM = /^\uFEFF/;
 
+/** An execution input as given, or a bare persona made one (a copy: the file's value stays as read). */
+function asRequest(value: unknown): { persona: unknown } {
+  return value && typeof value === 'object' && 'persona' in value ? { ...(value as { persona: unknown }) } : { persona: value };
+}
+
 export type PersonaLine = { line: number; request: RunRequest } | { line: number; problem: Problem };
 
 /** One line of a JSON Lines file (from 1): a run request, what is wrong with it, or nothing if blank. */
 export function parsePersonaLine(text: string, line: number): PersonaLine | undefined {
   if (!text.trim()) return undefined;
   try {
-    const value = JSON.parse(text) as unknown;
-    const request = value && typeof value === 'object' && 'persona' in value ? value : { persona: value };
-    return { line, request: parseRunRequest(request) };
+    return { line, request: parseRunRequest(asRequest(JSON.parse(text))) };
   } catch (error) {
     return { line, problem: problemOf(error, { line }, undefined) };
   }
@@ -80,7 +83,7 @@ export function parsePersonaFile(name: string, text: string): { requests: RunReq
   const read = (value: unknown, at: Pick<Problem, 'line' | 'item'>, withFileId: boolean) => {
     let idFrom: string | undefined;
     try {
-      const request = (value && typeof value === 'object' && 'persona' in value ? { ...value } : { persona: value }) as { persona: unknown };
+      const request = asRequest(value);
       if (withFileId && fileId !== undefined && request.persona && typeof request.persona === 'object' && !Array.isArray(request.persona) && !('id' in request.persona)) {
         idFrom = fileId;
         request.persona = { id: fileId, ...request.persona };
