@@ -20,25 +20,40 @@ function encodeKey(key: string): string {
 interface FilesystemStore {
   getResourcePath(bucket: string, key: string, kind: string): string;
   putObject(object: { bucket: string; key: string }): Promise<unknown>;
+  getObject(bucket: string, key: string, options?: unknown): Promise<unknown>;
 }
 
 /**
  * S3 replaces an object whole: a reader sees the old version or the new one. s3rver writes in
  * place, so two writers of one key (two runs publishing the current manifest) can interleave and
  * leave neither. Each write goes to a key of its own first, then is renamed over the object.
+ * s3rver's read takes the object's size, then opens it: a rename in between sends a body of
+ * another length, which the client sees as an aborted response. So a key's renames and its reads
+ * up to the open take turns; once open, a read keeps the version it opened.
  */
 function atomicPuts(store: FilesystemStore): void {
   const put = store.putObject.bind(store);
+  const get = store.getObject.bind(store);
+  const turns = new Map<string, Promise<unknown>>();
+  const inTurn = <T>(id: string, work: () => Promise<T>): Promise<T> => {
+    const done = (turns.get(id) ?? Promise.resolve()).then(work, work);
+    const settled = done.catch(() => undefined);
+    turns.set(id, settled);
+    void settled.then(() => turns.get(id) === settled && turns.delete(id));
+    return done;
+  };
   let counter = 0;
   store.putObject = async (object) => {
     const staging = `${object.key}.put-${process.pid}-${++counter}`;
     const result = await put({ ...object, key: staging });
-    // The object last: readers find it by its file, then read the rest beside it.
-    for (const resource of ['metadata.json', 'object.md5', 'object']) {
-      await rename(store.getResourcePath(object.bucket, staging, resource), store.getResourcePath(object.bucket, object.key, resource));
-    }
+    await inTurn(`${object.bucket}/${object.key}`, async () => {
+      for (const resource of ['metadata.json', 'object.md5', 'object']) {
+        await rename(store.getResourcePath(object.bucket, staging, resource), store.getResourcePath(object.bucket, object.key, resource));
+      }
+    });
     return result;
   };
+  store.getObject = (bucket, key, options) => inTurn(`${bucket}/${key}`, () => get(bucket, key, options));
 }
 
 /** An S3-compatible server on loopback, its data in `directory`, for runs without AWS. */

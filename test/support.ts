@@ -12,7 +12,7 @@ export { persona };
 /** A fresh embedded S3 and offline backend on loopback, removed with its data on close(). */
 export async function startTestEnvironment(options: Partial<LocalEnvironmentOptions> = {}): Promise<LocalEnvironment & { dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-test-'));
-  const env = await startLocalEnvironment({ ...options, dataDir: dir, env: { IMAGE_TIMEOUT_MS: '1500', ...options.env } });
+  const env = await startLocalEnvironment({ ...options, dataDir: dir, env: { IMAGE_TIMEOUT_MS: '30000', ...options.env } });
   return {
     ...env,
     dir,
