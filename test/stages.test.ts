@@ -25,7 +25,7 @@ afterEach(async () => {
 });
 
 async function environment(faults: Fault[] = [], extra: Record<string, string> = {}) {
-  env = await startTestEnvironment({ faults, env: { IMAGE_TIMEOUT_MS: '1500', ...extra } });
+  env = await startTestEnvironment({ faults, env: extra });
   return env;
 }
 

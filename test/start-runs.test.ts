@@ -24,7 +24,7 @@ afterEach(async () => {
 
 /** The embedded S3, the offline backend and a Step Functions API running the workflow, on loopback. */
 async function startWorld(faults: Fault[] = [], variables: Record<string, string> = {}) {
-  env = await startTestEnvironment({ faults, stepFunctions: {}, env: { IMAGE_TIMEOUT_MS: '1500', ...variables } });
+  env = await startTestEnvironment({ faults, stepFunctions: {}, env: variables });
   return env;
 }
 
