@@ -30,8 +30,6 @@ type Span = { start: number; end: number };
 /** A pixel is background when it is bright and colourless: white gutters with noise. */
 const BACKGROUND_MIN = 205;
 const BACKGROUND_MAX_CHROMA = 40;
-/** Pixels less opaque than this are background: flattened onto white they are near-white. */
-const TRANSPARENT_BELOW = 128;
 /** A line is background when this share of its pixels is: noise may speck a gutter. */
 const LINE_BACKGROUND_SHARE = 0.9;
 /** Panels narrower than this share of the grid are slivers of noise, not panels. */
@@ -51,11 +49,9 @@ function isBackground(r: number, g: number, b: number): boolean {
 
 /**
  * One row of the background counts: `rowSums` along the row, `colSums` down from the row above.
- * A pixel is background when bright and colourless, or transparent (white once flattened, as the
- * tiles are). Called once per row, so the JIT optimizes it within the first grid.
+ * Called once per row, so the JIT optimizes it within the first grid.
  */
-function countRow(data: Uint8Array, channels: number, y: number, width: number, rowSums: Int32Array, colSums: Int32Array): void {
-  const alpha = channels === 2 || channels === 4 ? channels - 1 : -1;
+function countRow(data: Uint8Array, channels: number, y: number, width: number, rowSums: Uint16Array, colSums: Uint16Array): void {
   const green = channels >= 3 ? 1 : 0;
   const blue = channels >= 3 ? 2 : 0;
   const at = y * (width + 1);
@@ -63,7 +59,7 @@ function countRow(data: Uint8Array, channels: number, y: number, width: number, 
   let p = y * width * channels;
   let count = 0;
   for (let x = 0; x < width; x++, p += channels) {
-    const bg = (alpha > 0 && data[p + alpha]! < TRANSPARENT_BELOW) || isBackground(data[p]!, data[p + green]!, data[p + blue]!) ? 1 : 0;
+    const bg = isBackground(data[p]!, data[p + green]!, data[p + blue]!) ? 1 : 0;
     count += bg;
     rowSums[at + x + 1] = count;
     colSums[above + width + x] = colSums[above + x]! + bg;
@@ -72,9 +68,11 @@ function countRow(data: Uint8Array, channels: number, y: number, width: number, 
 
 /**
  * The counts' memory, reused from grid to grid: fresh megabytes for every grid cost more in page
- * faults than counting does. One grid is measured at a time (detection never awaits).
+ * faults than counting does. One grid is measured at a time (detection never awaits). 16 bits: a
+ * count is at most a side's length, and half the memory to write is a third less counting time.
  */
-let scratch = new Int32Array(0);
+let scratch = new Uint16Array(0);
+const MAX_SIDE = 0xffff;
 
 export class GridImage {
   readonly width: number;
@@ -86,8 +84,8 @@ export class GridImage {
    * and down each column (`colSums[y * width + x]`: those above y), so the profile of any box
    * costs its height plus its width, however often the cut asks.
    */
-  private readonly rowSums: Int32Array;
-  private readonly colSums: Int32Array;
+  private readonly rowSums: Uint16Array;
+  private readonly colSums: Uint16Array;
 
   constructor(image: RawImage) {
     const { width, height, channels } = image;
@@ -99,7 +97,7 @@ export class GridImage {
     this.channels = channels;
     const rowLength = (width + 1) * height;
     const colLength = width * (height + 1);
-    if (scratch.length < rowLength + colLength) scratch = new Int32Array(rowLength + colLength);
+    if (scratch.length < rowLength + colLength) scratch = new Uint16Array(rowLength + colLength);
     const rowSums = scratch.subarray(0, rowLength);
     const colSums = scratch.subarray(rowLength, rowLength + colLength);
     colSums.fill(0, 0, width);
@@ -289,6 +287,9 @@ function checkSizes(cells: Box[], region: Box, rows: number, cols: number): stri
  * is not such a grid (the model drew 3 or 6 panels).
  */
 export function detectCells(image: RawImage, rows: number, cols: number, what = 'grid'): Box[] {
+  if (image.width > MAX_SIDE || image.height > MAX_SIDE) {
+    throw new GridLayoutMismatch(`${what} is ${image.width}x${image.height}: no image model draws a grid with a side over ${MAX_SIDE} px`);
+  }
   const grid = new GridImage(image);
   const region = grid.trim({ left: 0, top: 0, width: image.width, height: image.height });
   // Columns first only when rows first found no gutters to go by.

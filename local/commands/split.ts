@@ -2,7 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { extensionOf, type TileFormat } from '../../lambdas/shared/keys.ts';
-import { splitGrid } from '../../lambdas/split-grid/split.ts';
+import { release, splitGrid } from '../../lambdas/split-grid/split.ts';
 
 export interface SplitFlags {
   out: string;
@@ -15,10 +15,13 @@ export interface SplitFlags {
 async function splitOne(grid: string, flags: SplitFlags): Promise<boolean> {
   const name = basename(grid, extname(grid));
   try {
-    const tiles = await splitGrid(await readFile(grid), flags.rows, flags.cols, flags.format, grid);
+    const image = await readFile(grid);
+    const tiles = await splitGrid(image, flags.rows, flags.cols, flags.format, grid);
+    release(image);
     const dir = join(flags.out, name);
     await mkdir(dir, { recursive: true });
     await Promise.all(tiles.map((tile, i) => writeFile(join(dir, `img_${i}.${extensionOf(flags.format)}`), tile.data)));
+    for (const tile of tiles) release(tile.data);
     process.stdout.write(`${grid}: ${tiles.map((t, i) => `img_${i} ${t.box.width}x${t.box.height}+${t.box.left}+${t.box.top}`).join(', ')}\n`);
     return true;
   } catch (error) {
