@@ -85,4 +85,11 @@ describe('split-grid cell detection', () => {
     const { png } = await makeGrid(1536, 1024, 'six-panels', 2, 3, 30);
     await expect(splitGrid(png, 2, 2)).rejects.toThrow(/not a 2x2 grid/);
   });
+
+  it('throws GridLayoutMismatch naming the size of an image wider than any grid a model draws', async () => {
+    const strip = await sharp({ create: { width: 70_000, height: 64, channels: 3, background: '#ffffff' } }).png().toBuffer();
+    const error = (await splitGrid(strip, 2, 2).catch((e: unknown) => e)) as Error;
+    expect(error).toBeInstanceOf(GridLayoutMismatch);
+    expect(error.message).toMatch(/70000x64/);
+  });
 });
