@@ -13,7 +13,7 @@ export interface Tile {
  * the tiles, cut from these pixels, come out opaque. A grid that does not decode has no layout at
  * all: the workflow draws it again, as for a wrong layout.
  */
-export async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
+async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
   try {
     const { data, info } = await sharp(image).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
     return { data, width: info.width, height: info.height, channels: info.channels };
@@ -29,7 +29,7 @@ export async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
  */
 const TILE_PNG_COMPRESSION = 1;
 
-export async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Promise<Tile[]> {
+async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Promise<Tile[]> {
   const { width, height, channels } = raw;
   return Promise.all(
     boxes.map(async (box) => {
@@ -50,18 +50,22 @@ export function release(data: Uint8Array): void {
   if (data.byteOffset === 0 && data.byteLength === memory.byteLength) memory.transfer?.(0);
 }
 
-/** Cuts a generated grid into its cells, found from the pixels (see detect.ts). */
-export async function splitGrid(image: Buffer, rows: number, cols: number, format: TileFormat = 'png', what?: string): Promise<Tile[]> {
+/** Decodes, cuts where `cellsOf` says and encodes, the decoded pixels released once the tiles are out. */
+async function cut(image: Buffer, cellsOf: (raw: RawImage) => Box[], format: TileFormat, what?: string): Promise<Tile[]> {
   const raw = await decode(image, what);
   try {
-    return await encodeTiles(raw, detectCells(raw, rows, cols, what), format);
+    return await encodeTiles(raw, cellsOf(raw), format);
   } finally {
     release(raw.data);
   }
 }
 
+/** Cuts a generated grid into its cells, found from the pixels (see detect.ts). */
+export function splitGrid(image: Buffer, rows: number, cols: number, format: TileFormat = 'png', what?: string): Promise<Tile[]> {
+  return cut(image, (raw) => detectCells(raw, rows, cols, what), format, what);
+}
+
 /** The seed's equal split, for comparison in the bench. */
-export async function splitEqually(image: Buffer, rows: number, cols: number, format: TileFormat = 'png'): Promise<Tile[]> {
-  const raw = await decode(image);
-  return encodeTiles(raw, equalCells(raw.width, raw.height, rows, cols), format);
+export function splitEqually(image: Buffer, rows: number, cols: number, format: TileFormat = 'png'): Promise<Tile[]> {
+  return cut(image, (raw) => equalCells(raw.width, raw.height, rows, cols), format);
 }
