@@ -52,6 +52,19 @@ describe('split-grid cell detection', () => {
     for (const tile of tiles) expect((await sharp(tile.data).metadata()).hasAlpha).toBe(false);
   });
 
+  it('cuts an opaque grid that carries an alpha channel into tiles of its exact pixels, without alpha', async () => {
+    const { png } = await makeGrid(1024, 1024, 'opaque-alpha');
+    expect((await sharp(png).metadata()).channels).toBe(4);
+    const tiles = await splitGrid(png, 2, 2);
+    const grid = await sharp(png).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    for (const { box, data } of tiles) {
+      const tile = await sharp(data).raw().toBuffer({ resolveWithObject: true });
+      expect(tile.info.channels).toBe(3);
+      const expected = await sharp(grid.data, { raw: grid.info }).extract(box).raw().toBuffer();
+      expect(tile.data.equals(expected), `tile at ${JSON.stringify(box)}`).toBe(true);
+    }
+  });
+
   it('finds off-centre cells on a grid with no gutters at all, by the seams between pictures', async () => {
     const { png, cells } = await makeGrid(1024, 1024, 'no-gutters', 2, 2, 0);
     expectBoxesNear((await splitGrid(png, 2, 2)).map((t) => t.box), cells);

@@ -9,17 +9,31 @@ export interface Tile {
 }
 
 /**
- * Decodes once, transparency flattened onto white: a transparent gutter reads as background, and
- * the tiles, cut from these pixels, come out opaque. A grid that does not decode has no layout at
- * all: the workflow draws it again, as for a wrong layout.
+ * Decodes once. Transparency is flattened onto white: a transparent gutter reads as background,
+ * and the tiles, cut from these pixels, come out opaque. Most grids with an alpha channel are
+ * opaque all over, and flattening 4 MB of pixels costs most of a decode (bench), so those keep
+ * their alpha channel here and lose it as each tile is cut. A grid that does not decode has no
+ * layout at all: the workflow draws it again, as for a wrong layout.
  */
 async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
   try {
-    const { data, info } = await sharp(image).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
-    return { data, width: info.width, height: info.height, channels: info.channels };
+    const { data, info } = await sharp(image).raw().toBuffer({ resolveWithObject: true });
+    const { width, height, channels } = info;
+    if (!hasAlpha(channels) || isOpaque(data, channels)) return { data, width, height, channels };
+    const flat = await sharp(data, { raw: { width, height, channels } }).flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
+    release(data);
+    return { data: flat.data, width, height, channels: flat.info.channels };
   } catch (error) {
     throw new GridLayoutMismatch(`${what} cannot be decoded (${(error as Error).message.trim()}); the workflow draws this grid again, at most twice, then fails the run`);
   }
+}
+
+/** Grey with alpha, or colour with alpha: the last channel is alpha. */
+const hasAlpha = (channels: number) => channels === 2 || channels === 4;
+
+function isOpaque(data: Uint8Array, channels: number): boolean {
+  for (let i = channels - 1; i < data.length; i += channels) if (data[i] !== 255) return false;
+  return true;
 }
 
 /**
@@ -33,7 +47,9 @@ async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Pro
   const { width, height, channels } = raw;
   return Promise.all(
     boxes.map(async (box) => {
-      const tile = sharp(raw.data, { raw: { width, height, channels: channels as 1 | 3 | 4 } }).extract(box);
+      const region = sharp(raw.data, { raw: { width, height, channels: channels as 1 | 2 | 3 | 4 } }).extract(box);
+      // Only an opaque grid still has its alpha channel (see decode).
+      const tile = hasAlpha(channels) ? region.removeAlpha() : region;
       return { box, data: await (format === 'png' ? tile.png({ compressionLevel: TILE_PNG_COMPRESSION }) : tile.toFormat(format)).toBuffer() };
     }),
   );
