@@ -1,13 +1,11 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf } from '../local/avatar-art.ts';
-import { avatars as avatarsIn, eventsDir } from './support.ts';
+import { avatars as avatarsIn, eventsDir, tempDir } from './support.ts';
 
-const work = mkdtempSync(join(tmpdir(), 'avatars-cli-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('cli');
 const avatars = (...args: string[]) => avatarsIn(work, args);
 
 async function gridFile(name: string, width: number, height: number): Promise<string> {

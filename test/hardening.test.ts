@@ -1,10 +1,9 @@
 import { Agent, createServer, type Server } from 'node:http';
 import { S3Client } from '@aws-sdk/client-s3';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { openAiClient, openAiKeyFromEnv } from '../lambdas/shared/openai.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
@@ -13,10 +12,9 @@ import { splitGrid } from '../lambdas/split-grid/core.ts';
 import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, eventsDir, persona, startTestEnvironment } from './support.ts';
+import { avatars, eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
 
-const work = mkdtempSync(join(tmpdir(), 'avatars-hardening-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('hardening');
 
 let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
 afterEach(async () => {

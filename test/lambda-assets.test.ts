@@ -53,7 +53,7 @@ describe('the bundled Lambda assets', () => {
   it('come with the same template that the tests, the local runner and the bench synthesize', () => {
     // The CLI resolves the region from the AWS configuration and hands it to the app, as here.
     process.env.CDK_DEFAULT_REGION = REGION;
-    const inProcess = buildApp({ bundle: false }).app.synth().getStackByName(STACK_NAME).template as Template;
+    const inProcess = buildApp({ bundle: false, outdir: join(outdir, 'in-process') }).app.synth().getStackByName(STACK_NAME).template as Template;
     delete process.env.CDK_DEFAULT_REGION;
     expect(firstDifference(withoutAssetKeys(inProcess), withoutAssetKeys(template))).toBeUndefined();
   });
@@ -105,7 +105,8 @@ describe('the bundled Lambda assets', () => {
     const dir = assetOf('check-identity');
     expect(readdirSync(join(dir, 'face-models')).sort()).toEqual(FACE_MODELS.flatMap((m) => [`${m}.bin`, `${m}.json`]).sort());
     expect(readdirSync(join(dir, 'tfjs-wasm')).some((f) => f.endsWith('.wasm'))).toBe(true);
-    const s3 = await startEmbeddedS3(mkdtempSync(join(tmpdir(), 'avatars-asset-s3-')), 'avatars');
+    const s3Dir = mkdtempSync(join(tmpdir(), 'avatars-asset-s3-'));
+    const s3 = await startEmbeddedS3(s3Dir, 'avatars');
     const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
     try {
       const faces = join(projectRoot, 'local', 'faces');
@@ -121,6 +122,7 @@ describe('the bundled Lambda assets', () => {
     } finally {
       client.destroy();
       await s3.close();
+      rmSync(s3Dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,9 +1,7 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import sharp from 'sharp';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { generateGrid } from '../lambdas/generate-grid/core.ts';
@@ -11,11 +9,10 @@ import { estimateImageCost } from '../lambdas/shared/models.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { startOfflineBackend, type OfflineBackend } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, eventsDir, imageCalls, persona, startTestEnvironment } from './support.ts';
+import { avatars, eventsDir, imageCalls, persona, startTestEnvironment, tempDir } from './support.ts';
 
 const RETIRING = ['gpt-image-1.5', 'gpt-image-1-mini', 'chatgpt-image-latest'];
-const work = mkdtempSync(join(tmpdir(), 'avatars-models-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('models');
 
 let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
 let server: OfflineBackend | undefined;
@@ -40,7 +37,7 @@ describe('image models after 2026-12-01', () => {
   });
 
   it('configures every deployed function with a model that is not retiring', () => {
-    const template = buildApp({ bundle: false }).app.synth().getStackByName('PersonaAvatars').template as { Resources: Record<string, { Type: string; Properties: any }> };
+    const template = buildApp({ bundle: false, outdir: join(work, 'synth') }).app.synth().getStackByName('PersonaAvatars').template as { Resources: Record<string, { Type: string; Properties: any }> };
     const stages = Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function' && r.Properties.Environment?.Variables?.STAGE);
     for (const fn of stages) {
       expect(fn.Properties.Environment.Variables).toMatchObject({ IMAGE_MODEL: 'gpt-image-2', IMAGE_FALLBACK_MODELS: 'gpt-image-2' });
@@ -137,7 +134,7 @@ describe('what each model takes', () => {
   }
 
   it('refuses the same combination at cdk synth, naming the context key', () => {
-    expect(() => buildApp({ bundle: false, context: { imageModel: 'gpt-image-1.5', imageSize: '2048x2048' } })).toThrow(/context imageSize: gpt-image-1\.5 takes only/);
+    expect(() => buildApp({ bundle: false, outdir: join(work, 'synth'), context: { imageModel: 'gpt-image-1.5', imageSize: '2048x2048' } })).toThrow(/context imageSize: gpt-image-1\.5 takes only/);
   });
 
   it('answers a size the model does not draw with a 400 from the offline backend, as the API does', async () => {

@@ -4,7 +4,9 @@ import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
-import { persona, startTestEnvironment } from './support.ts';
+import { persona, startTestEnvironment, tempDir } from './support.ts';
+
+const outdir = tempDir('synth');
 
 let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
 afterEach(async () => {
@@ -65,7 +67,7 @@ describe('what users receive', () => {
       (await env!.deps.store.s3.send(new GetObjectTaggingCommand({ Bucket: env!.deps.store.bucket, Key: key }))).TagSet?.map((t) => `${t.Key}=${t.Value}`) ?? [];
     for (const key of [...first.output.images.map((i) => i.key), first.output.manifestKey]) expect(await tagsOf(key), key).toEqual(['avatar-run=superseded']);
     for (const key of [...second.output.images.map((i) => i.key), second.output.manifestKey]) expect(await tagsOf(key), key).toEqual([]);
-    const template = Template.fromStack(buildApp({ bundle: false, context: { supersededRunExpiryDays: 30 } }).stack);
+    const template = Template.fromStack(buildApp({ bundle: false, outdir, context: { supersededRunExpiryDays: 30 } }).stack);
     template.hasResourceProperties('AWS::S3::Bucket', {
       LifecycleConfiguration: { Rules: [{}, {}, { Prefix: 'avatars/', TagFilters: [{ Key: 'avatar-run', Value: 'superseded' }], ExpirationInDays: 30, Status: 'Enabled' }].map((r) => (Object.keys(r).length ? r : {})) },
     });

@@ -1,13 +1,11 @@
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { projectRoot } from '../infra/context.ts';
 import { settingsFromEnv, settingsTable } from '../lambdas/shared/settings.ts';
-import { avatars, eventsDir } from './support.ts';
+import { avatars, eventsDir, tempDir } from './support.ts';
 
-const work = mkdtempSync(join(tmpdir(), 'avatars-settings-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('settings');
 
 describe('one configuration for every path', () => {
   it('shows in README the configuration table the settings schema generates', () => {

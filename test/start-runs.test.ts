@@ -1,20 +1,18 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
 import { EXECUTION_NAME_PATTERN, executionName } from '../lambdas/shared/run-name.ts';
 import { historyReader } from '../local/follow.ts';
 import type { Fault } from '../local/offline-openai.ts';
-import { avatars, cliPath, eventsDir, persona, startTestEnvironment } from './support.ts';
+import { avatars, cliPath, eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
 
-const work = mkdtempSync(join(tmpdir(), 'avatars-start-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('start');
 
 let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
 afterEach(async () => {

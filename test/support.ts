@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { afterAll } from 'vitest';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import type { RecordedRequest } from '../local/offline-openai.ts';
 import persona from '../events/persona.json' with { type: 'json' };
@@ -21,6 +22,17 @@ export async function startTestEnvironment(options: Partial<LocalEnvironmentOpti
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A folder in the system's temporary folder, removed after the calling test file. Called at a
+ * file's top level. Also the outdir of every app a test builds: an App given none leaves a
+ * cdk.out folder behind for each one.
+ */
+export function tempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), `avatars-${prefix}-`));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 /** The calls a backend was paid for: images, not prompts, moderation checks or chat. */

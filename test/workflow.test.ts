@@ -1,17 +1,15 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import type { Fault } from '../local/offline-openai.ts';
-import { avatars as avatarsIn, eventsDir, persona, startTestEnvironment } from './support.ts';
+import { avatars as avatarsIn, eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
 
-const work = mkdtempSync(join(tmpdir(), 'avatars-cli-'));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('workflow');
 const avatars = (...args: string[]) => avatarsIn(work, args);
 
 /** Keys under `prefix` in the S3 data a CLI run left in `data`, read back through the S3 API. */
