@@ -10,11 +10,8 @@ import { runLocally } from '../local/runner.ts';
 import { avatars, imageCalls, persona, startTestEnvironment } from './support.ts';
 
 type World = Awaited<ReturnType<typeof startTestEnvironment>>;
-let world: World | undefined;
 const dirs: string[] = [];
 afterEach(async () => {
-  await world?.close();
-  world = undefined;
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -43,7 +40,7 @@ function tempDir(): string {
 describe('a batch of personas', () => {
   it('publishes 24 of 24 against an API limited to 120 images a minute, its image calls at 90% of the limit or more', async () => {
     // The identity check's CPU is not what this measures: without it a small machine keeps up.
-    world = await startWorld({ imagesPerMinute: 120, env: { IMAGES_PER_MINUTE: '120', IDENTITY_POLICY: 'off' } });
+    const world = await startWorld({ imagesPerMinute: 120, env: { IMAGES_PER_MINUTE: '120', IDENTITY_POLICY: 'off' } });
     const report = await runBatch(world, team(24), 'team-of-24');
     expect(report.counts).toEqual({ total: 24, SUCCEEDED: 24, FAILED: 0, SKIPPED: 0 });
     expect(report.personas.map((p) => p.personaId)).toEqual(team(24).map((_, i) => `member-${i + 1}`));
@@ -57,7 +54,7 @@ describe('a batch of personas', () => {
   }, 120_000);
 
   it('makes no image call when the same file runs again, each persona reported as already published', async () => {
-    world = await startWorld();
+    const world = await startWorld();
     const lines = team(3);
     await runBatch(world, lines, 'again');
     const calls = imageCalls(world.backend!).length;
@@ -71,7 +68,7 @@ describe('a batch of personas', () => {
   });
 
   it('runs again only the personas whose request changed or never published', async () => {
-    world = await startWorld();
+    const world = await startWorld();
     await runBatch(world, team(2), 'first');
     const calls = imageCalls(world.backend!).length;
     const report = await runBatch(world, [personaLine('member-1'), personaLine('member-2', { images: 8 }), personaLine('member-3')], 'second');
@@ -81,7 +78,7 @@ describe('a batch of personas', () => {
   });
 
   it('runs the first of two lines with one id and reports the other, overwriting nothing', async () => {
-    world = await startWorld();
+    const world = await startWorld();
     const report = await runBatch(world, [personaLine('twin'), personaLine('other'), JSON.stringify({ persona: { ...persona, id: 'twin', firstname: 'Grace' } })], 'twins');
     expect(statusesOf(report)).toEqual(['1:twin:SUCCEEDED', '2:other:SUCCEEDED', '3:twin:SKIPPED']);
     expect(report.personas[2]!.reason).toMatch(/duplicate id: line 1 has persona twin already/);
@@ -90,7 +87,7 @@ describe('a batch of personas', () => {
   });
 
   it('writes a contact sheet with a row of avatars per persona and each failure with its reason', async () => {
-    world = await startWorld();
+    const world = await startWorld();
     await runBatch(world, [personaLine('shown'), '{"persona": {"id": "broken"}}'], 'sheet');
     const html = await world.deps.store.getText('batches/sheet/index.html');
     expect(html.match(/<img /g)).toHaveLength(4);
@@ -99,7 +96,7 @@ describe('a batch of personas', () => {
   });
 
   it('spaces the personas\u2019 turns by their image calls at IMAGES_PER_MINUTE', async () => {
-    world = await startWorld({ env: { IMAGES_PER_MINUTE: '30' } });
+    const world = await startWorld({ env: { IMAGES_PER_MINUTE: '30' } });
     await world.deps.store.put('batches/paced/personas.jsonl', [personaLine('a'), personaLine('b', { images: 8 }), personaLine('c')].join('\n'), 'application/x-ndjson');
     const plan = await planBatch({ personasKey: 'batches/paced/personas.jsonl', batchId: 'paced' }, world.deps);
     const items = (await world.deps.store.getText(plan.itemsKey)).trim().split('\n').map((l) => JSON.parse(l) as BatchItem);
@@ -111,7 +108,7 @@ describe('a batch of personas', () => {
 
   it('starts an uploaded file again only once a persona in it failed, then runs just that persona, as a new attempt', async () => {
     // The base image call fails on its first try and on each of its three retries.
-    world = await startWorld({ stepFunctions: {}, faults: [{ kind: 'server-error', times: 4, route: 'generations' }] });
+    const world = await startWorld({ stepFunctions: {}, faults: [{ kind: 'server-error', times: 4, route: 'generations' }] });
     await world.deps.store.put('personas/one.jsonl', `${personaLine('solo')}\n`, 'application/x-ndjson');
     const upload = { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: world.deps.store.bucket }, object: { key: 'personas/one.jsonl' } } }] };
     const [first] = await startFromUpload(upload, world.deps);
@@ -129,7 +126,7 @@ describe('a batch of personas', () => {
   });
 
   it('checks a 10,000-line upload as it streams: bad lines by number, one batch for the rest', async () => {
-    world = await startWorld({ stepFunctions: {}, env: { IDENTITY_POLICY: 'off' } });
+    const world = await startWorld({ stepFunctions: {}, env: { IDENTITY_POLICY: 'off' } });
     // Five personas, each on 1,998 lines (the first runs, the others are duplicates), and ten bad lines.
     const lines = Array.from({ length: 10_000 }, (_, i) => (i % 1000 === 999 ? `{"persona": {"id": "bad-${i + 1}"}}` : personaLine(`p${i % 5}`, { images: 1 })));
     await world.deps.store.put('personas/big.jsonl', lines.join('\n'), 'application/x-ndjson');

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { facesIn, similarity } from '../lambdas/check-identity/faces.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import { persona, startTestEnvironment } from './support.ts';
@@ -9,17 +9,11 @@ import { persona, startTestEnvironment } from './support.ts';
 const faces = join(import.meta.dirname, '..', 'local', 'faces');
 const portrait = (file: string) => readFileSync(join(faces, file));
 
-let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
-afterEach(async () => {
-  await env?.close();
-  env = undefined;
-});
-
 const retriesOf = (outcome: RunOutcome, state: string) => outcome.events.filter((e) => e.kind === 'retried' && e.state === state).length;
 
 describe('the identity check', () => {
   it('draws a grid with another person in a panel again, and publishes only the subject, each avatar scored', async () => {
-    env = await startTestEnvironment({ faults: [{ kind: 'impostor', times: 1 }] });
+    const env = await startTestEnvironment({ faults: [{ kind: 'impostor', times: 1 }] });
     const outcome = await runLocally({ input: { persona, images: 4 }, deps: env.deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
     expect(retriesOf(outcome, 'GridAttempt')).toBe(1);
@@ -31,7 +25,7 @@ describe('the identity check', () => {
   });
 
   it('raises no false alarm on shifted, flipped or tinted pictures of the same person', async () => {
-    env = await startTestEnvironment();
+    const env = await startTestEnvironment();
     const outcome = await runLocally({ input: { persona, images: 8 }, deps: env.deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
     expect(retriesOf(outcome, 'GridAttempt')).toBe(0);
@@ -39,7 +33,7 @@ describe('the identity check', () => {
   });
 
   it('fails the run naming the identity check when every grid shows a stranger, publishing nothing', async () => {
-    env = await startTestEnvironment({ faults: [{ kind: 'impostor', times: Infinity }] });
+    const env = await startTestEnvironment({ faults: [{ kind: 'impostor', times: Infinity }] });
     const outcome = await runLocally({ input: { persona, images: 4 }, deps: env.deps });
     expect(outcome.status).toBe('FAILED');
     if (outcome.status !== 'FAILED') return;
@@ -50,7 +44,7 @@ describe('the identity check', () => {
   });
 
   it('publishes everything with its verdict under IDENTITY_POLICY=flag', async () => {
-    env = await startTestEnvironment({ faults: [{ kind: 'impostor', times: Infinity }], env: { IDENTITY_POLICY: 'flag' } });
+    const env = await startTestEnvironment({ faults: [{ kind: 'impostor', times: Infinity }], env: { IDENTITY_POLICY: 'flag' } });
     const outcome = await runLocally({ input: { persona, images: 4 }, deps: env.deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
     expect(outcome.output.images.map((i) => i.identity?.pass)).toEqual([true, false, true, true]);

@@ -14,12 +14,10 @@ import { avatars, eventsDir, imageCalls, persona, startTestEnvironment, tempDir 
 const RETIRING = ['gpt-image-1.5', 'gpt-image-1-mini', 'chatgpt-image-latest'];
 const work = tempDir('models');
 
-let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
 let server: OfflineBackend | undefined;
 afterEach(async () => {
-  await env?.close();
   await server?.close();
-  env = server = undefined;
+  server = undefined;
 });
 
 const run = { personaId: persona.id, runId: 'models-run', persona };
@@ -46,7 +44,7 @@ describe('image models after 2026-12-01', () => {
   });
 
   it('falls back through IMAGE_FALLBACK_MODELS in order, warning about each retired model', async () => {
-    env = await startTestEnvironment({
+    const env = await startTestEnvironment({
       retiredModels: ['gpt-image-1.5', 'chatgpt-image-latest'],
       env: { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODELS: 'chatgpt-image-latest, gpt-image-2' },
     });
@@ -65,7 +63,7 @@ describe('image models after 2026-12-01', () => {
   });
 
   it('records in the manifest which model made each image, and the warning', async () => {
-    env = await startTestEnvironment({ retiredModels: ['gpt-image-1.5'], env: { IMAGE_MODEL: 'gpt-image-1.5' } });
+    const env = await startTestEnvironment({ retiredModels: ['gpt-image-1.5'], env: { IMAGE_MODEL: 'gpt-image-1.5' } });
     const outcome = await runLocally({ input: { persona }, deps: env.deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(outcome.cause);
     const manifest = JSON.parse(await env.deps.store.getText(outcome.output.manifestKey));
@@ -76,7 +74,7 @@ describe('image models after 2026-12-01', () => {
 
 describe('what each model takes', () => {
   it('gives avatars of about 1000 px from one 2048x2048 gpt-image-2 grid', async () => {
-    env = await startTestEnvironment({ env: { IMAGE_SIZE: '2048x2048' } });
+    const env = await startTestEnvironment({ env: { IMAGE_SIZE: '2048x2048' } });
     const outcome = await runLocally({ input: { persona, images: 4 }, deps: env.deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(outcome.cause);
     expect(env.backend!.requests.filter((r) => r.route === 'edits').map((r) => r.size)).toEqual(['2048x2048']);
@@ -89,7 +87,7 @@ describe('what each model takes', () => {
 
   it('asks for input_fidelity high on edits only from models that take it', async () => {
     for (const model of ['gpt-image-1.5', 'gpt-image-2']) {
-      env = await startTestEnvironment({ env: { IMAGE_MODEL: model } });
+      const env = await startTestEnvironment({ env: { IMAGE_MODEL: model } });
       const base = await generateBase(run, env.deps);
       await env.deps.store.put('runs/p.txt', 'scenes', 'text/plain');
       await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);
@@ -97,12 +95,11 @@ describe('what each model takes', () => {
       expect(edit.options.input_fidelity, model).toBe(model === 'gpt-image-1.5' ? 'high' : undefined);
       expect(edit.options).toMatchObject({ moderation: 'auto', output_format: 'png', quality: 'medium' });
       await env.close();
-      env = undefined;
     }
   });
 
   it('asks the API for webp avatars with the configured compression in separate mode, and stores them as such', async () => {
-    env = await startTestEnvironment({ env: { TILE_FORMAT: 'webp', OUTPUT_COMPRESSION: '70', IMAGE_MODERATION: 'low' } });
+    const env = await startTestEnvironment({ env: { TILE_FORMAT: 'webp', OUTPUT_COMPRESSION: '70', IMAGE_MODERATION: 'low' } });
     const base = await generateBase(run, env.deps);
     await env.deps.store.put('runs/p.txt', 'scenes', 'text/plain');
     const result = await generateGrid({ ...run, mode: 'separate', grid: { index: 0, count: 2 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);

@@ -1,35 +1,31 @@
 import { GetObjectTaggingCommand } from '@aws-sdk/client-s3';
 import { Template } from 'aws-cdk-lib/assertions';
 import sharp from 'sharp';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import { persona, startTestEnvironment, tempDir } from './support.ts';
 
 const outdir = tempDir('synth');
 
-let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
-afterEach(async () => {
-  await env?.close();
-  env = undefined;
-});
-
 type Succeeded = Extract<RunOutcome, { status: 'SUCCEEDED' }>;
 
-async function runOnce(runId: string, input: Record<string, unknown> = { persona, images: 8 }): Promise<Succeeded> {
-  const outcome = await runLocally({ input, deps: env!.deps, runId });
+type Env = Awaited<ReturnType<typeof startTestEnvironment>>;
+
+async function runOnce(env: Env, runId: string, input: Record<string, unknown> = { persona, images: 8 }): Promise<Succeeded> {
+  const outcome = await runLocally({ input, deps: env.deps, runId });
   if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
   return outcome;
 }
 
-const dimensionsOf = async (keys: string[]) =>
-  Promise.all(keys.map(async (key) => sharp(await env!.deps.store.getBytes(key)).metadata().then((m) => `${m.width}x${m.height}`)));
+const dimensionsOf = async (env: Env, keys: string[]) =>
+  Promise.all(keys.map(async (key) => sharp(await env.deps.store.getBytes(key)).metadata().then((m) => `${m.width}x${m.height}`)));
 
 describe('what users receive', () => {
   it('gives every avatar of a run the same square size, from tiles of uneven sizes', async () => {
-    env = await startTestEnvironment();
-    const { output } = await runOnce('uniform');
-    const sizes = await dimensionsOf(output.images.map((i) => i.key));
+    const env = await startTestEnvironment();
+    const { output } = await runOnce(env, 'uniform');
+    const sizes = await dimensionsOf(env, output.images.map((i) => i.key));
     expect(new Set(sizes).size).toBe(1);
     const [width, height] = sizes[0]!.split('x').map(Number);
     expect(width).toBe(height);
@@ -40,18 +36,18 @@ describe('what users receive', () => {
   });
 
   it('crops to the aspect and width asked, never stretching', async () => {
-    env = await startTestEnvironment({ env: { AVATAR_ASPECT: '4:5', AVATAR_SIZE: '400', TILE_FORMAT: 'webp' } });
-    const { output } = await runOnce('portrait', { persona, images: 4 });
-    expect(await dimensionsOf(output.images.map((i) => i.key))).toEqual(['400x500', '400x500', '400x500', '400x500']);
+    const env = await startTestEnvironment({ env: { AVATAR_ASPECT: '4:5', AVATAR_SIZE: '400', TILE_FORMAT: 'webp' } });
+    const { output } = await runOnce(env, 'portrait', { persona, images: 4 });
+    expect(await dimensionsOf(env, output.images.map((i) => i.key))).toEqual(['400x500', '400x500', '400x500', '400x500']);
     expect(output.images.every((i) => i.key.endsWith('.webp'))).toBe(true);
   });
 
   it('leaves an earlier run byte for byte as it was, and the current manifest names only the latest', async () => {
-    env = await startTestEnvironment();
-    const first = await runOnce('first-run');
-    const before = await Promise.all(first.output.images.map((i) => env!.deps.store.getBytes(i.key)));
-    const second = await runOnce('second-run', { persona, images: 4 });
-    const after = await Promise.all(first.output.images.map((i) => env!.deps.store.getBytes(i.key)));
+    const env = await startTestEnvironment();
+    const first = await runOnce(env, 'first-run');
+    const before = await Promise.all(first.output.images.map((i) => env.deps.store.getBytes(i.key)));
+    const second = await runOnce(env, 'second-run', { persona, images: 4 });
+    const after = await Promise.all(first.output.images.map((i) => env.deps.store.getBytes(i.key)));
     expect(after).toEqual(before);
     const current = JSON.parse(await env.deps.store.getText(second.output.currentManifestKey));
     expect(current.runId).toBe('second-run');
@@ -60,11 +56,11 @@ describe('what users receive', () => {
   });
 
   it('tags a run superseded once a newer run replaces it, for an opt-in lifecycle rule to expire', async () => {
-    env = await startTestEnvironment();
-    const first = await runOnce('old-run', { persona, images: 4 });
-    const second = await runOnce('new-run', { persona, images: 4 });
+    const env = await startTestEnvironment();
+    const first = await runOnce(env, 'old-run', { persona, images: 4 });
+    const second = await runOnce(env, 'new-run', { persona, images: 4 });
     const tagsOf = async (key: string) =>
-      (await env!.deps.store.s3.send(new GetObjectTaggingCommand({ Bucket: env!.deps.store.bucket, Key: key }))).TagSet?.map((t) => `${t.Key}=${t.Value}`) ?? [];
+      (await env.deps.store.s3.send(new GetObjectTaggingCommand({ Bucket: env.deps.store.bucket, Key: key }))).TagSet?.map((t) => `${t.Key}=${t.Value}`) ?? [];
     for (const key of [...first.output.images.map((i) => i.key), first.output.manifestKey]) expect(await tagsOf(key), key).toEqual(['avatar-run=superseded']);
     for (const key of [...second.output.images.map((i) => i.key), second.output.manifestKey]) expect(await tagsOf(key), key).toEqual([]);
     const template = Template.fromStack(buildApp({ bundle: false, outdir, context: { supersededRunExpiryDays: 30 } }).stack);
@@ -74,8 +70,8 @@ describe('what users receive', () => {
   });
 
   it('keeps two runs of one persona at once whole, the current manifest naming one of them with its own images', async () => {
-    env = await startTestEnvironment();
-    const runs = await Promise.all([runOnce('run-a', { persona, images: 8 }), runOnce('run-b', { persona, images: 4 })]);
+    const env = await startTestEnvironment();
+    const runs = await Promise.all([runOnce(env, 'run-a', { persona, images: 8 }), runOnce(env, 'run-b', { persona, images: 4 })]);
     const current = JSON.parse(await env.deps.store.getText(runs[0].output.currentManifestKey));
     const winner = runs.find((r) => r.runId === current.runId)!;
     expect(winner).toBeDefined();

@@ -2,7 +2,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { generateGrid } from '../lambdas/generate-grid/core.ts';
 import { planRun as plan, type PlanRunEvent } from '../lambdas/plan-run/core.ts';
@@ -18,16 +18,7 @@ import { writePrompt } from '../lambdas/write-prompt/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { imageCalls, persona, startTestEnvironment } from './support.ts';
 
-let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
-afterEach(async () => {
-  await env?.close();
-  env = undefined;
-});
-
-async function environment(faults: Fault[] = [], extra: Record<string, string> = {}) {
-  env = await startTestEnvironment({ faults, env: extra });
-  return env;
-}
+const environment = (faults: Fault[] = [], extra: Record<string, string> = {}) => startTestEnvironment({ faults, env: extra });
 
 const run = { personaId: persona.id, runId: 'test-run', persona };
 

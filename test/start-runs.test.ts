@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
@@ -14,17 +14,8 @@ import { avatars, cliPath, eventsDir, persona, startTestEnvironment, tempDir } f
 
 const work = tempDir('start');
 
-let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
-afterEach(async () => {
-  await env?.close();
-  env = undefined;
-});
-
 /** The embedded S3, the offline backend and a Step Functions API running the workflow, on loopback. */
-async function startWorld(faults: Fault[] = [], variables: Record<string, string> = {}) {
-  env = await startTestEnvironment({ faults, stepFunctions: {}, env: variables });
-  return env;
-}
+const startWorld = (faults: Fault[] = [], variables: Record<string, string> = {}) => startTestEnvironment({ faults, stepFunctions: {}, env: variables });
 
 /** A batch runs many personas at once: on a small machine its image calls get the time a real one would. */
 const batchVariables = { IMAGE_TIMEOUT_MS: '60000' };
@@ -407,7 +398,6 @@ describe('avatars dev', () => {
     }
   });
 });
-
 
 describe('the local Step Functions API', () => {
   it('refuses a second start under the same name with other input, as the service does', async () => {

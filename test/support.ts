@@ -3,25 +3,24 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll } from 'vitest';
+import { afterAll, onTestFinished } from 'vitest';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import type { RecordedRequest } from '../local/offline-openai.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 export { persona };
 
-/** A fresh embedded S3 and offline backend on loopback, removed with its data on close(). */
+/**
+ * A fresh embedded S3 and offline backend on loopback for the test that calls it: closed, and its
+ * data removed, when that test finishes (or at close(), which may come first).
+ */
 export async function startTestEnvironment(options: Partial<LocalEnvironmentOptions> = {}): Promise<LocalEnvironment & { dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-test-'));
   const env = await startLocalEnvironment({ ...options, dataDir: dir, env: { IMAGE_TIMEOUT_MS: '30000', ...options.env } });
-  return {
-    ...env,
-    dir,
-    close: async () => {
-      await env.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  let closed: Promise<void> | undefined;
+  const close = () => (closed ??= env.close().then(() => rmSync(dir, { recursive: true, force: true })));
+  onTestFinished(close);
+  return { ...env, dir, close };
 }
 
 /**

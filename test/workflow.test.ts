@@ -2,8 +2,9 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
+import type { Deps } from '../lambdas/shared/stage.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
 import type { Fault } from '../local/offline-openai.ts';
@@ -88,15 +89,11 @@ describe('avatars run, offline end to end', () => {
 });
 
 describe('the workflow answers each fault through the real client', () => {
-  let env: Awaited<ReturnType<typeof startTestEnvironment>> | undefined;
-  afterEach(async () => {
-    await env?.close();
-    env = undefined;
-  });
 
-  async function runWith(faults: Fault[], images = 4): Promise<RunOutcome> {
-    env = await startTestEnvironment({ faults, env: { IMAGE_TIMEOUT_MS: '800' } });
-    return runLocally({ input: { persona, images }, deps: env.deps });
+  /** A run against these faults, with the store it wrote to. */
+  async function runWith(faults: Fault[], images = 4): Promise<RunOutcome & { store: Deps['store'] }> {
+    const { deps } = await startTestEnvironment({ faults, env: { IMAGE_TIMEOUT_MS: '800' } });
+    return { ...(await runLocally({ input: { persona, images }, deps })), store: deps.store };
   }
   const retries = (outcome: RunOutcome, state: string) => outcome.events.filter((e) => e.kind === 'retried' && e.state === state).length;
   const entered = (outcome: RunOutcome, state: string) => outcome.events.some((e) => e.kind === 'entered' && e.state === state);
@@ -135,7 +132,7 @@ describe('the workflow answers each fault through the real client', () => {
   it('fails the run named after the cause when rate limits never end, and records it', async () => {
     const outcome = await runWith([{ kind: 'rate-limit', times: Infinity, route: 'generations' }]);
     expect(outcome).toMatchObject({ status: 'FAILED', error: 'RateLimited' });
-    const listed = await env!.deps.store.s3.send(new ListObjectsV2Command({ Bucket: env!.deps.store.bucket, Prefix: 'avatars/ada-lovelace/failures/' }));
+    const listed = await outcome.store.s3.send(new ListObjectsV2Command({ Bucket: outcome.store.bucket, Prefix: 'avatars/ada-lovelace/failures/' }));
     expect(listed.KeyCount).toBe(1);
   });
 });
