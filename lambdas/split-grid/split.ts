@@ -11,9 +11,9 @@ export interface Tile {
 /**
  * Decodes once. Transparency is flattened onto white: a transparent gutter reads as background,
  * and the tiles, cut from these pixels, come out opaque. Most grids with an alpha channel are
- * opaque all over, and flattening 4 MB of pixels costs most of a decode (bench), so those keep
- * their alpha channel here and lose it as each tile is cut. A grid that does not decode has no
- * layout at all: the workflow draws it again, as for a wrong layout.
+ * opaque all over, and flattening their 4 MB of pixels nearly doubles a decode (10.6 against
+ * 6.0 ms a grid), so those keep their alpha channel here and lose it as each tile is cut. A grid
+ * that does not decode has no layout at all: the workflow draws it again, as for a wrong layout.
  */
 async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
   try {
