@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import sharp from 'sharp';
+import sharp, { type Sharp } from 'sharp';
 
 /** The portraits, and where each face is in it (hair to chin), for the head of a drawing. */
 const FACES = {
@@ -86,15 +86,24 @@ export function otherFace(face: FaceName): FaceName {
   return face === 'astronaut' ? 'grace' : 'astronaut';
 }
 
+function varied(photo: Sharp, variation: number): Sharp {
+  if (variation % 4 === 1) return photo.flop();
+  if (variation % 4 === 3) return photo.modulate({ hue: 25, brightness: 0.9 });
+  return photo;
+}
+
+/** A whole portrait, varied as the face of a drawing is: the cells of a photographic grid. */
+export function portrait(face: FaceName, variation: number): Promise<Buffer> {
+  return varied(sharp(join(import.meta.dirname, 'faces', FACES[face].file)), variation).png().toBuffer();
+}
+
 /**
  * The face for the head of a drawing, an oval `width` x `height`. Variations shift, flip and tint
  * it, as photos of one person differ; the person stays.
  */
 async function faceOval(face: FaceName, width: number, height: number, variation: number): Promise<Buffer> {
   const { file, ...region } = FACES[face];
-  let photo = sharp(join(import.meta.dirname, 'faces', file)).extract(region).resize(width, height, { fit: 'cover' });
-  if (variation % 4 === 1) photo = photo.flop();
-  if (variation % 4 === 3) photo = photo.modulate({ hue: 25, brightness: 0.9 });
+  const photo = varied(sharp(join(import.meta.dirname, 'faces', file)).extract(region).resize(width, height, { fit: 'cover' }), variation);
   const oval = Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}"><ellipse cx="${width / 2}" cy="${height / 2}" rx="${width / 2}" ry="${height / 2}"/></svg>`);
   return photo.composite([{ input: oval, blend: 'dest-in' }]).png().toBuffer();
 }

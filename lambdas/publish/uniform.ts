@@ -3,7 +3,7 @@
  * (sharp's attention strategy finds the face and skin tones), scaled but never stretched.
  */
 import sharp from 'sharp';
-import type { TileFormat } from '../shared/keys.ts';
+import { PNG_OPTIONS, type TileFormat } from '../shared/keys.ts';
 
 export interface Dimensions {
   width: number;
@@ -26,6 +26,6 @@ export async function uniformAvatar(image: Buffer, size: Dimensions, format: Til
   if (meta.width === size.width && meta.height === size.height && meta.format === format) return image;
   return sharp(image)
     .resize(size.width, size.height, { fit: 'cover', position: sharp.strategy.attention })
-    .toFormat(format, format === 'png' ? {} : { quality })
+    .toFormat(format, format === 'png' ? PNG_OPTIONS : { quality })
     .toBuffer();
 }

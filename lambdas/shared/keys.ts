@@ -27,6 +27,15 @@ export type TileFormat = 'png' | 'webp' | 'jpeg';
 
 export const contentTypes: Record<TileFormat, string> = { png: 'image/png', webp: 'image/webp', jpeg: 'image/jpeg' };
 
+/**
+ * sharp's options for every PNG we write, tiles and avatars (a tile of the avatar size is
+ * published as it is). Each row filtered the way that suits it best, as Pillow does: unfiltered,
+ * photographic tiles came out 1.6x the Python service's bytes (0.9x on flat drawings). Filtered,
+ * a fast zlib level costs little size: level 3 makes 1.03x its bytes, level 6 1.02x for a fifth
+ * more time.
+ */
+export const PNG_OPTIONS = { compressionLevel: 3, adaptiveFiltering: true } as const;
+
 /** File extension of a format: jpeg files are .jpg. */
 export function extensionOf(format: TileFormat): string {
   return format === 'jpeg' ? 'jpg' : format;

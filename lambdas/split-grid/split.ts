@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import { GridLayoutMismatch } from '../shared/errors.ts';
-import type { TileFormat } from '../shared/keys.ts';
+import { PNG_OPTIONS, type TileFormat } from '../shared/keys.ts';
 import { detectCells, equalCells, type Box, type RawImage } from './detect.ts';
 
 export interface Tile {
@@ -36,13 +36,6 @@ function isOpaque(data: Uint8Array, channels: number): boolean {
   return true;
 }
 
-/**
- * zlib's fastest level: tiles are intermediate on AWS (publish encodes the avatars) and, from
- * `avatars split`, still smaller than the Python service's (bench: about 0.9x its bytes, for a
- * fifth less encoding time than level 6).
- */
-const TILE_PNG_COMPRESSION = 1;
-
 async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Promise<Tile[]> {
   const { width, height, channels } = raw;
   return Promise.all(
@@ -50,7 +43,7 @@ async function encodeTiles(raw: RawImage, boxes: Box[], format: TileFormat): Pro
       const region = sharp(raw.data, { raw: { width, height, channels: channels as 1 | 2 | 3 | 4 } }).extract(box);
       // Only an opaque grid still has its alpha channel (see decode).
       const tile = hasAlpha(channels) ? region.removeAlpha() : region;
-      return { box, data: await (format === 'png' ? tile.png({ compressionLevel: TILE_PNG_COMPRESSION }) : tile.toFormat(format)).toBuffer() };
+      return { box, data: await (format === 'png' ? tile.png(PNG_OPTIONS) : tile.toFormat(format)).toBuffer() };
     }),
   );
 }
