@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { buildApp } from '../infra/app.ts';
 import { projectRoot } from '../infra/context.ts';
 import { splitEqually, splitGrid } from '../lambdas/split-grid/split.ts';
-import { composeGrid, drawAvatar, gridLayout, lookFor, portrait, random, seedOf } from '../local/avatar-art.ts';
+import { composeGrid, drawAvatar, gridLayout, lookFor, portraits, random, seedOf } from '../local/avatar-art.ts';
 import { startLocalEnvironment } from '../local/environment.ts';
 import { runLocally } from '../local/runner.ts';
 import type { BatchSummary } from '../lambdas/report-batch/core.ts';
@@ -161,7 +161,7 @@ async function cliBench(): Promise<void> {
     // backend's flat drawings: Pillow compresses flat colour much faster than photographs.
     const look = lookFor('split bench');
     const sets = {
-      photographs: await gridsOf(dir, 'photographs', await Promise.all([0, 1, 2, 3].map((v) => portrait(v % 2 ? 'grace' : 'astronaut', v)))),
+      photographs: await gridsOf(dir, 'photographs', await portraits()),
       drawings: await gridsOf(dir, 'drawings', await Promise.all([0, 1, 2, 3].map((v) => drawAvatar(look, 512, 512, v)))),
     };
     out('  avatars split against Pillow split+trim (bench/pillow-split.py), 2x2 grids of 1024x1024: target at least 3x faster, tiles at most 1.25x its bytes');

@@ -92,9 +92,13 @@ function varied(photo: Sharp, variation: number): Sharp {
   return photo;
 }
 
-/** A whole portrait, varied as the face of a drawing is: the cells of a photographic grid. */
-export function portrait(face: FaceName, variation: number): Promise<Buffer> {
-  return varied(sharp(join(import.meta.dirname, 'faces', FACES[face].file)), variation).png().toBuffer();
+/**
+ * Four photographs, the two portraits in turn, each varied as the face of a drawing is: the cells
+ * of a photographic grid.
+ */
+export function portraits(): Promise<Buffer[]> {
+  const names = Object.keys(FACES) as FaceName[];
+  return Promise.all([0, 1, 2, 3].map((v) => varied(sharp(join(import.meta.dirname, 'faces', FACES[names[v % names.length]!].file)), v).png().toBuffer()));
 }
 
 /**

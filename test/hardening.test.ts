@@ -3,7 +3,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import type { AddressInfo } from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { openAiClient, openAiKeyFromEnv } from '../lambdas/shared/openai.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
@@ -200,6 +200,7 @@ describe('the embedded S3', () => {
     const { endpoint, accessKey, secretKey } = env.embeddedS3!;
     // Many connections at once, as concurrent Lambdas would open: the SDK's default 50 hides the race.
     const s3 = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: { accessKeyId: accessKey, secretAccessKey: secretKey }, requestHandler: { httpAgent: new Agent({ keepAlive: true, maxSockets: 1000 }) } });
+    onTestFinished(() => s3.destroy());
     const store = new ObjectStore(s3, env.deps.store.bucket);
     const versions = [Buffer.alloc(40_000, 'a'), Buffer.alloc(900_000, 'b'), Buffer.alloc(7_000, 'c')];
     await store.put('race/current.json', versions[0]!, 'application/json');
@@ -211,6 +212,5 @@ describe('the embedded S3', () => {
     }
     await Promise.all(writes);
     for (const body of await Promise.all(reads)) expect(versions.some((v) => v.equals(body))).toBe(true);
-    s3.destroy();
   });
 });
