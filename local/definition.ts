@@ -2,11 +2,12 @@
  * The state machine definitions exactly as the CDK app synthesizes them, with each Task state
  * traced back to the stage whose function it invokes. Nothing here restates a workflow.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildApp } from '../infra/app.ts';
-import { BATCH_STATE_MACHINE_NAME, STACK_NAME } from '../infra/context.ts';
+import { BATCH_STATE_MACHINE_NAME, projectRoot, STACK_NAME } from '../infra/context.ts';
 import type { StageName } from '../lambdas/stages.ts';
 
 interface CfnResource {
@@ -106,18 +107,63 @@ export function workflowFromTemplate(template: Template, name = STACK_NAME): Syn
   return { definition, taskStages, stateMachineArn: localStateMachineArn(name), template };
 }
 
-let cached: SynthesizedWorkflows | undefined;
+/**
+ * What the template is made from: the CDK app's and the stages' sources, cdk.json, the CDK
+ * library's version and the account and region the stack is given. Same inputs, same template.
+ */
+function synthesisInputs(): string {
+  const hash = createHash('sha256');
+  const sources = ['infra', 'lambdas'].flatMap((dir) =>
+    readdirSync(join(projectRoot, dir), { recursive: true, encoding: 'utf8' })
+      .filter((file) => file.endsWith('.ts'))
+      .map((file) => join(dir, file)),
+  );
+  for (const file of [...sources.sort(), 'cdk.json'].map((f) => join(projectRoot, f)).concat(createRequire(import.meta.url).resolve('aws-cdk-lib/package.json'))) {
+    hash.update(file).update('\0').update(readFileSync(file)).update('\0');
+  }
+  hash.update(JSON.stringify([process.env.CDK_DEFAULT_ACCOUNT, process.env.CDK_DEFAULT_REGION, process.version]));
+  return hash.digest('hex').slice(0, 32);
+}
 
-/** Synthesizes the CDK app (without bundling: only the definitions are needed) once per process. */
-export function synthesizeWorkflows(): SynthesizedWorkflows {
-  if (cached) return cached;
+/** Synthesizes the CDK app (without bundling or validation: only the definitions are needed). */
+async function synthesize(): Promise<Template> {
+  const { buildApp } = await import('../infra/app.ts');
   const outdir = mkdtempSync(join(tmpdir(), 'avatars-synth-'));
   try {
-    const { app, stack } = buildApp({ bundle: false, outdir });
-    const template = app.synth().getStackByName(stack.stackName).template as Template;
-    cached = { persona: workflowFromTemplate(template, STACK_NAME), batch: workflowFromTemplate(template, BATCH_STATE_MACHINE_NAME) };
-    return cached;
+    const { app, stack } = buildApp({ bundle: false, validate: false, outdir });
+    return app.synth().getStackByName(stack.stackName).template as Template;
   } finally {
     rmSync(outdir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The template, synthesized once per set of inputs and kept in the system's temporary folder:
+ * loading the CDK library and synthesizing take about 2 s, most of a short local command's start.
+ * Written to a file of its own, then renamed, so processes starting together never read half of one.
+ */
+async function template(): Promise<Template> {
+  const file = join(tmpdir(), `persona-avatars-template-${synthesisInputs()}.json`);
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as Template;
+  } catch {
+    const synthesized = await synthesize();
+    const partial = `${file}.${process.pid}.${randomUUID()}`;
+    try {
+      writeFileSync(partial, JSON.stringify(synthesized));
+      renameSync(partial, file);
+    } catch {
+      // A read-only temporary folder costs the next start its synthesis, nothing more.
+      rmSync(partial, { force: true });
+    }
+    return synthesized;
+  }
+}
+
+let cached: Promise<SynthesizedWorkflows> | undefined;
+
+/** The two state machines as `cdk synth` makes them, once per process. */
+export function synthesizeWorkflows(): Promise<SynthesizedWorkflows> {
+  cached ??= template().then((t) => ({ persona: workflowFromTemplate(t, STACK_NAME), batch: workflowFromTemplate(t, BATCH_STATE_MACHINE_NAME) }));
+  return cached;
 }

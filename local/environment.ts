@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Logger } from '@aws-lambda-powertools/logger';
 import { SFNClient } from '@aws-sdk/client-sfn';
 import { projectContext } from '../infra/context.ts';
+import { systemClock, type Clock } from '../lambdas/shared/clock.ts';
 import { openAiClients } from '../lambdas/shared/openai.ts';
 import { storeClient } from '../lambdas/shared/s3.ts';
 import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/shared/settings.ts';
@@ -26,8 +27,10 @@ export interface LocalEnvironmentOptions {
   context?: Record<string, unknown>;
   faults?: Fault[];
   latencyMs?: number;
-  /** Models the offline backend answers `model_not_found` for (default: those shut down by today). */
+  /** Models the offline backend answers `model_not_found` for (default: those shut down by the clock's day). */
   retiredModels?: string[];
+  /** Today's date, for the model table's shutdowns (default: the system's). */
+  clock?: Clock;
   /** The offline backend's simulated image rate limit. */
   imagesPerMinute?: number;
   logLevel?: 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
@@ -67,8 +70,9 @@ export function localVariables(env: Record<string, string | undefined> = process
 
 export async function startLocalEnvironment(options: LocalEnvironmentOptions): Promise<LocalEnvironment> {
   const env = localVariables(options.env ?? process.env, options.context);
+  const clock = options.clock ?? systemClock;
   // Checked before any server starts: a bad model, size or quality is named at once.
-  settingsFromEnv(env);
+  settingsFromEnv(env, clock);
   const closers: (() => Promise<void>)[] = [];
   const s3: LocalEnvironment['s3'] = env.S3_ENDPOINT ? 'endpoint' : usesAwsS3(env) ? 'aws' : 'embedded';
   let embeddedS3: EmbeddedS3 | undefined;
@@ -81,7 +85,13 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   let backend: OfflineBackend | undefined;
   const images: LocalEnvironment['images'] = env.OPENAI_API_KEY ? 'openai' : 'offline';
   if (images === 'offline') {
-    backend = await startOfflineBackend({ faults: options.faults ?? [], latencyMs: options.latencyMs ?? 0, ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}), ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}) });
+    backend = await startOfflineBackend({
+      faults: options.faults ?? [],
+      latencyMs: options.latencyMs ?? 0,
+      clock,
+      ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}),
+      ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}),
+    });
     closers.push(backend.close);
     // The offline backend only draws; the prompt comes from the built-in template. Its rate limit
     // is --rpm's, or none: the account's default limit does not apply unless set.
@@ -95,7 +105,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   }
   try {
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder]);
+    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder], clock);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {

@@ -1,6 +1,9 @@
 /** The worker of face-worker.ts: finds the faces in each image it is sent, one message each. */
 import { parentPort } from 'node:worker_threads';
-import { facesIn } from '../lambdas/check-identity/faces.ts';
+import { facesIn, models } from '../lambdas/check-identity/faces.ts';
+
+// Loaded at once: a thread is started when a run starts (warmUp) or a face is asked for.
+models().catch(() => undefined);
 
 parentPort!.on('message', async ({ id, image }: { id: number; image: Uint8Array }) => {
   try {

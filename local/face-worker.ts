@@ -38,6 +38,9 @@ function started(): Worker {
 }
 
 const workerFaces: FaceFinder = {
+  warmUp: () => {
+    if (!worker) started().unref();
+  },
   facesIn: (image) =>
     new Promise<Face[]>((resolve, reject) => {
       const id = nextId++;

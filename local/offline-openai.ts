@@ -11,7 +11,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { crc32 } from 'node:zlib';
 import busboy from 'busboy';
 import sharp from 'sharp';
-import { IMAGE_MODELS, parseSize, sizeProblem } from '../lambdas/shared/models.ts';
+import { dayOf, systemClock, type Clock } from '../lambdas/shared/clock.ts';
+import { IMAGE_MODELS, isShutDown, parseSize, sizeProblem } from '../lambdas/shared/models.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
@@ -47,9 +48,10 @@ export interface OfflineBackendOptions {
   faults?: Fault[];
   /** Added to every image answer, as a stand-in for the model's time. */
   latencyMs?: number;
-  /** Models that answer `model_not_found`; default: those the model table says are shut down by `today`. */
+  /** Models that answer `model_not_found`; default: those the model table says are shut down by the clock's day. */
   retiredModels?: string[];
-  today?: Date;
+  /** Today's date for the model table's shutdowns (default: the system's). */
+  clock?: Clock;
   /** An account's image rate limit: beyond it, 429 with `retry-after-ms`, as the API answers. */
   imagesPerMinute?: number;
 }
@@ -206,8 +208,9 @@ const FORMATS = new Set(['png', 'webp', 'jpeg']);
 export async function startOfflineBackend(options: OfflineBackendOptions = {}): Promise<OfflineBackend> {
   const faults = (options.faults ?? []).map((f) => ({ ...f }));
   const limiter = imageLimiter(options.imagesPerMinute);
-  const today = (options.today ?? new Date()).toISOString().slice(0, 10);
-  const retired = new Set(options.retiredModels ?? Object.entries(IMAGE_MODELS).filter(([, m]) => m.shutdown && m.shutdown.on <= today).map(([name]) => name));
+  const clock = options.clock ?? systemClock;
+  // Asked per request, as the API would: a server left running past a shutdown date retires the model then.
+  const isRetired = (model: string) => (options.retiredModels ? options.retiredModels.includes(model) : isShutDown(model, dayOf(clock)));
   const requests: RecordedRequest[] = [];
 
   const edits = new Map<string, number>();
@@ -284,7 +287,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       rateLimited: false,
     };
     requests.push(recorded);
-    if (retired.has(model)) {
+    if (isRetired(model)) {
       apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
       return;
     }

@@ -165,7 +165,8 @@ function inProcessChildren(options: LocalRunOptions, personaArn: string): ChildE
 }
 
 export async function runLocally<T = PublishResult>(options: LocalRunOptions): Promise<RunOutcome<T>> {
-  const workflows = synthesizeWorkflows();
+  const workflows = await synthesizeWorkflows();
+  if (options.deps.settings.identityPolicy !== 'off') options.deps.faces?.warmUp?.();
   const { definition: synthesized, taskStages } = workflows[options.machine ?? 'persona'];
   const { definition, maps } = adaptDistributedMaps(synthesized);
   const runId = options.runId ?? newRunId();

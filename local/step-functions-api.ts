@@ -94,7 +94,7 @@ function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
 
 export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
   const executions = new Map<string, LocalExecution>();
-  const workflows = synthesizeWorkflows();
+  const workflows = await synthesizeWorkflows();
   const machines = Object.fromEntries((Object.keys(workflows) as (keyof SynthesizedWorkflows)[]).map((m) => [workflows[m].stateMachineArn, m]));
   const stateMachineArn = workflows.persona.stateMachineArn;
 

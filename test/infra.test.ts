@@ -60,7 +60,7 @@ describe('the synthesized stack', () => {
   });
 
   it('takes the model, size, quality and image count defaults from context', () => {
-    const custom = Template.fromStack(buildApp({ bundle: false, outdir, context: { images: 8, imageModel: 'gpt-image-2', imageSize: '1024x1536', imageQuality: 'high' } }).stack);
+    const custom = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { images: 8, imageModel: 'gpt-image-2', imageSize: '1024x1536', imageQuality: 'high' } }).stack);
     const variables = Object.values(custom.findResources('AWS::Lambda::Function')).filter((f) => f.Properties.Environment?.Variables?.STAGE).map((f) => f.Properties.Environment.Variables);
     for (const v of variables) expect(v).toMatchObject({ DEFAULT_IMAGES: '8', IMAGE_MODEL: 'gpt-image-2', IMAGE_SIZE: '1024x1536', IMAGE_QUALITY: 'high' });
     expect(() => buildApp({ bundle: false, outdir, context: { images: 0 } })).toThrow(/context images/);
@@ -159,7 +159,7 @@ describe('the synthesized stack', () => {
   it('gives published URLs under the distribution, unless publicBaseUrl names a domain', () => {
     const publish = stageFunctions().publish!.Properties.Environment.Variables;
     expect(JSON.stringify(publish.PUBLIC_BASE_URL)).toContain('DomainName');
-    const custom = Template.fromStack(buildApp({ bundle: false, outdir, context: { publicBaseUrl: 'https://avatars.example.com' } }).stack);
+    const custom = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { publicBaseUrl: 'https://avatars.example.com' } }).stack);
     const variables = Object.values(custom.findResources('AWS::Lambda::Function')).find((f) => f.Properties.Environment?.Variables?.STAGE === 'publish')!.Properties.Environment.Variables;
     expect(variables.PUBLIC_BASE_URL).toBe('https://avatars.example.com');
   });
@@ -179,7 +179,7 @@ describe('the synthesized stack', () => {
     const topicId = Object.keys(template.findResources('AWS::SNS::Topic'))[0]!;
     for (const alarm of alarms) expect(alarm.Properties.AlarmActions).toEqual([{ Ref: topicId }]);
     expect(template.findResources('AWS::SNS::Subscription')).toEqual({});
-    const mailed = Template.fromStack(buildApp({ bundle: false, outdir, context: { alarmEmail: 'ops@example.com' } }).stack);
+    const mailed = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { alarmEmail: 'ops@example.com' } }).stack);
     mailed.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com' });
   });
 

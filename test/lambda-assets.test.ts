@@ -6,9 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildApp, STACK_NAME } from '../infra/app.ts';
-import { projectRoot } from '../infra/context.ts';
+import { BATCH_STATE_MACHINE_NAME, projectRoot } from '../infra/context.ts';
 import { FACE_MODELS } from '../lambdas/check-identity/assets.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
+import { synthesizeWorkflows, workflowFromTemplate } from '../local/definition.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { stageNames } from '../lambdas/stages.ts';
 
@@ -56,6 +57,12 @@ describe('the bundled Lambda assets', () => {
     const inProcess = buildApp({ bundle: false, outdir: join(outdir, 'in-process') }).app.synth().getStackByName(STACK_NAME).template as Template;
     delete process.env.CDK_DEFAULT_REGION;
     expect(firstDifference(withoutAssetKeys(inProcess), withoutAssetKeys(template))).toBeUndefined();
+  });
+
+  it('are what the local runner runs: the state machines of the template cdk synth writes', async () => {
+    const local = await synthesizeWorkflows();
+    expect(local.persona.definition).toEqual(workflowFromTemplate(template, STACK_NAME).definition);
+    expect(local.batch.definition).toEqual(workflowFromTemplate(template, BATCH_STATE_MACHINE_NAME).definition);
   });
 
   it('builds a self-contained bundle for every stage', () => {

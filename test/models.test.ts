@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
 import { generateBase } from '../lambdas/generate-base/core.ts';
 import { generateGrid } from '../lambdas/generate-grid/core.ts';
+import { fixedClock } from '../lambdas/shared/clock.ts';
 import { estimateImageCost } from '../lambdas/shared/models.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { startOfflineBackend, type OfflineBackend } from '../local/offline-openai.ts';
@@ -12,6 +13,9 @@ import { runLocally } from '../local/runner.ts';
 import { avatars, eventsDir, imageCalls, persona, startTestEnvironment, tempDir } from './support.ts';
 
 const RETIRING = ['gpt-image-1.5', 'gpt-image-1-mini', 'chatgpt-image-latest'];
+// The model table's dates, seen from either side: tests about them fix the clock.
+const beforeShutdown = fixedClock('2026-11-30T23:59:59Z');
+const shutdownDay = fixedClock('2026-12-01T00:00:00Z');
 const work = tempDir('models');
 
 let server: OfflineBackend | undefined;
@@ -35,7 +39,7 @@ describe('image models after 2026-12-01', () => {
   });
 
   it('configures every deployed function with a model that is not retiring', () => {
-    const template = buildApp({ bundle: false, outdir: join(work, 'synth') }).app.synth().getStackByName('PersonaAvatars').template as { Resources: Record<string, { Type: string; Properties: any }> };
+    const template = buildApp({ bundle: false, validate: false, outdir: join(work, 'synth') }).app.synth().getStackByName('PersonaAvatars').template as { Resources: Record<string, { Type: string; Properties: any }> };
     const stages = Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function' && r.Properties.Environment?.Variables?.STAGE);
     for (const fn of stages) {
       expect(fn.Properties.Environment.Variables).toMatchObject({ IMAGE_MODEL: 'gpt-image-2', IMAGE_FALLBACK_MODELS: 'gpt-image-2' });
@@ -72,6 +76,47 @@ describe('image models after 2026-12-01', () => {
   });
 });
 
+describe('shutdown dates, read from the clock', () => {
+  it('answers model_not_found for a model from its shutdown day on, and draws with it the day before', async () => {
+    const client = (backend: OfflineBackend) => new OpenAI({ apiKey: 'sk-test', baseURL: backend.baseUrl, maxRetries: 0 });
+    server = await startOfflineBackend({ clock: beforeShutdown });
+    await expect(client(server).images.generate({ model: 'gpt-image-1.5', prompt: 'a selfie', size: '1024x1024' })).resolves.toMatchObject({ data: [expect.anything()] });
+    await server.close();
+    server = await startOfflineBackend({ clock: shutdownDay });
+    const error = await client(server).images.generate({ model: 'gpt-image-1.5', prompt: 'a selfie', size: '1024x1024' }).catch((e: unknown) => e);
+    expect((error as InstanceType<typeof OpenAI.NotFoundError>).code).toBe('model_not_found');
+  });
+
+  it('names a model past its shutdown date at cdk synth, and one still to shut down as such', () => {
+    const warnings = (clock: typeof shutdownDay) => {
+      const { stack } = buildApp({ bundle: false, outdir: join(work, 'synth'), clock, context: { imageModel: 'gpt-image-1.5' } });
+      return stack.node.metadata.filter((m) => m.type === 'aws:cdk:warning').map((m) => String(m.data));
+    };
+    expect(warnings(beforeShutdown).join('\n')).toMatch(/gpt-image-1\.5 shuts down on 2026-12-01; use gpt-image-2/);
+    expect(warnings(shutdownDay).join('\n')).toMatch(/gpt-image-1\.5 was shut down on 2026-12-01; use gpt-image-2/);
+  });
+
+  it('refuses settings whose every model is shut down, suggesting one that is not', () => {
+    const env = { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODELS: 'gpt-image-1-mini' };
+    expect(() => settingsFromEnv(env, beforeShutdown)).not.toThrow();
+    expect(() => settingsFromEnv(env, shutdownDay)).toThrow(/IMAGE_FALLBACK_MODELS: every model configured \(gpt-image-1\.5, gpt-image-1-mini\) is shut down; .*e\.g\. gpt-image-2$/);
+  });
+
+  it('names every model tried when the last fallback is gone too, and suggests one neither tried nor shut down', async () => {
+    const env = await startTestEnvironment({
+      retiredModels: ['gpt-image-2', 'gpt-image-2.6-flare'],
+      clock: shutdownDay,
+      env: { IMAGE_MODEL: 'gpt-image-2', IMAGE_FALLBACK_MODELS: 'gpt-image-2.6-flare' },
+    });
+    const error = (await generateBase(run, env.deps).catch((e: unknown) => e)) as Error;
+    expect(error.name).toBe('ConfigurationError');
+    expect(error.message).toMatch(/gpt-image-2, gpt-image-2\.6-flare do not exist/);
+    const suggested = /e\.g\. (\S+)$/.exec(error.message)?.[1];
+    expect(suggested).toBeDefined();
+    expect(['gpt-image-2', 'gpt-image-2.6-flare', ...RETIRING, 'gpt-image-1']).not.toContain(suggested);
+  });
+});
+
 describe('what each model takes', () => {
   it('gives avatars of about 1000 px from one 2048x2048 gpt-image-2 grid', async () => {
     const env = await startTestEnvironment({ env: { IMAGE_SIZE: '2048x2048' } });
@@ -87,7 +132,7 @@ describe('what each model takes', () => {
 
   it('asks for input_fidelity high on edits only from models that take it', async () => {
     for (const model of ['gpt-image-1.5', 'gpt-image-2']) {
-      const env = await startTestEnvironment({ env: { IMAGE_MODEL: model } });
+      const env = await startTestEnvironment({ clock: beforeShutdown, env: { IMAGE_MODEL: model } });
       const base = await generateBase(run, env.deps);
       await env.deps.store.put('runs/p.txt', 'scenes', 'text/plain');
       await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);
@@ -135,7 +180,7 @@ describe('what each model takes', () => {
   });
 
   it('answers a size the model does not draw with a 400 from the offline backend, as the API does', async () => {
-    server = await startOfflineBackend();
+    server = await startOfflineBackend({ clock: beforeShutdown });
     const client = new OpenAI({ apiKey: 'sk-test', baseURL: server.baseUrl, maxRetries: 0 });
     const error = await client.images.generate({ model: 'gpt-image-1.5', prompt: 'a selfie', size: '2048x2048' as '1024x1024' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(OpenAI.BadRequestError);

@@ -10,6 +10,7 @@ import { publish } from '../lambdas/publish/core.ts';
 import { recordFailure } from '../lambdas/record-failure/core.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { sfnClientFromEnv } from '../lambdas/shared/sfn.ts';
+import { fixedClock, type Clock } from '../lambdas/shared/clock.ts';
 import { InvalidPersona } from '../lambdas/shared/errors.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { StageDeps } from '../lambdas/shared/stage.ts';
@@ -18,7 +19,7 @@ import { writePrompt } from '../lambdas/write-prompt/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { imageCalls, persona, startTestEnvironment } from './support.ts';
 
-const environment = (faults: Fault[] = [], extra: Record<string, string> = {}) => startTestEnvironment({ faults, env: extra });
+const environment = (faults: Fault[] = [], extra: Record<string, string> = {}, clock?: Clock) => startTestEnvironment({ faults, env: extra, ...(clock ? { clock } : {}) });
 
 const run = { personaId: persona.id, runId: 'test-run', persona };
 
@@ -124,7 +125,8 @@ describe('generate-base', () => {
   });
 
   it('falls back to the second model when the first answers model_not_found', async () => {
-    const { deps, backend } = await environment([{ kind: 'model-gone', times: 1 }], { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODEL: 'gpt-image-2' });
+    // Before gpt-image-1.5's shutdown date: the fault, not the date, makes it answer model_not_found.
+    const { deps, backend } = await environment([{ kind: 'model-gone', times: 1 }], { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODEL: 'gpt-image-2' }, fixedClock('2026-11-15'));
     const result = await generateBase(run, deps);
     expect(result.model).toBe('gpt-image-2');
     expect(imageCalls(backend!).map((r) => r.model)).toEqual(['gpt-image-1.5', 'gpt-image-2']);

@@ -21,6 +21,11 @@ export interface Face {
 /** Who finds faces for check-identity: in-process on Lambda; in a worker thread locally. */
 export interface FaceFinder {
   facesIn(image: Buffer): Promise<Face[]>;
+  /**
+   * Start loading the models now, for a run that will check faces later: a worker thread loads
+   * them on another core while the run's first stages go on. Without it, the first check loads them.
+   */
+  warmUp?(): void;
 }
 
 /** For check-identity's handler: the detector in this process. */
@@ -78,7 +83,7 @@ async function human(): Promise<HumanLike> {
 }
 
 /** The detector and description model, loaded on first use; a failed load is tried again. */
-function models(): Promise<HumanLike> {
+export function models(): Promise<HumanLike> {
   loading ??= human().catch((error: unknown) => {
     loading = undefined;
     throw error;

@@ -6,6 +6,7 @@
  * Sources: the `openai` client's parameter documentation (sizes, qualities, input_fidelity) and
  * OpenAI's deprecations and pricing pages. Prices are USD per million tokens.
  */
+import { dayOf, systemClock, type Clock } from './clock.ts';
 
 export interface TokenPrices {
   textIn: number;
@@ -142,6 +143,32 @@ export interface ModelCheck {
   warnings: string[];
 }
 
+/** Whether OpenAI has shut `model` down by `day` (YYYY-MM-DD); unknown models are not known to be. */
+export function isShutDown(model: string, day: string): boolean {
+  const shutdown = IMAGE_MODELS[model]?.shutdown;
+  return !!shutdown && shutdown.on <= day;
+}
+
+/**
+ * A model to suggest in place of the ones that failed: one of the table's not shut down by the
+ * clock's day and not among `tried`, preferring one with no shutdown date, then a priced one;
+ * undefined when none is left.
+ */
+export function suggestedModel(tried: readonly string[], clock: Clock = systemClock): string | undefined {
+  const day = dayOf(clock);
+  const rank = (spec: ImageModelSpec) => (spec.shutdown ? 2 : 0) + (spec.prices ? 0 : 1);
+  const candidates = Object.entries(IMAGE_MODELS).filter(([name]) => !tried.includes(name) && !isShutDown(name, day));
+  return candidates.sort(([, a], [, b]) => rank(a) - rank(b))[0]?.[0];
+}
+
+/** What to do once every model in `tried` is gone: set one the table still has, or say none is left. */
+export function modelAdvice(tried: readonly string[], clock: Clock = systemClock): string {
+  const next = suggestedModel(tried, clock);
+  return next
+    ? `set IMAGE_MODEL or IMAGE_FALLBACK_MODELS to a model not shut down, e.g. ${next}`
+    : 'no model in the model table is left that was not tried: set IMAGE_MODEL to a current OpenAI image model';
+}
+
 /** The models a run tries, in order, without repeats. */
 export function modelChain(settings: Pick<ImageSettingsToCheck, 'imageModel' | 'imageFallbackModels'>): string[] {
   return [...new Set([settings.imageModel, ...settings.imageFallbackModels])];
@@ -151,10 +178,10 @@ export function modelChain(settings: Pick<ImageSettingsToCheck, 'imageModel' | '
  * Checks the model, fallbacks, size and quality together: every model a run may fall back to
  * must take the size and quality, so no request is refused after money was spent.
  */
-export function checkImageSettings(settings: ImageSettingsToCheck, today = new Date()): ModelCheck {
+export function checkImageSettings(settings: ImageSettingsToCheck, clock: Clock = systemClock): ModelCheck {
   const check: ModelCheck = { errors: [], warnings: [] };
   const chain = modelChain(settings);
-  const day = today.toISOString().slice(0, 10);
+  const day = dayOf(clock);
   for (const [i, model] of chain.entries()) {
     const setting = i === 0 ? 'imageModel' : 'imageFallbackModels';
     const spec = IMAGE_MODELS[model];
@@ -168,7 +195,7 @@ export function checkImageSettings(settings: ImageSettingsToCheck, today = new D
       check.errors.push({ setting: i === 0 ? 'imageQuality' : setting, message: `${model} takes quality ${spec.qualities.join(', ')}, not "${settings.imageQuality}"` });
     }
     if (spec.shutdown) {
-      const gone = spec.shutdown.on <= day;
+      const gone = isShutDown(model, day);
       check.warnings.push(`${model} ${gone ? 'was shut down' : 'shuts down'} on ${spec.shutdown.on}; use ${spec.shutdown.use}`);
     }
   }
@@ -176,9 +203,8 @@ export function checkImageSettings(settings: ImageSettingsToCheck, today = new D
   if (size && size.width * size.height > FLEXIBLE.experimentalPixels && chain.some((m) => IMAGE_MODELS[m]?.sizes === 'flexible')) {
     check.warnings.push(`${settings.imageSize} is above 2560x1440, which OpenAI calls experimental`);
   }
-  const alive = chain.filter((m) => !(IMAGE_MODELS[m]?.shutdown && IMAGE_MODELS[m]!.shutdown!.on <= day));
-  if (alive.length === 0) {
-    check.errors.push({ setting: 'imageFallbackModels', message: `every model tried (${chain.join(', ')}) is shut down; add gpt-image-2` });
+  if (chain.every((m) => isShutDown(m, day))) {
+    check.errors.push({ setting: 'imageFallbackModels', message: `every model configured (${chain.join(', ')}) is shut down; ${modelAdvice(chain, clock)}` });
   }
   return check;
 }

@@ -7,10 +7,11 @@ import type { Logger } from '@aws-lambda-powertools/logger';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import OpenAI, { toFile, type ClientOptions } from 'openai';
 import { Agent } from 'undici';
+import { systemClock, type Clock } from './clock.ts';
 import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
 import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
 import { imageProblem } from './image-check.ts';
-import { IMAGE_MODELS, estimateImageCost, modelChain, parseSize, type TokenUsage } from './models.ts';
+import { IMAGE_MODELS, estimateImageCost, modelAdvice, modelChain, parseSize, type TokenUsage } from './models.ts';
 import type { Settings } from './settings.ts';
 
 type Env = Record<string, string | undefined>;
@@ -148,8 +149,13 @@ const MODERATION_MODEL = 'omni-moderation-latest';
  * A model that answers `model_not_found` (OpenAI retires image models) is skipped for the next in
  * IMAGE_FALLBACK_MODELS, and for the rest of this container's life.
  */
-export function openAiImages(client: OpenAI | undefined, settings: Settings, logger: Pick<Logger, 'warn'>): ImageProvider {
+export function openAiImages(client: OpenAI | undefined, settings: Settings, logger: Pick<Logger, 'warn'>, clock: Clock = systemClock): ImageProvider {
   const gone = new Set<string>();
+  // Every configured model answered model_not_found: name them, and one to use instead.
+  const noModelLeft = (what: string) => {
+    const tried = modelChain(settings);
+    return new ConfigurationError(`${what}: no image model is left: ${tried.join(', ')} ${tried.length === 1 ? 'does' : 'do'} not exist (retired?); ${modelAdvice(tried, clock)}`);
+  };
 
   const optionsFor = (model: string, request: ImageRequest, edit: boolean): Record<string, unknown> => {
     const spec = IMAGE_MODELS[model];
@@ -198,9 +204,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
         if (!isModelNotFound(error)) throw toAvatarError(error, what, request.timeoutMs);
         gone.add(model);
         const next = chain[i + 1];
-        if (!next) {
-          throw new ConfigurationError(`${what}: model ${model} does not exist (retired?) and no fallback is left; set IMAGE_MODEL or IMAGE_FALLBACK_MODELS, e.g. gpt-image-2`);
-        }
+        if (!next) throw noModelLeft(what);
         const warning = `image model ${model} answered model_not_found (retired): used ${next}; set IMAGE_MODEL=${next}`;
         warnings.push(warning);
         logger.warn(warning, { model, fallback: next });
@@ -218,7 +222,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       const usage = answer.usage as TokenUsage | undefined;
       return { images, format: formatOf(images[0]!) ?? 'png', model, usage, estimatedCostUsd: estimateImageCost(model, usage), warnings };
     }
-    throw new ConfigurationError(`${what}: every image model configured (${modelChain(settings).join(', ')}) is gone; set IMAGE_MODEL to gpt-image-2`);
+    throw noModelLeft(what);
   };
 
   return {
@@ -263,8 +267,8 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
 }
 
 /** For the stages that draw or write prompts: the image provider and the text client, sharing one key. */
-export async function openAiClients(env: Env, settings: Settings, logger: Logger): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
+export async function openAiClients(env: Env, settings: Settings, logger: Logger, clock: Clock): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
   const key = await openAiKeyFromEnv(env);
   const client = key ? openAiClient(key, env.OPENAI_BASE_URL, Math.max(settings.imageTimeoutMs, settings.textTimeoutMs)) : undefined;
-  return { images: openAiImages(client, settings, logger), text: client };
+  return { images: openAiImages(client, settings, logger, clock), text: client };
 }

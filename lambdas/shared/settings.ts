@@ -7,6 +7,7 @@
 import * as z from 'zod/mini';
 import './zod.ts';
 import { ConfigurationError } from './errors.ts';
+import { systemClock, type Clock } from './clock.ts';
 import { checkImageSettings } from './models.ts';
 import { IMAGES_PER_GRID, MAX_IMAGES } from './persona.ts';
 
@@ -178,30 +179,30 @@ function keysOf(scope: Scope): (keyof Specs)[] {
 }
 
 /** Model, size and quality together; errors name the setting as the source spells it. */
-function checkModels(settings: Settings, by: 'env' | 'context'): void {
-  const { errors } = checkImageSettings(settings);
+function checkModels(settings: Settings, by: 'env' | 'context', clock: Clock): void {
+  const { errors } = checkImageSettings(settings, clock);
   if (errors.length === 0) return;
   const label = (k: keyof Specs) => (by === 'env' ? SETTINGS[k].env : `context ${SETTINGS[k].context}`);
   throw new ConfigurationError(errors.map((e) => `${label(e.setting)}: ${e.message}`).join('; '));
 }
 
-function parseStage(source: Source, by: 'env' | 'context'): Settings {
+function parseStage(source: Source, by: 'env' | 'context', clock: Clock): Settings {
   const settings = Object.fromEntries(keysOf('stage').map((k) => [k, parseOne(k, source, by)])) as Settings;
   if (!!settings.flowiseUrl !== !!settings.flowiseChatflowId) {
     throw new ConfigurationError(`${by === 'env' ? 'FLOWISE_URL and FLOWISE_CHATFLOW_ID' : 'context flowiseUrl and flowiseChatflowId'} go together: set both or neither`);
   }
-  checkModels(settings, by);
+  checkModels(settings, by, clock);
   return settings;
 }
 
 /** The stages' settings from the environment (names match the seed's `.env`). */
-export function settingsFromEnv(env: Record<string, string | undefined> = process.env): Settings {
-  return parseStage(env, 'env');
+export function settingsFromEnv(env: Record<string, string | undefined> = process.env, clock: Clock = systemClock): Settings {
+  return parseStage(env, 'env', clock);
 }
 
 /** The stages' settings from CDK context: what the stack will configure its functions with. */
-export function settingsFromContext(context: Source): Settings {
-  return parseStage(context, 'context');
+export function settingsFromContext(context: Source, clock: Clock = systemClock): Settings {
+  return parseStage(context, 'context', clock);
 }
 
 export function stackSettingsFromContext(context: Source): StackSettings {

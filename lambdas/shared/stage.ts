@@ -3,6 +3,7 @@ import type { Context } from 'aws-lambda';
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
 import type { FaceFinder } from '../check-identity/faces.ts';
+import { systemClock, type Clock } from './clock.ts';
 import type { ImageProvider } from './image-provider.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
 import type { ObjectStore } from './store.ts';
@@ -37,7 +38,7 @@ export type StageCore<E, R, K extends keyof Deps = never> = (event: E, deps: Sta
 type Env = Record<string, string | undefined>;
 
 /** Builds some of a stage's clients; a handler lists the ones its core uses. */
-export type ClientFactory = (env: Env, settings: Settings, logger: Logger) => Partial<Deps> | Promise<Partial<Deps>>;
+export type ClientFactory = (env: Env, settings: Settings, logger: Logger, clock: Clock) => Partial<Deps> | Promise<Partial<Deps>>;
 
 /** Time kept back from the Lambda's remaining time so a call times out before the Lambda does. */
 const LAMBDA_SAFETY_MARGIN_MS = 20_000;
@@ -76,10 +77,10 @@ export async function loggedStage<E, R, K extends keyof Deps>(stage: string, cor
   }
 }
 
-/** Settings, logger and the clients the factories build, once per container. */
-export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFactory[]): Promise<Deps> {
-  const settings = settingsFromEnv(env);
-  const built = await Promise.all(clients.map((make) => make(env, settings, logger)));
+/** Settings, logger and the clients the factories build, once per container; `clock` tells them the date. */
+export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFactory[], clock: Clock = systemClock): Promise<Deps> {
+  const settings = settingsFromEnv(env, clock);
+  const built = await Promise.all(clients.map((make) => make(env, settings, logger, clock)));
   return {
     settings,
     logger,
