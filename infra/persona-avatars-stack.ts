@@ -60,6 +60,7 @@ export class PersonaAvatarsStack extends Stack {
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
     new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });
     new CfnOutput(this, 'BatchStateMachineArn', { value: this.batch.stateMachine.stateMachineArn, description: 'batches: `avatars start FILE.jsonl`, or upload personas/{name}.jsonl' });
+    new CfnOutput(this, 'FailedUploadsQueueUrl', { value: uploads.failedUploads.queueUrl, description: 'upload notifications the trigger could not handle' });
     new CfnOutput(this, 'AvatarsUrl', { value: `${cdn.baseUrl}/avatars/`, description: 'where published avatars are read: {AvatarsUrl}{personaId}/manifest.json' });
 
     NagSuppressions.addStackSuppressions(this, [

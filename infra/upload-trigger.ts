@@ -1,4 +1,4 @@
-import { CfnOutput, Duration } from 'aws-cdk-lib';
+import { Duration } from 'aws-cdk-lib';
 import type { Function as LambdaFunction } from 'aws-cdk-lib/aws-lambda';
 import { SqsDestination } from 'aws-cdk-lib/aws-lambda-destinations';
 import { EventType, type IBucket } from 'aws-cdk-lib/aws-s3';
@@ -51,6 +51,5 @@ export class UploadTrigger extends Construct {
     NagSuppressions.addResourceSuppressions(this.failedUploads, [
       { id: 'AwsSolutions-SQS3', reason: 'This queue is where failed upload notifications end up: it is the dead-letter queue, and needs none of its own.' },
     ]);
-    new CfnOutput(this, 'FailedUploadsQueueUrl', { value: this.failedUploads.queueUrl, description: 'upload notifications the trigger could not handle' });
   }
 }

@@ -50,8 +50,13 @@ export interface LocalEnvironment {
   images: 'openai' | 'offline';
   backend: OfflineBackend | undefined;
   stepFunctions: LocalStepFunctions | undefined;
+  /** What a person should know about this environment, such as a shortened timeout. */
+  notes: string[];
   close(): Promise<void>;
 }
+
+/** How long an image call waits locally under `--fault hang`, unless IMAGE_TIMEOUT_MS says. */
+export const HANG_TIMEOUT_MS = 5_000;
 
 /** The offline backend without --rpm: no limit to pace to. */
 export const UNLIMITED_IMAGES_PER_MINUTE = 100_000;
@@ -83,8 +88,15 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
     Object.assign(env, { S3_ENDPOINT: embeddedS3.endpoint, S3_ACCESS_KEY: embeddedS3.accessKey, S3_SECRET_KEY: embeddedS3.secretKey });
   }
   let backend: OfflineBackend | undefined;
+  const notes: string[] = [];
   const images: LocalEnvironment['images'] = env.OPENAI_API_KEY ? 'openai' : 'offline';
   if (images === 'offline') {
+    // A hung call would otherwise hold the run for the deployed 10 minutes before its retry.
+    const timeoutSet = (options.env ?? process.env).IMAGE_TIMEOUT_MS ?? (options.context ?? projectContext()).imageTimeoutMs;
+    if (options.faults?.some((f) => f.kind === 'hang') && timeoutSet === undefined) {
+      env.IMAGE_TIMEOUT_MS = String(HANG_TIMEOUT_MS);
+      notes.push(`--fault hang: image calls give up after ${HANG_TIMEOUT_MS / 1000} s here (IMAGE_TIMEOUT_MS sets it; 10 minutes by default)`);
+    }
     backend = await startOfflineBackend({
       faults: options.faults ?? [],
       latencyMs: options.latencyMs ?? 0,
@@ -125,6 +137,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       images,
       backend,
       stepFunctions,
+      notes,
       close: async () => {
         for (const close of closers.reverse()) await close();
         for (const client of clients) client.destroy();

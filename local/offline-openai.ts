@@ -13,19 +13,11 @@ import busboy from 'busboy';
 import sharp from 'sharp';
 import { dayOf, systemClock, type Clock } from '../lambdas/shared/clock.ts';
 import { IMAGE_MODELS, isShutDown, parseSize, sizeProblem } from '../lambdas/shared/models.ts';
+import { routesOf, type Fault, type Route } from './faults.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
-export type FaultKind = 'rate-limit' | 'server-error' | 'hang' | 'policy' | 'layout' | 'model-gone' | 'corrupt' | 'flagged' | 'impostor';
-export type Route = 'generations' | 'edits' | 'chat' | 'moderations';
-
-export interface Fault {
-  kind: FaultKind;
-  /** How many matching requests fail this way before the backend behaves; Infinity for always. */
-  times: number;
-  /** Which endpoint; all image endpoints when not given. */
-  route?: Route;
-}
+export type { Fault, FaultKind, Route } from './faults.ts';
 
 export interface RecordedRequest {
   route: Route;
@@ -63,30 +55,6 @@ export interface OfflineBackend {
 }
 
 const ACCEPTED_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
-
-function parseFault(spec: string): Fault {
-  const match = /^(rate-limit|server-error|hang|policy|layout|model-gone|corrupt|flagged|impostor)(?::(\d+|always))?(?:@(generations|edits|chat|moderations))?$/.exec(spec);
-  if (!match) {
-    throw new Error(`unknown fault "${spec}": use KIND[:TIMES|always][@generations|edits|chat|moderations], KIND one of rate-limit, server-error, hang, policy, layout, model-gone, corrupt, flagged, impostor`);
-  }
-  const times = match[2] === 'always' ? Infinity : Number(match[2] ?? 1);
-  return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}) };
-}
-
-/**
- * Without a route, a fault hits the image endpoints; a flagged prompt is the moderation check's
- * answer, and an impostor appears in a grid.
- */
-function routesOf(fault: Fault): Route[] {
-  if (fault.route) return [fault.route];
-  if (fault.kind === 'flagged') return ['moderations'];
-  return fault.kind === 'impostor' ? ['edits'] : ['generations', 'edits'];
-}
-
-/** Parses `--fault` specs such as `rate-limit:2`, `policy:always@generations`. */
-export function parseFaults(specs: string[]): Fault[] {
-  return specs.map(parseFault);
-}
 
 function apiError(res: ServerResponse, status: number, error: Record<string, unknown>, headers?: Record<string, string>): void {
   sendJson(res, status, { error: { param: null, ...error } }, headers);

@@ -3,6 +3,7 @@
  * runs: `--help` and `split` do not pay for the CDK app, the AWS SDK or the workflow.
  */
 import { Argument, Command, InvalidArgumentError, Option } from 'commander';
+import { faultHelp } from './faults.ts';
 
 const int = (name: string) => (value: string) => {
   const n = Number(value);
@@ -20,7 +21,7 @@ const action =
 export function program(): Command {
   const cli = new Command('avatars').description('persona-avatars: persona in, consistent avatar photos out').showHelpAfterError();
   const dataOption = new Option('--data <dir>', 'where the embedded S3 keeps its data').default('.avatars');
-  const faultOption = new Option('--fault <spec...>', 'offline backend fault, e.g. rate-limit:2, policy:always@generations, hang:1, server-error, layout, model-gone, corrupt, flagged').default([]);
+  const faultOption = new Option('--fault <spec...>', faultHelp()).default([]);
   const personaArgument = new Argument('<persona.json>', 'a persona, or an execution input { "persona": …, "images": 8 }');
   const imagesOption = new Option('--images <n>', 'how many avatars (4 per grid)').argParser(int('--images'));
   const modeOption = new Option('--mode <mode>', 'grid: 2x2 grids split apart; separate: one image per call').choices(['grid', 'separate']);

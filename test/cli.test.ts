@@ -1,7 +1,9 @@
-import { readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
+import { projectRoot } from '../infra/context.ts';
+import { FAULT_KINDS, FAULT_SYNTAX } from '../local/faults.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf } from '../local/avatar-art.ts';
 import { avatars as avatarsIn, eventsDir, tempDir } from './support.ts';
 
@@ -92,3 +94,23 @@ describe('avatars --help', () => {
     });
   });
 });
+
+describe('offline backend faults', () => {
+  it('are listed alike by README and --help: every kind, the calls it hits, the targets', async () => {
+    const readme = readFileSync(join(projectRoot, 'README.md'), 'utf8').replace(/\s+/g, ' ');
+    const { stdout } = await avatars('run', '--help');
+    expect(readme).toContain(`--fault ${FAULT_SYNTAX}`);
+    expect(stdout).toContain(FAULT_SYNTAX);
+    for (const [kind, { routes }] of Object.entries(FAULT_KINDS)) {
+      expect(readme, kind).toContain(`\`${kind}\` (${routes.join(', ')}`);
+      expect(stdout, kind).toContain(`${kind} (@${routes.join('|')})`);
+    }
+  });
+
+  it('refuses an unknown fault in one line with the kinds to use, exit 2, no stack trace', async () => {
+    const { code, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--fault', 'lag', '--data', join(work, 'data-fault'));
+    expect(code).toBe(2);
+    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(/^avatars: unknown fault "lag": use KIND.*KIND one of rate-limit, .*impostor$/)]);
+  });
+});
+

@@ -1,6 +1,9 @@
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
+import { projectRoot } from '../infra/context.ts';
 import { LAMBDA_SERVICE_ERRORS } from '../infra/error-policy.ts';
 import { allStates, workflowFromTemplate, type AslState } from '../local/definition.ts';
 import { stageNames } from '../lambdas/stages.ts';
@@ -312,5 +315,19 @@ describe('the synthesized batch workflow', () => {
     expect(map.MaxConcurrencyPath).toBe('$.plan.concurrency');
     expect(map.Next).toBe('ReportBatch');
     expect(batch.taskStages).toEqual({ PlanBatch: 'plan-batch', ReportBatch: 'report-batch' });
+  });
+});
+
+describe('the stack outputs', () => {
+  it('carry the names README gives them', () => {
+    const readme = readFileSync(join(projectRoot, 'README.md'), 'utf8');
+    // "output `X`", "`X` output", and the list "The stack's outputs name … (`X`) …".
+    const named = new Set([
+      ...[...readme.matchAll(/outputs? `([A-Z]\w+)`/g)].map((m) => m[1]!),
+      ...[...readme.matchAll(/`([A-Z]\w+)` output/g)].map((m) => m[1]!),
+      ...[...(/The stack's outputs name([^]*?)\n\n/.exec(readme)?.[1] ?? '').matchAll(/\(`([A-Z]\w+)`/g)].map((m) => m[1]!),
+    ]);
+    expect([...named].sort()).toEqual(['AlarmTopicArn', 'AvatarsUrl', 'BatchStateMachineArn', 'BucketName', 'FailedUploadsQueueUrl', 'StateMachineArn']);
+    expect(Object.keys(template.toJSON().Outputs).sort()).toEqual([...named].sort());
   });
 });

@@ -42,7 +42,9 @@ describe('image models after 2026-12-01', () => {
     const template = buildApp({ bundle: false, validate: false, outdir: join(work, 'synth') }).app.synth().getStackByName('PersonaAvatars').template as { Resources: Record<string, { Type: string; Properties: any }> };
     const stages = Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function' && r.Properties.Environment?.Variables?.STAGE);
     for (const fn of stages) {
-      expect(fn.Properties.Environment.Variables).toMatchObject({ IMAGE_MODEL: 'gpt-image-2', IMAGE_FALLBACK_MODELS: 'gpt-image-2' });
+      expect(fn.Properties.Environment.Variables).toMatchObject({ IMAGE_MODEL: 'gpt-image-2' });
+      // No fallback by default: a fallback to the model itself only repeats the call that failed.
+      expect(fn.Properties.Environment.Variables.IMAGE_FALLBACK_MODELS).toBeUndefined();
       expect(RETIRING).not.toContain(fn.Properties.Environment.Variables.IMAGE_MODEL);
     }
   });
@@ -67,7 +69,7 @@ describe('image models after 2026-12-01', () => {
   });
 
   it('records in the manifest which model made each image, and the warning', async () => {
-    const env = await startTestEnvironment({ retiredModels: ['gpt-image-1.5'], env: { IMAGE_MODEL: 'gpt-image-1.5' } });
+    const env = await startTestEnvironment({ retiredModels: ['gpt-image-1.5'], env: { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODELS: 'gpt-image-2' } });
     const outcome = await runLocally({ input: { persona }, deps: env.deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(outcome.cause);
     const manifest = JSON.parse(await env.deps.store.getText(outcome.output.manifestKey));
@@ -89,7 +91,7 @@ describe('shutdown dates, read from the clock', () => {
 
   it('names a model past its shutdown date at cdk synth, and one still to shut down as such', () => {
     const warnings = (clock: typeof shutdownDay) => {
-      const { stack } = buildApp({ bundle: false, outdir: join(work, 'synth'), clock, context: { imageModel: 'gpt-image-1.5' } });
+      const { stack } = buildApp({ bundle: false, outdir: join(work, 'synth'), clock, context: { imageModel: 'gpt-image-1.5', imageFallbackModels: 'gpt-image-2' } });
       return stack.node.metadata.filter((m) => m.type === 'aws:cdk:warning').map((m) => String(m.data));
     };
     expect(warnings(beforeShutdown).join('\n')).toMatch(/gpt-image-1\.5 shuts down on 2026-12-01; use gpt-image-2/);

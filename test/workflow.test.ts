@@ -7,6 +7,8 @@ import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
+import { HANG_TIMEOUT_MS } from '../local/environment.ts';
+import { parseFaults } from '../local/faults.ts';
 import type { Fault } from '../local/offline-openai.ts';
 import { avatars as avatarsIn, eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
 
@@ -127,6 +129,19 @@ describe('the workflow answers each fault through the real client', () => {
     const outcome = await runWith([{ kind: 'layout', times: 1, route: 'edits' }]);
     expect(outcome.status).toBe('SUCCEEDED');
     expect(retries(outcome, 'GridAttempt')).toBe(1);
+  });
+
+  it('draws a grid again under --fault layout with no target: the fault goes to the grid, not the base', async () => {
+    const outcome = await runWith(parseFaults(['layout']));
+    expect(outcome.status).toBe('SUCCEEDED');
+    expect(retries(outcome, 'GridAttempt')).toBe(1);
+    expect(retries(outcome, 'GenerateBase')).toBe(0);
+  });
+
+  it('gives a hung image call a short wait locally, and says so', async () => {
+    const env = await startTestEnvironment({ faults: parseFaults(['hang']), env: { IMAGE_TIMEOUT_MS: undefined } });
+    expect(env.deps.imageTimeoutMs).toBe(HANG_TIMEOUT_MS);
+    expect(env.notes.join('\n')).toMatch(/--fault hang: image calls give up after 5 s here \(IMAGE_TIMEOUT_MS/);
   });
 
   it('fails the run named after the cause when rate limits never end, and records it', async () => {

@@ -47,8 +47,8 @@ export const SETTINGS = {
     env: 'IMAGE_FALLBACK_MODELS',
     aliases: ['IMAGE_FALLBACK_MODEL'],
     context: 'imageFallbackModels',
-    default: 'gpt-image-2',
-    doc: 'comma-separated models tried in order when one answers `model_not_found` (`IMAGE_FALLBACK_MODEL` still works)',
+    default: '',
+    doc: 'comma-separated models tried in order when one answers `model_not_found`, none by default (`IMAGE_FALLBACK_MODEL` still works)',
     schema: list,
   }),
   imageSize: spec({ scope: 'stage', env: 'IMAGE_SIZE', context: 'imageSize', default: '1024x1024', doc: 'size of the base and of each grid; gpt-image-2 takes any WxH in multiples of 16 (2048x2048: avatars of about 1000 px)', schema: text }),
@@ -218,7 +218,7 @@ export function environmentOf(settings: Settings, only?: Record<string, unknown>
   for (const key of keysOf('stage')) {
     const s = SETTINGS[key];
     const value = settings[key as keyof Settings];
-    if (!s.context || !s.env || value === undefined || (only && only[s.context] === undefined)) continue;
+    if (!s.context || !s.env || value === undefined || (Array.isArray(value) && value.length === 0) || (only && only[s.context] === undefined)) continue;
     env[s.env] = Array.isArray(value) ? value.join(',') : String(value);
   }
   return env;
@@ -229,7 +229,7 @@ export function settingsTable(): string {
   const rows = (Object.values(SETTINGS) as Spec<unknown>[]).map((s) => {
     const names = [s.env, ...(s.aliases ?? [])].filter(Boolean).map((n) => `\`${n}\``).join(', ') || '—';
     const context = s.context ? `\`${s.context}\`` : '—';
-    const fallback = s.default !== undefined ? `\`${s.default}\`` : '—';
+    const fallback = s.default ? `\`${s.default}\`` : '—';
     return `| ${names} | ${context} | ${fallback} | ${s.doc} |`;
   });
   return ['| variable | context | default | meaning |', '| --- | --- | --- | --- |', ...rows].join('\n');

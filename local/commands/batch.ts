@@ -10,7 +10,7 @@ import { attemptName, MAX_ATTEMPTS } from '../../lambdas/shared/run-name.ts';
 import type { ObjectStore } from '../../lambdas/shared/store.ts';
 import { readBatchFile } from '../batch-file.ts';
 import { startLocalEnvironment, UNLIMITED_IMAGES_PER_MINUTE } from '../environment.ts';
-import { parseFaults } from '../offline-openai.ts';
+import { parseFaults } from '../faults.ts';
 import { runLocally, type ChildExecutions, type ProgressEvent } from '../runner.ts';
 import { UsageError } from './common.ts';
 import type { RunFlags } from './run.ts';
@@ -118,6 +118,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
       `batch ${batchId}: ${batch.personas} personas from ${file}, ` +
         (paced ? `image calls paced to ${limit}/min (IMAGES_PER_MINUTE${defaulted ? ': the default; set it to your account\u2019s image limit' : ''})` : 'no image rate limit to pace to (the offline backend has none unless --rpm)'),
     );
+    for (const note of env.notes) log(`⚠ ${note}`);
 
     const progress = new BatchProgress();
     const children: ChildExecutions = {

@@ -6,8 +6,9 @@ import { parseRunRequest, type RunRequest } from '../../lambdas/shared/persona.t
 import { describeProblem, parsePersonaFile, type Problem } from '../../lambdas/shared/run-input.ts';
 import type { ProgressEvent } from '../runner.ts';
 
-/** A mistake of the user's: printed without a stack, exit code 2. */
-export class UsageError extends Error {}
+import { UsageError } from '../usage-error.ts';
+
+export { UsageError };
 
 /** A persona file whose personas are not valid: what is wrong, where. */
 export class InvalidInput extends UsageError {

@@ -3,7 +3,7 @@ import type { PublishResult } from '../../lambdas/publish/core.ts';
 import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { startFromUpload, type S3Notification } from '../../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment } from '../environment.ts';
-import { parseFaults } from '../offline-openai.ts';
+import { parseFaults } from '../faults.ts';
 import { saveOutputs } from '../outputs.ts';
 import { isRunning } from '../step-functions-api.ts';
 import { describe, resultLines, UsageError } from './common.ts';
@@ -62,6 +62,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
     await env.close();
     throw new UsageError('avatars dev watches its own embedded S3: unset S3_ENDPOINT (and S3_BUCKET_NAME with AWS credentials) to use it');
   }
+  for (const note of env.notes) log(`⚠ ${note}`);
   embeddedS3.onNotification((event: S3Notification) => {
     startFromUpload(event, deps)
       .then((outcomes) => {

@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { stageNames, stages, type StageName } from '../../lambdas/stages.ts';
 import type { Deps } from '../../lambdas/shared/stage.ts';
 import { startLocalEnvironment, type LocalEnvironmentOptions } from '../environment.ts';
-import { parseFaults } from '../offline-openai.ts';
+import { parseFaults } from '../faults.ts';
 import { readJsonFile, UsageError } from './common.ts';
 
 export interface InvokeFlags {
@@ -47,6 +47,7 @@ export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<
     faults: parseFaults(flags.fault),
     ...(stage === 'start-from-upload' ? { stepFunctions } : {}),
   });
+  for (const note of env.notes) process.stderr.write(`⚠ ${note}\n`);
   try {
     for (const { key, body } of puts) await env.deps.store.put(key, body, key.endsWith('.json') ? 'application/json' : 'application/octet-stream');
     const core = stages[stage as StageName] as (e: unknown, d: Deps) => Promise<unknown>;

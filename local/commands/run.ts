@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
 import { checkImageSettings } from '../../lambdas/shared/models.ts';
 import { startLocalEnvironment } from '../environment.ts';
-import { parseFaults } from '../offline-openai.ts';
+import { parseFaults } from '../faults.ts';
 import { saveOutputs } from '../outputs.ts';
 import { runLocally } from '../runner.ts';
 import type { RunRequest } from '../../lambdas/shared/persona.ts';
@@ -46,7 +46,7 @@ export async function runCommand(personaFile: string, flags: RunFlags): Promise<
   try {
     const { settings } = env.deps;
     log(`persona-avatars: S3 ${env.s3 === 'embedded' ? `embedded (${join(flags.data, 's3')})` : env.s3}, images ${env.images === 'offline' ? 'offline backend' : 'OpenAI'}, ${settings.imageModel} ${settings.imageSize} ${settings.imageQuality}`);
-    for (const warning of checkImageSettings(settings).warnings) log(`⚠ ${warning}`);
+    for (const warning of [...env.notes, ...checkImageSettings(settings).warnings]) log(`⚠ ${warning}`);
     const outcome = await runLocally({ input, deps: env.deps, retryDelayMs: flags.retryDelay, onProgress: (event) => log(describe(event)) });
     if (outcome.status === 'FAILED') {
       if (flags.json) process.stdout.write(`${JSON.stringify({ status: outcome.status, runId: outcome.runId, error: outcome.error, cause: outcome.cause }, null, 2)}\n`);
