@@ -6,10 +6,11 @@ const { program } = await import('./program.ts');
 program()
   .parseAsync()
   .catch(async (error: Error) => {
-    const { UsageError } = await import('./commands/common.ts');
-    // AWS SDK errors (no credentials, unknown state machine or execution) and bad settings are the user's to fix: no stack.
+    const { UsageError } = await import('./usage-error.ts');
+    // Usage errors and bad settings are the message alone; anything else (AWS SDK errors: no
+    // credentials, an unknown state machine) also names the error. The stack only with --verbose.
     const plain = error instanceof UsageError || error.name === 'ConfigurationError';
-    const fromAws = '$metadata' in error || /ProviderError$/.test(error.name);
-    process.stderr.write(`avatars: ${plain ? error.message : fromAws ? `${error.name}: ${error.message}` : (error.stack ?? error.message)}\n`);
+    const stack = process.argv.includes('--verbose') && !plain && error.stack ? `\n${error.stack}` : '';
+    process.stderr.write(`avatars: ${plain ? error.message : `${error.name}: ${error.message}`}${stack}\n`);
     process.exitCode = 2;
   });

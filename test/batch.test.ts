@@ -164,6 +164,17 @@ describe('avatars batch', () => {
     writeFileSync(join(cwd, 'bad.jsonl'), '{"persona": {"id": "x", "firstname": "X"}}\n');
     const result = await avatars(cwd, ['batch', 'bad.jsonl']);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/bad.jsonl: line 1: .*gender/);
+    expect(result.stderr).toMatch(/bad.jsonl: line 1: .*persona\.gender: required$/m);
+  });
+
+  it('names only the file\u2019s own line and column of a broken JSON line, runs the rest, and does not call an exit 1 a success', async () => {
+    const cwd = tempDir();
+    writeFileSync(join(cwd, 'team.jsonl'), `${personaLine('whole')}\n{"persona": {"id": "broken" "firstname": "B"}}\n`);
+    const result = await avatars(cwd, ['batch', 'team.jsonl']);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/team\.jsonl: line 2: not valid JSON: .* at column 29$/m);
+    expect(`${result.stderr}${result.stdout}`).not.toMatch(/line 1 column|line 1:/);
+    expect(result.stdout).toMatch(/^✗ batch team-[0-9a-f]{16}: 1 published, 0 failed, 1 skipped/m);
+    expect(result.stdout).not.toMatch(/^✓/m);
   });
 });

@@ -44,7 +44,9 @@ export type RunRequest = { persona: Persona; images?: number; mode: GenerationMo
 function firstIssue(error: z.core.$ZodError, prefix: string): InvalidPersona {
   const issue = error.issues[0]!;
   const field = [prefix, ...issue.path.map(String)].filter(Boolean).join('.') || '(root)';
-  return new InvalidPersona(field, issue.message);
+  // A field left out is "required", not a type mismatch with undefined.
+  const missing = issue.code === 'invalid_type' && / received undefined$/.test(issue.message);
+  return new InvalidPersona(field, missing ? 'required' : issue.message);
 }
 
 /** Parses a persona, throwing InvalidPersona that names the first wrong field. */

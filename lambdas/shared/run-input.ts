@@ -38,7 +38,11 @@ function problemOf(error: unknown, at: Pick<Problem, 'line' | 'item'>, idFrom: s
     const fromName = idFrom !== undefined && error.field === 'persona.id' ? ` (the id "${idFrom}" was taken from the file name: add an "id" to the persona)` : '';
     return { ...at, field: error.field, message: `${error.message}${fromName}` };
   }
-  if (error instanceof SyntaxError) return { ...at, field: '(json)', message: `not valid JSON: ${error.message}` };
+  if (error instanceof SyntaxError) {
+    // JSON.parse counts lines within the text it was given: on a line of a JSON Lines file, only the column means anything.
+    const message = at.line === undefined ? error.message : error.message.replace(/ in JSON at position (\d+)(?: \(line \d+ column \d+\))?/, (_all, position: string) => ` at column ${Number(position) + 1}`);
+    return { ...at, field: '(json)', message: `not valid JSON: ${message}` };
+  }
   throw error;
 }
 

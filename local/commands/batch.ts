@@ -155,6 +155,8 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     const rate = minutes > 0 ? (calls.length - 1) / minutes : 0;
     const failed = report.personas.filter((p) => p.status === 'FAILED');
     const invalid = report.personas.filter((p) => p.status === 'SKIPPED' && !p.personaId);
+    // The mark says what the exit code says: ✓ only when nothing failed and every line was a persona.
+    const clean = failed.length === 0 && invalid.length === 0;
     if (flags.json) process.stdout.write(`${JSON.stringify({ ...report, outDir }, null, 2)}\n`);
     else {
       for (const p of failed) process.stdout.write(`✗ ${p.personaId} (line ${p.line}): ${p.error}: ${p.cause}\n`);
@@ -163,7 +165,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
       process.stdout.write(
         [
           '',
-          `${failed.length === 0 ? '✓' : '✗'} batch ${batchId}: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped, in ${(outcome.ms / 1000).toFixed(1)} s`,
+          `${clean ? '✓' : '✗'} batch ${batchId}: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped, in ${(outcome.ms / 1000).toFixed(1)} s`,
           `  ${calls.length} image calls${rate > 0 ? `, ${rate.toFixed(1)}/min from first to last${paced ? ` (${((rate / limit) * 100).toFixed(0)}% of the ${limit}/min limit)` : ''}` : ''}`,
           `  report: ${join(outDir, 'report.json')}; open ${join(outDir, 'index.html')}`,
           ...(failed.length > 0 ? ['  run the same command again once the cause is fixed: published personas are not paid for twice'] : []),
@@ -171,7 +173,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
         ].join('\n'),
       );
     }
-    return failed.length > 0 || invalid.length > 0 ? 1 : 0;
+    return clean ? 0 : 1;
   } finally {
     await env.close();
   }
