@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
@@ -157,6 +157,12 @@ describe('avatars batch', () => {
     const report = JSON.parse(readFileSync(join(cwd, 'out', 'batches', fixed.stdout.match(/batch (team-[0-9a-f]{16}-2)/)![1]!, 'report.json'), 'utf8')) as BatchReport;
     // Each persona ran as a new attempt: the failed one's name is kept with its failure record.
     for (const p of report.personas) expect(p.name).toMatch(new RegExp(`^${p.personaId}-[0-9a-f]{16}-2$`));
+
+    // Everything published: the same file again starts nothing.
+    const again = await avatars(cwd, ['batch', 'team.jsonl']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/^✓ team\.jsonl: nothing to run: 3 of 3 personas already published with the same request; no batch started$/m);
+    expect(readdirSync(join(cwd, 'out', 'batches')).some((d) => d.endsWith('-3'))).toBe(false);
   }, 120_000);
 
   it('rejects a file with no valid persona before starting anything, naming the line and field', async () => {

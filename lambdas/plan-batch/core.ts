@@ -104,12 +104,12 @@ async function nextAttempt(deps: StageDeps<'store'>, personaId: string, name: st
   return { exhausted: true };
 }
 
-export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>): Promise<BatchPlan> {
-  const keys = batchKeys(event.batchId);
+/** A batch's lines sorted out against the bucket: what runs under which name, what is skipped and why. Writes nothing. */
+export async function triageLines(lines: AsyncIterable<string> | Iterable<string>, deps: StageDeps<'store'>): Promise<{ toRun: { line: number; request: RunRequest; name: string }[]; skipped: SkippedLine[] }> {
   const skipped: SkippedLine[] = [];
   const candidates: { line: number; request: RunRequest }[] = [];
   const firstLine = new Map<string, number>();
-  for await (const parsed of readPersonaLines(deps.store.lines(event.personasKey))) {
+  for await (const parsed of readPersonaLines(lines)) {
     if ('problem' in parsed) {
       skipped.push({ line: parsed.line, status: 'SKIPPED', reason: `not a valid persona: ${parsed.problem.field}: ${parsed.problem.message}` });
       continue;
@@ -125,10 +125,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>)
   }
 
   const attempts = await inPool(candidates, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(deps, request.persona.id, executionName(request)));
-  const { imagesPerMinute, defaultImages } = deps.settings;
-  const items: BatchItem[] = [];
-  let imageCalls = 0;
-  const start = Date.now();
+  const toRun: { line: number; request: RunRequest; name: string }[] = [];
   candidates.forEach(({ line, request }, i) => {
     const attempt = attempts[i]!;
     const personaId = request.persona.id;
@@ -137,13 +134,26 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>)
     } else if ('exhausted' in attempt) {
       skipped.push({ line, personaId, status: 'SKIPPED', reason: `${MAX_ATTEMPTS} attempts of this request have failed: fix the cause their failure records name, then change the request (or start it with avatars start --name)` });
     } else {
-      // Each persona's turn comes once the image calls of those before it fit in the limit.
-      const notBefore = new Date(start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
-      items.push({ personaId, line, name: attempt.run, input: request, notBefore });
-      imageCalls += imageCallsOf(request, defaultImages);
+      toRun.push({ line, request, name: attempt.run });
     }
   });
   skipped.sort((a, b) => a.line - b.line);
+  return { toRun, skipped };
+}
+
+export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>): Promise<BatchPlan> {
+  const keys = batchKeys(event.batchId);
+  const { toRun, skipped } = await triageLines(deps.store.lines(event.personasKey), deps);
+  const { imagesPerMinute, defaultImages } = deps.settings;
+  const items: BatchItem[] = [];
+  let imageCalls = 0;
+  const start = Date.now();
+  for (const { line, request, name } of toRun) {
+    // Each persona's turn comes once the image calls of those before it fit in the limit.
+    const notBefore = new Date(start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
+    items.push({ personaId: request.persona.id, line, name, input: request, notBefore });
+    imageCalls += imageCallsOf(request, defaultImages);
+  }
 
   // Nothing to run writes no items file: the batch goes straight to its report.
   if (items.length > 0) await deps.store.put(keys.items, items.map((item) => `${JSON.stringify(item)}\n`).join(''), 'application/x-ndjson');

@@ -69,7 +69,7 @@ export function parsePersonaLine(text: string, line: number): PersonaLine | unde
  * A JSON Lines file read as it arrives: memory holds one line at a time, so a file of any
  * length is checked in the same space.
  */
-export async function* readPersonaLines(lines: AsyncIterable<string>): AsyncGenerator<PersonaLine> {
+export async function* readPersonaLines(lines: AsyncIterable<string> | Iterable<string>): AsyncGenerator<PersonaLine> {
   let n = 0;
   for await (const text of lines) {
     n++;

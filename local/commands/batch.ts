@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { basename, join, relative, resolve } from 'node:path';
-import type { BatchPlan } from '../../lambdas/plan-batch/core.ts';
+import { triageLines, type BatchPlan } from '../../lambdas/plan-batch/core.ts';
 import { contactSheet } from '../../lambdas/report-batch/contact-sheet.ts';
 import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { projectContext } from '../../infra/context.ts';
@@ -108,6 +108,13 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
   });
   try {
     const { store } = env.deps;
+    // Nothing left to run (every persona published under the same request): no new attempt.
+    const { toRun, skipped } = await triageLines(batch.body.split('\n'), env.deps);
+    if (toRun.length === 0) {
+      const published = skipped.filter((s) => s.manifestKey).length;
+      process.stdout.write(`${batch.problems.length === 0 ? '✓' : '✗'} ${file}: nothing to run: ${published} of ${batch.personas} personas already published with the same request${published < batch.personas ? ', the rest skipped (duplicate ids, or every attempt failed)' : ''}; no batch started\n`);
+      return batch.problems.length === 0 ? 0 : 1;
+    }
     const batchId = await freshAttempt(store, batch.name);
     const personasKey = batchKeys(batchId).personas;
     await store.put(personasKey, batch.body, 'application/x-ndjson');
