@@ -1,5 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import S3rver from 's3rver';
 import type { S3Notification } from '../lambdas/start-from-upload/core.ts';
 
@@ -19,8 +20,17 @@ function encodeKey(key: string): string {
 
 interface FilesystemStore {
   getResourcePath(bucket: string, key: string, kind: string): string;
-  putObject(object: { bucket: string; key: string }): Promise<unknown>;
+  /** `content` is the PUT request itself. */
+  putObject(object: { bucket: string; key: string; content?: { headers?: Record<string, unknown> } }): Promise<unknown>;
   getObject(bucket: string, key: string, options?: unknown): Promise<unknown>;
+  existsObject(bucket: string, key: string): Promise<boolean>;
+  deleteObject(bucket: string, key: string): Promise<void>;
+}
+
+/** What S3 answers a conditional write whose key exists: 412, as s3rver's own errors are made. */
+function preconditionFailed(): Error {
+  const S3Error = createRequire(import.meta.url)('s3rver/lib/models/error') as new (code: string, message: string, detail: Record<string, string>) => Error;
+  return new S3Error('PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-None-Match' });
 }
 
 /**
@@ -29,7 +39,9 @@ interface FilesystemStore {
  * leave neither. Each write goes to a key of its own first, then is renamed over the object.
  * s3rver's read takes the object's size, then opens it: a rename in between sends a body of
  * another length, which the client sees as an aborted response. So a key's renames and its reads
- * up to the open take turns; once open, a read keeps the version it opened.
+ * up to the open take turns; once open, a read keeps the version it opened. A write with
+ * `If-None-Match: *` (S3's conditional write) is refused with 412 when the key exists, checked in
+ * the key's turn, so of two such writers exactly one wins, as on S3.
  */
 function atomicPuts(store: FilesystemStore): void {
   const put = store.putObject.bind(store);
@@ -46,7 +58,12 @@ function atomicPuts(store: FilesystemStore): void {
   store.putObject = async (object) => {
     const staging = `${object.key}.put-${process.pid}-${++counter}`;
     const result = await put({ ...object, key: staging });
+    const ifNoneMatch = object.content?.headers?.['if-none-match'] === '*';
     await inTurn(`${object.bucket}/${object.key}`, async () => {
+      if (ifNoneMatch && (await store.existsObject(object.bucket, object.key))) {
+        await store.deleteObject(object.bucket, staging);
+        throw preconditionFailed();
+      }
       for (const resource of ['metadata.json', 'object.md5', 'object']) {
         await rename(store.getResourcePath(object.bucket, staging, resource), store.getResourcePath(object.bucket, object.key, resource));
       }

@@ -4,10 +4,12 @@
  * a batch's child executions are executions here like any other. It keeps the
  * service's rules that callers rely on: execution names are unique, a repeated start with the
  * same name and input while the first runs answers with that execution, anything else reusing
- * a name is ExecutionAlreadyExists. So `avatars start`, the upload trigger and `avatars dev`
+ * a name is ExecutionAlreadyExists, also across processes that share a bucket. So `avatars start`, the upload trigger and `avatars dev`
  * run against the real @aws-sdk/client-sfn, here as on AWS.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { avatarKeys, batchKeys, Prefixes } from '../lambdas/shared/keys.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
 import { synthesizeWorkflows, type SynthesizedWorkflows } from './definition.ts';
@@ -104,9 +106,45 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     return id;
   };
 
+  /**
+   * Executions live in this process, but a name is taken for good once a run under it left
+   * anything in the bucket, whichever process ran it (an earlier `avatars invoke`, `avatars dev`),
+   * as the service keeps names for 90 days: a published run SUCCEEDED; a failure record, or run
+   * files with neither (its process ended mid-run), FAILED. Read from S3, so any process sharing
+   * the bucket agrees.
+   */
+  async function endedElsewhere(machine: keyof SynthesizedWorkflows, name: string, input: string): Promise<RunOutcome<unknown> | undefined> {
+    const { store } = options.deps;
+    const ended = (outcome: { output: unknown } | { error: string; cause: string }): RunOutcome<unknown> =>
+      'output' in outcome ? { status: 'SUCCEEDED', runId: name, output: outcome.output, events: [], ms: 0 } : { status: 'FAILED', runId: name, ...outcome, events: [], ms: 0 };
+    if (machine === 'batch') {
+      const keys = batchKeys(name);
+      if (!(await store.getJsonIfExists(keys.plan))) return undefined;
+      const report = await store.getJsonIfExists<{ counts: unknown }>(keys.report);
+      return ended(report ? { output: { reportKey: keys.report, indexKey: keys.index, counts: report.counts } } : { error: 'States.Runtime', cause: `batch ${name} was planned but never reported: its process ended early` });
+    }
+    const personaId = (JSON.parse(input) as { persona?: { id?: unknown } }).persona?.id;
+    if (typeof personaId !== 'string') return undefined;
+    const keys = avatarKeys(personaId);
+    const manifestKey = keys.run(name).manifest;
+    const manifest = await store.getJsonIfExists<{ images: { key: string }[] }>(manifestKey);
+    if (manifest) return ended({ output: { personaId, runId: name, manifestKey, images: manifest.images, currentManifestKey: keys.manifest } });
+    const failure = await store.getJsonIfExists<{ error: string; cause: string }>(keys.failure(name));
+    if (failure) return ended({ error: failure.error, cause: failure.cause });
+    const folders = [`${Prefixes.runs}${personaId}/${name}/`, manifestKey.replace(/manifest\.json$/, '')];
+    const listed = await Promise.all(folders.map((Prefix) => store.s3.send(new ListObjectsV2Command({ Bucket: store.bucket, Prefix, MaxKeys: 1 }))));
+    if (listed.some((l) => (l.KeyCount ?? 0) > 0)) return ended({ error: 'States.Runtime', cause: `run ${name} left files but neither published nor recorded a failure: its process ended early` });
+    return undefined;
+  }
+
   /** StartExecution's rules: a name is unique per state machine, unless the same input is still running. */
-  function startExecution(machineArn: string, name: string, input: string): LocalExecution {
-    const existing = executions.get(executionArn(machineArn, name));
+  async function startExecution(machineArn: string, name: string, input: string): Promise<LocalExecution> {
+    const arn = executionArn(machineArn, name);
+    if (!executions.has(arn)) {
+      const outcome = await endedElsewhere(machines[machineArn]!, name, input);
+      if (outcome) remember(machineArn, name, input, outcome);
+    }
+    const existing = executions.get(arn);
     if (existing) {
       if (isRunning(existing) && existing.input === input) return existing;
       throw new ApiError('ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
@@ -119,7 +157,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     run: async (machineArn, name, input) => {
       let child: LocalExecution;
       try {
-        child = startExecution(machineArn, name, JSON.stringify(input));
+        child = await startExecution(machineArn, name, JSON.stringify(input));
       } catch (error) {
         if (!(error instanceof ApiError)) throw error;
         const refused = new Error(error.message);
@@ -131,12 +169,34 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     },
   };
 
-  function start(machineArn: string, name: string, input: string): LocalExecution {
+  function begin(machineArn: string, name: string, input: string): LocalExecution {
     const startDate = Date.now();
     const machine = machines[machineArn]!;
     const execution: LocalExecution = { executionArn: executionArn(machineArn, name), machine, name, input, startDate, history: [], done: Promise.resolve() };
     append(execution, { timestamp: seconds(startDate), type: 'ExecutionStarted', executionStartedEventDetails: { input, roleArn: 'arn:aws:iam::000000000000:role/local' } });
     executions.set(execution.executionArn, execution);
+    return execution;
+  }
+
+  function end(execution: LocalExecution, outcome: RunOutcome<unknown>): void {
+    execution.outcome = outcome;
+    execution.stopDate = Date.now();
+    append(
+      execution,
+      outcome.status === 'SUCCEEDED'
+        ? { timestamp: seconds(execution.stopDate), type: 'ExecutionSucceeded', executionSucceededEventDetails: { output: JSON.stringify(outcome.output) } }
+        : { timestamp: seconds(execution.stopDate), type: 'ExecutionFailed', executionFailedEventDetails: { error: outcome.error, cause: outcome.cause } },
+    );
+  }
+
+  /** An execution another process ran, known here by what it left in the bucket. */
+  function remember(machineArn: string, name: string, input: string, outcome: RunOutcome<unknown>): void {
+    end(begin(machineArn, name, input), outcome);
+  }
+
+  function start(machineArn: string, name: string, input: string): LocalExecution {
+    const execution = begin(machineArn, name, input);
+    const { machine } = execution;
     // As on the service, a state's later events point back to its entry, and the states of a
     // Map iteration back to a MapIterationStarted event with its index, so readers can tell
     // which of two grids running side by side an event belongs to.
@@ -162,14 +222,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
         options.onProgress?.(execution, event);
       },
     }).then(async (outcome) => {
-      execution.outcome = outcome;
-      execution.stopDate = Date.now();
-      append(
-        execution,
-        outcome.status === 'SUCCEEDED'
-          ? { timestamp: seconds(execution.stopDate), type: 'ExecutionSucceeded', executionSucceededEventDetails: { output: JSON.stringify(outcome.output) } }
-          : { timestamp: seconds(execution.stopDate), type: 'ExecutionFailed', executionFailedEventDetails: { error: outcome.error, cause: outcome.cause } },
-      );
+      end(execution, outcome);
       await options.onEnd?.(execution);
     });
     return execution;
@@ -196,7 +249,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
   });
 
   const operations: Record<string, (body: Record<string, unknown>) => unknown> = {
-    StartExecution(body) {
+    async StartExecution(body) {
       const machineArn = checkStateMachine(body.stateMachineArn);
       const name = body.name === undefined ? crypto.randomUUID() : String(body.name);
       if (name.length < 1 || name.length > 80 || INVALID_NAME.test(name)) throw new ApiError('InvalidName', `Invalid Name: '${name}'`);
@@ -206,7 +259,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       } catch (error) {
         throw new ApiError('InvalidExecutionInput', `Invalid State Machine Execution Input: '${(error as Error).message}'`);
       }
-      const execution = startExecution(machineArn, name, input);
+      const execution = await startExecution(machineArn, name, input);
       return { executionArn: execution.executionArn, startDate: seconds(execution.startDate) };
     },
     DescribeExecution(body) {
@@ -242,7 +295,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       return;
     }
     try {
-      reply(200, operation(JSON.parse((await readBody(req)) || '{}') as Record<string, unknown>));
+      reply(200, await operation(JSON.parse((await readBody(req)) || '{}') as Record<string, unknown>));
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       reply(400, { __type: error.code, message: error.message });

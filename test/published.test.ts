@@ -1,10 +1,18 @@
-import { GetObjectTaggingCommand } from '@aws-sdk/client-s3';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { GetObjectTaggingCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Template } from 'aws-cdk-lib/assertions';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
+import { publish, type PublishEvent } from '../lambdas/publish/core.ts';
+import { avatarKeys } from '../lambdas/shared/keys.ts';
+import type { Deps } from '../lambdas/shared/stage.ts';
+import { stages } from '../lambdas/stages.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
-import { persona, startTestEnvironment, tempDir } from './support.ts';
+import { eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
+
+const fixture = (stage: string): unknown => JSON.parse(readFileSync(join(eventsDir, `${stage}.json`), 'utf8'));
 
 const outdir = tempDir('synth');
 
@@ -81,4 +89,50 @@ describe('what users receive', () => {
       expect((await env.deps.store.getBytes(image.key)).length).toBeGreaterThan(0);
     }
   });
+
+  describe('a run folder written once', () => {
+    /** The stage fixtures replayed in order up to publish, in one environment: publish's event, ready. */
+    async function readyToPublish(env: Env): Promise<PublishEvent> {
+      for (const stage of ['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'check-identity'] as const) {
+        await (stages[stage] as (e: unknown, d: Deps) => Promise<unknown>)(fixture(stage), env.deps);
+      }
+      return fixture('publish') as PublishEvent;
+    }
+    const etags = async (env: Env, keys: string[]) => Promise.all(keys.map(async (Key) => (await env.deps.store.s3.send(new HeadObjectCommand({ Bucket: env.deps.store.bucket, Key }))).ETag));
+
+    it('publishes the same run when Publish is retried after a partial write, rewriting none of its avatars', async () => {
+      const env = await startTestEnvironment();
+      const event = await readyToPublish(env);
+      const first = await publish(event, env.deps);
+      const before = await etags(env, first.images.map((i) => i.key));
+      // As if the first attempt stopped after its avatars: no manifest yet.
+      await env.deps.store.delete(first.manifestKey);
+      const retried = await publish(event, env.deps);
+      expect(retried.images.map((i) => i.key)).toEqual(first.images.map((i) => i.key));
+      expect(await etags(env, retried.images.map((i) => i.key))).toEqual(before);
+      expect(JSON.parse(await env.deps.store.getText(retried.currentManifestKey)).runId).toBe(event.runId);
+    });
+
+    it('refuses to replace an avatar another writer put in the run folder, leaving it as it was', async () => {
+      const env = await startTestEnvironment();
+      const event = await readyToPublish(env);
+      const foreign = avatarKeys(event.personaId).run(event.runId).image(1);
+      await env.deps.store.put(foreign, 'someone else', 'image/png');
+      const error = (await publish(event, env.deps).catch((e: unknown) => e)) as Error;
+      expect(error.name).toBe('RunAlreadyPublished');
+      expect(error.message).toContain(`persona ${event.personaId}`);
+      expect(await env.deps.store.getText(foreign)).toBe('someone else');
+    });
+
+    it('gets 412 PreconditionFailed from the embedded S3 for a conditional write to a key that exists, as from S3', async () => {
+      const env = await startTestEnvironment();
+      expect(await env.deps.store.putNew('avatars/x/runs/r/img_1.png', 'first', 'image/png')).toBe(true);
+      const error = await env.deps.store.s3
+        .send(new PutObjectCommand({ Bucket: env.deps.store.bucket, Key: 'avatars/x/runs/r/img_1.png', Body: 'second', IfNoneMatch: '*' }))
+        .catch((e: unknown) => e as { name: string; $metadata: { httpStatusCode: number } });
+      expect(error).toMatchObject({ name: 'PreconditionFailed', $metadata: { httpStatusCode: 412 } });
+      expect(await env.deps.store.getText('avatars/x/runs/r/img_1.png')).toBe('first');
+    });
+  });
 });
+

@@ -1,16 +1,17 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectTaggingCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
 import { EXECUTION_NAME_PATTERN, executionName } from '../lambdas/shared/run-name.ts';
 import { historyReader } from '../local/follow.ts';
-import type { Fault } from '../local/offline-openai.ts';
-import { avatars, cliPath, eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
+import { startEmbeddedS3 } from '../local/embedded-s3.ts';
+import { startOfflineBackend, type Fault } from '../local/offline-openai.ts';
+import { avatars, cliPath, eventsDir, imageCalls, persona, startTestEnvironment, tempDir } from './support.ts';
 
 const work = tempDir('start');
 
@@ -339,6 +340,46 @@ describe('avatars invoke start-from-upload', () => {
     expect(outcome).toMatchObject({ key: 'personas/ada-lovelace.json', rejected: [] });
     expect(outcome.started).toHaveLength(1);
     expect(stderr).toMatch(/execution ada-lovelace-[0-9a-f]{16}: SUCCEEDED, 4 avatars/);
+  });
+});
+
+describe('a published run, from any process', () => {
+  it('is never run again: a second invoke of the same upload on the same S3 makes no image call and rewrites nothing', async () => {
+    // An S3-compatible server and an image API of their own, as a user's would be.
+    const s3 = await startEmbeddedS3(join(work, 'shared-s3'), 'shared');
+    const api = await startOfflineBackend();
+    onTestFinished(async () => {
+      await api.close();
+      await s3.close();
+    });
+    const env = { S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'shared', OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: api.baseUrl, PROMPT_PROVIDER: 'template' };
+    const event = JSON.parse(readFileSync(join(eventsDir, 's3-persona-uploaded.json'), 'utf8')) as S3Notification;
+    for (const record of event.Records!) record.s3.bucket.name = 'shared';
+    writeFileSync(join(work, 'shared-event.json'), JSON.stringify(event));
+    const invoke = () =>
+      avatars(work, ['invoke', 'start-from-upload', '--event', join(work, 'shared-event.json'), '--put', `personas/ada-lovelace.json=${join(eventsDir, 'persona.json')}`, '--data', join(work, 'shared-data')], env);
+    const client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey } });
+    onTestFinished(() => client.destroy());
+    const published = async () => {
+      const { Contents = [] } = await client.send(new ListObjectsV2Command({ Bucket: 'shared', Prefix: 'avatars/ada-lovelace/' }));
+      return Promise.all(
+        Contents.map(async ({ Key, ETag }) => ({ Key, ETag, tags: (await client.send(new GetObjectTaggingCommand({ Bucket: 'shared', Key }))).TagSet })),
+      );
+    };
+
+    const first = await invoke();
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stderr).toMatch(/execution ada-lovelace-[0-9a-f]{16}: SUCCEEDED, 4 avatars/);
+    const calls = imageCalls(api).length;
+    const before = await published();
+    expect(before.filter((o) => /img_\d\.png$/.test(o.Key!))).toHaveLength(4);
+
+    const second = await invoke();
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stderr).toMatch(/execution ada-lovelace-[0-9a-f]{16}: persona ada-lovelace already published \(avatars\/ada-lovelace\/runs\/.*\/manifest\.json\): nothing ran/);
+    expect(JSON.parse(second.stdout)[0]).toMatchObject({ started: [], alreadyStarted: [{ personaId: 'ada-lovelace' }] });
+    expect(imageCalls(api)).toHaveLength(calls);
+    expect(await published()).toEqual(before);
   });
 });
 

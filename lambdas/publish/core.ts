@@ -1,3 +1,4 @@
+import { RunAlreadyPublished } from '../shared/errors.ts';
 import { avatarKeys, contentTypes, SUPERSEDED_TAG } from '../shared/keys.ts';
 import type { GenerationMode, Persona } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
@@ -75,9 +76,23 @@ async function currentRun(deps: StageDeps<'store'>, key: string): Promise<Curren
   }
 }
 
-async function markSuperseded(deps: StageDeps<'store'>, run: CurrentManifest): Promise<void> {
+/** Tags a replaced run's objects, never one the current manifest names (it may have changed since). */
+async function markSuperseded(deps: StageDeps<'store'>, run: CurrentManifest, currentKey: string): Promise<void> {
   const tags = { [SUPERSEDED_TAG.key]: SUPERSEDED_TAG.value };
-  await Promise.all([...run.images.map((i) => i.key), run.manifestKey!].map((key) => deps.store.tag(key, tags)));
+  const current = await currentRun(deps, currentKey);
+  const kept = new Set(current ? [...current.images.map((i) => i.key), current.manifestKey] : []);
+  await Promise.all([...run.images.map((i) => i.key), run.manifestKey!].filter((key) => !kept.has(key)).map((key) => deps.store.tag(key, tags)));
+}
+
+/**
+ * A run object is written once (S3's conditional write): a retried Publish finds its own bytes
+ * there and goes on; other bytes mean another writer had this run, and nothing is replaced.
+ */
+async function writeOnce(deps: StageDeps<'store'>, key: string, body: Buffer, contentType: string, event: Pick<PublishEvent, 'personaId' | 'runId'>): Promise<void> {
+  if (await deps.store.putNew(key, body, contentType)) return;
+  if (!(await deps.store.getBytes(key)).equals(body)) {
+    throw new RunAlreadyPublished(`publish for persona ${event.personaId}: ${key} already holds another avatar; a published run is never rewritten: start the persona again under a new name`);
+  }
 }
 
 /** The run's estimate: unknown as soon as one call's is. */
@@ -105,7 +120,7 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     tiles.map(async (tile, i): Promise<PublishedImage> => {
       const key = runKeys.image(i + 1, format);
       const avatar = await uniformAvatar(await deps.store.getBytes(tile.key), size, format, outputCompression);
-      await deps.store.put(key, avatar, contentTypes[format]);
+      await writeOnce(deps, key, avatar, contentTypes[format], event);
       return { n: i + 1, key, url: await objectUrl(deps, key), ...size, bytes: avatar.length, model: tile.model, ...(tile.identity ? { identity: tile.identity } : {}) };
     }),
   );
@@ -144,14 +159,20 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     warnings,
     images: images.map(({ url: _url, ...image }) => image),
   };
-  await deps.store.putJson(runKeys.manifest, manifest);
+  // A retried Publish finds its own manifest: the run stands as first published.
+  const published = (await deps.store.putNew(runKeys.manifest, `${JSON.stringify(manifest, null, 2)}\n`, 'application/json'))
+    ? manifest
+    : await deps.store.getJsonIfExists<typeof manifest>(runKeys.manifest);
+  if (!published || published.images.map((i) => i.key).join() !== manifest.images.map((i) => i.key).join()) {
+    throw new RunAlreadyPublished(`publish for persona ${event.personaId}: run ${event.runId} already has a manifest of other avatars (${runKeys.manifest}); a published run is never rewritten: start the persona again under a new name`);
+  }
   const previous = await currentRun(deps, keys.manifest);
-  await deps.store.putJson(keys.manifest, { ...manifest, manifestKey: runKeys.manifest });
+  await deps.store.putJson(keys.manifest, { ...published, manifestKey: runKeys.manifest });
   // The run this one replaced is tagged, so an opt-in lifecycle rule can expire superseded runs.
-  if (previous?.manifestKey && previous.runId !== event.runId) await markSuperseded(deps, previous);
+  if (previous?.manifestKey && previous.runId !== event.runId) await markSuperseded(deps, previous, keys.manifest);
   // A run of the same persona that wrote after this one read: this run is the one replaced.
   const current = await currentRun(deps, keys.manifest);
-  if (current && current.runId !== event.runId) await markSuperseded(deps, { runId: event.runId, manifestKey: runKeys.manifest, images });
+  if (current && current.runId !== event.runId) await markSuperseded(deps, { runId: event.runId, manifestKey: runKeys.manifest, images }, keys.manifest);
   return {
     personaId: event.personaId,
     runId: event.runId,

@@ -12,6 +12,7 @@ export const ErrorNames = {
   GridLayoutMismatch: 'GridLayoutMismatch',
   IdentityMismatch: 'IdentityMismatch',
   ConfigurationError: 'ConfigurationError',
+  RunAlreadyPublished: 'RunAlreadyPublished',
 } as const;
 
 export type ErrorName = (typeof ErrorNames)[keyof typeof ErrorNames];
@@ -70,6 +71,13 @@ export class IdentityMismatch extends AvatarError {
 export class ConfigurationError extends AvatarError {
   constructor(message: string) {
     super(ErrorNames.ConfigurationError, message);
+  }
+}
+
+/** A run's folder already holds other avatars: a published run is never rewritten. */
+export class RunAlreadyPublished extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.RunAlreadyPublished, message);
   }
 }
 

@@ -33,6 +33,20 @@ export class ObjectStore {
     await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType }));
   }
 
+  /**
+   * Writes `key` only if no object is there (S3's conditional write, `If-None-Match: *`); false
+   * when one is. Of two writers at once, exactly one gets true.
+   */
+  async putNew(key: string, body: Buffer | string, contentType: string): Promise<boolean> {
+    try {
+      await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType, IfNoneMatch: '*' }));
+      return true;
+    } catch (error) {
+      if ((error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 412) return false;
+      throw error;
+    }
+  }
+
   async putJson(key: string, value: unknown): Promise<void> {
     await this.put(key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
   }

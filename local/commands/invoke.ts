@@ -3,7 +3,10 @@ import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { readFile } from 'node:fs/promises';
 import { stageNames, stages, type StageName } from '../../lambdas/stages.ts';
 import type { Deps } from '../../lambdas/shared/stage.ts';
-import { startLocalEnvironment, type LocalEnvironmentOptions } from '../environment.ts';
+import { avatarKeys } from '../../lambdas/shared/keys.ts';
+import { executionArn } from '../../lambdas/shared/sfn.ts';
+import type { UploadOutcome } from '../../lambdas/start-from-upload/core.ts';
+import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../environment.ts';
 import { parseFaults } from '../faults.ts';
 import { readJsonFile, UsageError } from './common.ts';
 
@@ -21,6 +24,18 @@ function parsePuts(specs: string[]): { key: string; file: string }[] {
     if (at < 1 || at === spec.length - 1) throw new UsageError(`--put ${spec}: use KEY=FILE, e.g. personas/ada-lovelace.json=events/persona.json`);
     return { key: spec.slice(0, at), file: spec.slice(at + 1) };
   });
+}
+
+/** Personas the trigger did not start because their run exists: published, or still running. */
+function sayWhatRanBefore(outcomes: UploadOutcome[], env: LocalEnvironment): void {
+  for (const { alreadyStarted } of outcomes) {
+    for (const { personaId, name } of alreadyStarted) {
+      const execution = env.stepFunctions?.executions.get(executionArn(env.deps.settings.stateMachineArn ?? '', name));
+      const status = execution?.outcome?.status ?? 'RUNNING';
+      const what = status === 'SUCCEEDED' ? `already published (${avatarKeys(personaId).run(name).manifest}): nothing ran, nothing was paid` : 'already running: not started twice';
+      process.stderr.write(`execution ${name}: persona ${personaId} ${what}\n`);
+    }
+  }
 }
 
 export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<number> {
@@ -52,6 +67,7 @@ export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<
     for (const { key, body } of puts) await env.deps.store.put(key, body, key.endsWith('.json') ? 'application/json' : 'application/octet-stream');
     const core = stages[stage as StageName] as (e: unknown, d: Deps) => Promise<unknown>;
     const result = await core(event, env.deps);
+    if (stage === 'start-from-upload') sayWhatRanBefore(result as UploadOutcome[], env);
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     return 0;
   } catch (error) {
