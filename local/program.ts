@@ -42,6 +42,7 @@ export function program(): Command {
     .option('--out <dir>', 'where to save the images, contact sheet and index.html (default: out/<persona id>)');
   localRun(run)
     .option('--verbose', 'print the stages\u2019 JSON logs')
+    .option('--keep-grids', 'also save the 2x2 grids the image API drew, to <out>/grids/ (for avatars split)')
     .action(action(async () => (await import('./commands/run.ts')).runCommand));
   const batch = cli
     .command('batch')

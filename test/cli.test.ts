@@ -1,8 +1,9 @@
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { projectRoot } from '../infra/context.ts';
+import { stageNames } from '../lambdas/stages.ts';
 import { FAULT_KINDS, FAULT_SYNTAX } from '../local/faults.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, random, seedOf } from '../local/avatar-art.ts';
 import { avatars as avatarsIn, eventsDir, tempDir } from './support.ts';
@@ -21,6 +22,16 @@ async function gridFile(name: string, width: number, height: number): Promise<st
 }
 
 describe('avatars split', () => {
+  it('splits the grids avatars run --keep-grids saved, as the README shows', async () => {
+    const out = join(work, 'kept');
+    const run = await avatars('run', join(eventsDir, 'persona.json'), '--images', '8', '--keep-grids', '--quiet', '--out', out, '--data', join(work, 'data-kept'));
+    expect(run.code, run.stderr).toBe(0);
+    expect(readdirSync(join(out, 'grids')).sort()).toEqual(['grid_0.png', 'grid_1.png']);
+    const split = await avatars('split', join(out, 'grids', 'grid_0.png'), join(out, 'grids', 'grid_1.png'), '--out', join(work, 'kept-tiles'));
+    expect(split.code, split.stderr).toBe(0);
+    expect(readdirSync(join(work, 'kept-tiles', 'grid_1')).sort()).toEqual(['img_0.png', 'img_1.png', 'img_2.png', 'img_3.png']);
+  });
+
   it('splits many grids in one go into DIR/<grid name>/img_<i>.png, row-major, each the size of its cell', async () => {
     const files = [await gridFile('square', 1024, 1024), await gridFile('wide', 1536, 1024)];
     const out = join(work, 'tiles');
@@ -67,6 +78,17 @@ describe('avatars invoke', () => {
     }
     const result = JSON.parse(published);
     expect(result.images.map((i: { key: string }) => i.key)).toEqual([1, 2, 3, 4].map((n) => `avatars/ada-lovelace/runs/${result.runId}/img_${n}.png`));
+  });
+
+  it('has a fixture for every stage, and replays the batch\u2019s two in order', async () => {
+    for (const stage of stageNames) expect(existsSync(join(eventsDir, stage === 'start-from-upload' ? 's3-persona-uploaded.json' : `${stage}.json`)), stage).toBe(true);
+    const data = join(work, 'invoke-batch');
+    const planned = await avatars('invoke', 'plan-batch', '--event', join(eventsDir, 'plan-batch.json'), '--put', `batches/example-batch/personas.jsonl=${join(eventsDir, 'team.jsonl')}`, '--data', data);
+    expect(planned.code, planned.stderr).toBe(0);
+    expect(JSON.parse(planned.stdout)).toMatchObject({ batchId: 'example-batch', toRun: 6 });
+    const reported = await avatars('invoke', 'report-batch', '--event', join(eventsDir, 'report-batch.json'), '--data', data);
+    expect(reported.code, reported.stderr).toBe(0);
+    expect(JSON.parse(reported.stdout)).toMatchObject({ reportKey: 'batches/example-batch/report.json', counts: { total: 6, FAILED: 6 } });
   });
 
   it('reports the named error of a failing stage and exits 1', async () => {

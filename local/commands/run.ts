@@ -2,7 +2,7 @@ import { join, resolve } from 'node:path';
 import { checkImageSettings } from '../../lambdas/shared/models.ts';
 import { startLocalEnvironment } from '../environment.ts';
 import { parseFaults } from '../faults.ts';
-import { saveOutputs } from '../outputs.ts';
+import { saveGrids, saveOutputs } from '../outputs.ts';
 import { runLocally } from '../runner.ts';
 import type { RunRequest } from '../../lambdas/shared/persona.ts';
 import { describeProblem } from '../../lambdas/shared/run-input.ts';
@@ -20,6 +20,7 @@ export interface RunFlags {
   retryDelay: number;
   verbose?: boolean;
   quiet?: boolean;
+  keepGrids?: boolean;
 }
 
 export async function runCommand(personaFile: string, flags: RunFlags): Promise<number> {
@@ -55,10 +56,12 @@ export async function runCommand(personaFile: string, flags: RunFlags): Promise<
     }
     const outDir = resolve(flags.out ?? join('out', outcome.output.personaId));
     const files = await saveOutputs(env.deps.store, outcome.output, outDir);
+    const grids = flags.keepGrids ? await saveGrids(env.deps.store, outcome.output, join(outDir, 'grids')) : [];
     if (flags.json) {
-      process.stdout.write(`${JSON.stringify({ status: outcome.status, ms: outcome.ms, outDir, files, ...outcome.output }, null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ status: outcome.status, ms: outcome.ms, outDir, files, ...(flags.keepGrids ? { grids } : {}), ...outcome.output }, null, 2)}\n`);
     } else {
       process.stdout.write(resultLines(outcome.output, `in ${(outcome.ms / 1000).toFixed(1)} s (run ${outcome.runId})`));
+      if (grids.length > 0) process.stdout.write(`  grids: ${grids.join(' ')} (try: avatars split ${join(outDir, 'grids', '*.png')} --out tiles/)\n`);
       process.stdout.write(`  open ${join(outDir, 'index.html')} (contact sheet: ${join(outDir, 'contact-sheet.png')})\n\n`);
     }
     return 0;
