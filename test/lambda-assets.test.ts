@@ -11,6 +11,8 @@ import { FACE_MODELS } from '../lambdas/check-identity/assets.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { synthesizeWorkflows, workflowFromTemplate } from '../local/definition.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
+import { runLocally } from '../local/runner.ts';
+import { persona, startTestEnvironment } from './support.ts';
 import { stageNames } from '../lambdas/stages.ts';
 
 type Template = { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
@@ -59,7 +61,9 @@ describe('the bundled Lambda assets', () => {
     expect(firstDifference(withoutAssetKeys(inProcess), withoutAssetKeys(template))).toBeUndefined();
   });
 
-  it('are what the local runner runs: the state machines of the template cdk synth writes', async () => {
+  it('are what the local runner runs: the state machines of the template cdk synth writes, unchanged by running them', async () => {
+    const env = await startTestEnvironment({ env: { IDENTITY_POLICY: 'off' } });
+    expect((await runLocally({ input: { persona, images: 4 }, deps: env.deps })).status).toBe('SUCCEEDED');
     const local = await synthesizeWorkflows();
     expect(local.persona.definition).toEqual(workflowFromTemplate(template, STACK_NAME).definition);
     expect(local.batch.definition).toEqual(workflowFromTemplate(template, BATCH_STATE_MACHINE_NAME).definition);

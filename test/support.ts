@@ -6,6 +6,8 @@ import { promisify } from 'node:util';
 import { afterAll, onTestFinished } from 'vitest';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import type { RecordedRequest } from '../local/offline-openai.ts';
+import { runLocally } from '../local/runner.ts';
+import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 export { persona };
@@ -58,3 +60,19 @@ export async function avatars(cwd: string, args: string[], env: Record<string, s
     return { code: e.code, stdout: e.stdout, stderr: e.stderr };
   }
 }
+
+/** Many personas at once on a small machine: image calls get the time a real one would. */
+export const startBatchWorld = (options: Partial<LocalEnvironmentOptions> = {}) => startTestEnvironment({ ...options, env: { IMAGE_TIMEOUT_MS: '60000', ...options.env } });
+
+export const personaLine = (id: string, extra: Record<string, unknown> = {}) => JSON.stringify({ persona: { ...persona, id }, ...extra });
+export const team = (n: number, prefix = 'member') => Array.from({ length: n }, (_, i) => personaLine(`${prefix}-${i + 1}`));
+
+/** A batch of these JSON lines run locally as the batch state machine runs it; its report. */
+export async function runBatch(w: LocalEnvironment, lines: string[], batchId: string): Promise<BatchReport> {
+  const personasKey = `batches/${batchId}/personas.jsonl`;
+  await w.deps.store.put(personasKey, `${lines.join('\n')}\n`, 'application/x-ndjson');
+  const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey }, runId: batchId, deps: w.deps });
+  if (outcome.status !== 'SUCCEEDED') throw new Error(`batch ${batchId} failed: ${outcome.error}: ${outcome.cause}`);
+  return JSON.parse(await w.deps.store.getText(outcome.output.reportKey)) as BatchReport;
+}
+
