@@ -6,7 +6,9 @@
 import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
 import { createInterface } from 'node:readline';
+import { triageLines } from '../lambdas/plan-batch/core.ts';
 import type { RunRequest } from '../lambdas/shared/persona.ts';
+import type { ObjectStore } from '../lambdas/shared/store.ts';
 import { idFromFileName, parsePersonaLine, type Problem } from '../lambdas/shared/run-input.ts';
 import { batchName, contentHash } from '../lambdas/shared/run-name.ts';
 import { UsageError } from './commands/common.ts';
@@ -52,3 +54,16 @@ export async function readBatchFile(path: string, flags: { images?: number; mode
   }
   return { name: batchName(idFromFileName(basename(path)), hash.hex()), body: `${lines.join('\n')}\n`, personas, problems };
 }
+
+/**
+ * What to say when no line of the batch is left to run (every persona published under the same
+ * request), so no batch is started; undefined when something runs.
+ */
+export async function nothingToRun(file: string, batch: BatchFile, store: ObjectStore): Promise<string | undefined> {
+  const { toRun, skipped } = await triageLines(batch.body.split('\n'), { store });
+  if (toRun.length > 0) return undefined;
+  const published = skipped.filter((s) => s.manifestKey).length;
+  const rest = published < batch.personas ? ', the rest skipped (duplicate ids, or every attempt failed)' : '';
+  return `${batch.problems.length === 0 ? '✓' : '✗'} ${file}: nothing to run: ${published} of ${batch.personas} personas already published with the same request${rest}; no batch started`;
+}
+

@@ -223,18 +223,27 @@ describe('avatars start and status', () => {
   it('starts a batch for a JSON Lines file, follows it, and prints what it published', async () => {
     const world = await startWorld([], batchVariables);
     const s3 = world.embeddedS3!;
-    const { code, stdout, stderr } = await avatars(work, ['start', join(eventsDir, 'team.jsonl'), '--wait', '--poll-interval', '50'], {
-      ...sfnEnv(world),
-      BATCH_STATE_MACHINE_ARN: world.stepFunctions!.batchStateMachineArn,
-      S3_ENDPOINT: s3.endpoint,
-      S3_ACCESS_KEY: s3.accessKey,
-      S3_SECRET_KEY: s3.secretKey,
-      S3_BUCKET_NAME: world.deps.store.bucket,
-    });
+    const start = () =>
+      avatars(work, ['start', join(eventsDir, 'team.jsonl'), '--wait', '--poll-interval', '50'], {
+        ...sfnEnv(world),
+        BATCH_STATE_MACHINE_ARN: world.stepFunctions!.batchStateMachineArn,
+        S3_ENDPOINT: s3.endpoint,
+        S3_ACCESS_KEY: s3.accessKey,
+        S3_SECRET_KEY: s3.secretKey,
+        S3_BUCKET_NAME: world.deps.store.bucket,
+      });
+    const { code, stdout, stderr } = await start();
     expect(code, stderr).toBe(0);
     expect(stdout).toMatch(/^started batch: arn:aws:states:us-east-1:000000000000:execution:PersonaAvatars-Batch:team-[0-9a-f]{16}$/m);
     expect(stdout).toMatch(/✓ 6 published, 0 failed, 0 skipped; report batches\/team-[0-9a-f]{16}\/report\.json/);
     expect(stderr).toContain('✓ ReportBatch');
+
+    // All six published: the same file again starts nothing.
+    const executions = world.stepFunctions!.executions.size;
+    const again = await start();
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/^✓ .*team\.jsonl: nothing to run: 6 of 6 personas already published with the same request; no batch started$/m);
+    expect(world.stepFunctions!.executions.size).toBe(executions);
   }, 120_000);
 
   it('follows an execution started elsewhere with avatars status', async () => {

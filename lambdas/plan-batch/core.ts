@@ -92,7 +92,7 @@ interface RunManifest {
  * What the bucket says of a request's attempts: the first that published, else the first that
  * has neither published nor failed (the name to run under).
  */
-async function nextAttempt(deps: StageDeps<'store'>, personaId: string, name: string): Promise<Attempt> {
+async function nextAttempt(deps: Pick<StageDeps<'store'>, 'store'>, personaId: string, name: string): Promise<Attempt> {
   const keys = avatarKeys(personaId);
   for (let n = 1; n <= MAX_ATTEMPTS; n++) {
     const runId = attemptName(name, n);
@@ -105,7 +105,7 @@ async function nextAttempt(deps: StageDeps<'store'>, personaId: string, name: st
 }
 
 /** A batch's lines sorted out against the bucket: what runs under which name, what is skipped and why. Writes nothing. */
-export async function triageLines(lines: AsyncIterable<string> | Iterable<string>, deps: StageDeps<'store'>): Promise<{ toRun: { line: number; request: RunRequest; name: string }[]; skipped: SkippedLine[] }> {
+export async function triageLines(lines: AsyncIterable<string> | Iterable<string>, deps: Pick<StageDeps<'store'>, 'store'>): Promise<{ toRun: { line: number; request: RunRequest; name: string }[]; skipped: SkippedLine[] }> {
   const skipped: SkippedLine[] = [];
   const candidates: { line: number; request: RunRequest }[] = [];
   const firstLine = new Map<string, number>();

@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { basename, join, relative, resolve } from 'node:path';
-import { triageLines, type BatchPlan } from '../../lambdas/plan-batch/core.ts';
+import type { BatchPlan } from '../../lambdas/plan-batch/core.ts';
 import { contactSheet } from '../../lambdas/report-batch/contact-sheet.ts';
 import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { projectContext } from '../../infra/context.ts';
@@ -8,7 +8,7 @@ import { batchKeys } from '../../lambdas/shared/keys.ts';
 import { describeProblem } from '../../lambdas/shared/run-input.ts';
 import { attemptName, MAX_ATTEMPTS } from '../../lambdas/shared/run-name.ts';
 import type { ObjectStore } from '../../lambdas/shared/store.ts';
-import { readBatchFile } from '../batch-file.ts';
+import { nothingToRun, readBatchFile } from '../batch-file.ts';
 import { startLocalEnvironment, UNLIMITED_IMAGES_PER_MINUTE } from '../environment.ts';
 import { parseFaults } from '../faults.ts';
 import { runLocally, type ChildExecutions, type ProgressEvent } from '../runner.ts';
@@ -108,11 +108,9 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
   });
   try {
     const { store } = env.deps;
-    // Nothing left to run (every persona published under the same request): no new attempt.
-    const { toRun, skipped } = await triageLines(batch.body.split('\n'), env.deps);
-    if (toRun.length === 0) {
-      const published = skipped.filter((s) => s.manifestKey).length;
-      process.stdout.write(`${batch.problems.length === 0 ? '✓' : '✗'} ${file}: nothing to run: ${published} of ${batch.personas} personas already published with the same request${published < batch.personas ? ', the rest skipped (duplicate ids, or every attempt failed)' : ''}; no batch started\n`);
+    const nothing = await nothingToRun(file, batch, store);
+    if (nothing) {
+      process.stdout.write(`${nothing}\n`);
       return batch.problems.length === 0 ? 0 : 1;
     }
     const batchId = await freshAttempt(store, batch.name);

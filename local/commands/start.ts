@@ -3,7 +3,7 @@ import { customSfnEndpoint, sfnClientFromEnv, startOnce } from '../../lambdas/sh
 import type { PublishResult } from '../../lambdas/publish/core.ts';
 import { executionName } from '../../lambdas/shared/run-name.ts';
 import { consoleUrl, followExecution } from '../follow.ts';
-import { readBatchFile } from '../batch-file.ts';
+import { nothingToRun, readBatchFile } from '../batch-file.ts';
 import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
 import { describeProblem, personaFileKind } from '../../lambdas/shared/run-input.ts';
@@ -68,6 +68,11 @@ async function startBatchCommand(file: string, flags: StartFlags): Promise<numbe
   }
   const env = { ...process.env, S3_BUCKET_NAME: bucket };
   const { store } = storeClient(env, settingsFromEnv(env));
+  const nothing = await nothingToRun(file, batch, store);
+  if (nothing) {
+    process.stdout.write(`${nothing}\n`);
+    return batch.problems.length === 0 ? 0 : 1;
+  }
   const sfn = sfnClientFromEnv(process.env, batchArn);
   const personasKey = batchKeys(batch.name).personas;
   await store.put(personasKey, batch.body, 'application/x-ndjson');
