@@ -8,6 +8,7 @@ import type { CheckedGrid, IdentityVerdict } from '../check-identity/core.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import type { PromptResult } from '../write-prompt/core.ts';
 import type { TokenUsage } from '../shared/models.ts';
+import { marked, provenanceOf, type Provenance } from './marking.ts';
 import { avatarDimensions, uniformAvatar } from './uniform.ts';
 
 export interface PublishEvent {
@@ -33,6 +34,8 @@ export interface PublishedImage {
   model: string;
   /** Whether it shows the base's person, as check-identity found. */
   identity?: IdentityVerdict;
+  /** How it is marked as AI-generated. */
+  provenance: Provenance;
 }
 
 export interface PublishResult {
@@ -119,9 +122,19 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
   const images = await Promise.all(
     tiles.map(async (tile, i): Promise<PublishedImage> => {
       const key = runKeys.image(i + 1, format);
-      const avatar = await uniformAvatar(await deps.store.getBytes(tile.key), size, format, outputCompression);
+      const marking = { model: tile.model, credit: deps.settings.avatarCredit };
+      const avatar = marked(await uniformAvatar(await deps.store.getBytes(tile.key), size, format, outputCompression), format, size, marking);
       await writeOnce(deps, key, avatar, contentTypes[format], event);
-      return { n: i + 1, key, url: await objectUrl(deps, key), ...size, bytes: avatar.length, model: tile.model, ...(tile.identity ? { identity: tile.identity } : {}) };
+      return {
+        n: i + 1,
+        key,
+        url: await objectUrl(deps, key),
+        ...size,
+        bytes: avatar.length,
+        model: tile.model,
+        ...(tile.identity ? { identity: tile.identity } : {}),
+        provenance: provenanceOf(marking),
+      };
     }),
   );
   const line = (stage: string, g: { model?: string; usage?: TokenUsage; estimatedCostUsd: number | null }): UsageLine => ({

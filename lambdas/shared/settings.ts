@@ -113,6 +113,7 @@ export const SETTINGS = {
     schema: z.pipe(z.coerce.number(), z.number().check(z.minimum(0), z.maximum(1))),
   }),
   tileFormat: spec({ scope: 'stage', env: 'TILE_FORMAT', context: 'tileFormat', default: 'png', doc: 'avatar format: `png`, `webp` or `jpeg` (asked of the image API too)', schema: z.enum(['png', 'webp', 'jpeg']) }),
+  avatarCredit: spec({ scope: 'stage', env: 'AVATAR_CREDIT', context: 'avatarCredit', default: 'AI-generated avatar (persona-avatars)', doc: 'the credit line written into every avatar beside its AI-generated marking (README: Marking)', schema: text }),
   outputCompression: spec({ scope: 'stage', env: 'OUTPUT_COMPRESSION', context: 'outputCompression', default: '90', doc: 'quality 0-100 of webp and jpeg avatars (the API\'s `output_compression`)', schema: wholeNumber(0, 100) }),
   urlExpirySeconds: spec({ scope: 'stage', env: 'URL_EXPIRY_SECONDS', context: 'urlExpirySeconds', default: String(MAX_PRESIGNED_SECONDS), doc: 'presigned URL lifetime, at most 604800 (7 days)', schema: wholeNumber(1, MAX_PRESIGNED_SECONDS) }),
   stateMachineArn: spec({ scope: 'stage', env: 'STATE_MACHINE_ARN', doc: 'the state machine `avatars start` and the upload trigger start (on AWS: set by the stack)', schema: optionalText }),
