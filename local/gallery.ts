@@ -24,7 +24,8 @@ export async function writeGallery(dir: string, result: PublishResult, files: st
   const figures = result.images
     .map((image, i) => {
       const identity = image.identity ? ` · ${image.identity.pass ? '✓' : '✗'} ${escape(image.identity.reason)}` : '';
-      return `<figure><img src="${escape(files[i]!)}" alt="avatar ${image.n}"><figcaption>${image.n} · ${image.width}×${image.height}${identity}</figcaption></figure>`;
+      const marking = ` · AI-generated (IPTC XMP, ${image.provenance.signed ? 'signed' : 'not signed'})`;
+      return `<figure><img src="${escape(files[i]!)}" alt="avatar ${image.n}"><figcaption>${image.n} · ${image.width}×${image.height}${identity}${marking}</figcaption></figure>`;
     })
     .join('\n');
   const html = `<!doctype html>
