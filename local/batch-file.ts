@@ -57,10 +57,11 @@ export async function readBatchFile(path: string, flags: { images?: number; mode
 
 /**
  * What to say when no line of the batch is left to run (every persona published under the same
- * request), so no batch is started; undefined when something runs.
+ * request), so no batch is started; undefined when something runs. A new batch answers after its
+ * first few lookups: only a batch that is all done is looked up whole, here and not again.
  */
 export async function nothingToRun(file: string, batch: BatchFile, store: ObjectStore): Promise<string | undefined> {
-  const { toRun, skipped } = await triageLines(batch.body.split('\n'), { store });
+  const { toRun, skipped } = await triageLines(batch.body.split('\n'), { store }, { untilOneRuns: true });
   if (toRun.length > 0) return undefined;
   const published = skipped.filter((s) => s.manifestKey).length;
   const rest = published < batch.personas ? ', the rest skipped (duplicate ids, or every attempt failed)' : '';

@@ -74,7 +74,11 @@ export function localVariables(env: Record<string, string | undefined> = process
 }
 
 export async function startLocalEnvironment(options: LocalEnvironmentOptions): Promise<LocalEnvironment> {
-  const env = localVariables(options.env ?? process.env, options.context);
+  const given = options.env ?? process.env;
+  const context = options.context ?? projectContext();
+  /** Whether the user set this variable or its context key: local defaults stand aside for it. */
+  const userSet = (variable: string, contextKey: string) => given[variable] !== undefined || context[contextKey] !== undefined;
+  const env = localVariables(given, context);
   const clock = options.clock ?? systemClock;
   // Checked before any server starts: a bad model, size or quality is named at once.
   settingsFromEnv(env, clock);
@@ -92,8 +96,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   const images: LocalEnvironment['images'] = env.OPENAI_API_KEY ? 'openai' : 'offline';
   if (images === 'offline') {
     // A hung call would otherwise hold the run for the deployed 10 minutes before its retry.
-    const timeoutSet = (options.env ?? process.env).IMAGE_TIMEOUT_MS ?? (options.context ?? projectContext()).imageTimeoutMs;
-    if (options.faults?.some((f) => f.kind === 'hang') && timeoutSet === undefined) {
+    if (options.faults?.some((f) => f.kind === 'hang') && !userSet('IMAGE_TIMEOUT_MS', 'imageTimeoutMs')) {
       env.IMAGE_TIMEOUT_MS = String(HANG_TIMEOUT_MS);
       notes.push(`--fault hang: image calls give up after ${HANG_TIMEOUT_MS / 1000} s here (IMAGE_TIMEOUT_MS sets it; 10 minutes by default)`);
     }
@@ -107,12 +110,11 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
     closers.push(backend.close);
     // The offline backend only draws; the prompt comes from the built-in template. Its rate limit
     // is --rpm's, or none: the account's default limit does not apply unless set.
-    const limitSet = (options.env ?? process.env).IMAGES_PER_MINUTE ?? (options.context ?? projectContext()).imagesPerMinute;
     Object.assign(env, {
       OPENAI_BASE_URL: backend.baseUrl,
       OPENAI_API_KEY: 'offline',
       PROMPT_PROVIDER: env.PROMPT_PROVIDER || 'template',
-      ...(limitSet === undefined ? { IMAGES_PER_MINUTE: String(options.imagesPerMinute ?? UNLIMITED_IMAGES_PER_MINUTE) } : {}),
+      ...(!userSet('IMAGES_PER_MINUTE', 'imagesPerMinute') ? { IMAGES_PER_MINUTE: String(options.imagesPerMinute ?? UNLIMITED_IMAGES_PER_MINUTE) } : {}),
     });
   }
   try {

@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { avatarKeys, batchKeys, Prefixes } from '../lambdas/shared/keys.ts';
+import { avatarKeys, batchKeys, runKeys } from '../lambdas/shared/keys.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
 import { synthesizeWorkflows, type SynthesizedWorkflows } from './definition.ts';
@@ -126,12 +126,13 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     const personaId = (JSON.parse(input) as { persona?: { id?: unknown } }).persona?.id;
     if (typeof personaId !== 'string') return undefined;
     const keys = avatarKeys(personaId);
-    const manifestKey = keys.run(name).manifest;
+    const published = keys.run(name);
+    const manifestKey = published.manifest;
     const manifest = await store.getJsonIfExists<{ images: { key: string }[] }>(manifestKey);
     if (manifest) return ended({ output: { personaId, runId: name, manifestKey, images: manifest.images, currentManifestKey: keys.manifest } });
     const failure = await store.getJsonIfExists<{ error: string; cause: string }>(keys.failure(name));
     if (failure) return ended({ error: failure.error, cause: failure.cause });
-    const folders = [`${Prefixes.runs}${personaId}/${name}/`, manifestKey.replace(/manifest\.json$/, '')];
+    const folders = [runKeys(personaId, name).folder, published.folder];
     const listed = await Promise.all(folders.map((Prefix) => store.s3.send(new ListObjectsV2Command({ Bucket: store.bucket, Prefix, MaxKeys: 1 }))));
     if (listed.some((l) => (l.KeyCount ?? 0) > 0)) return ended({ error: 'States.Runtime', cause: `run ${name} left files but neither published nor recorded a failure: its process ended early` });
     return undefined;

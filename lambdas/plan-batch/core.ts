@@ -104,8 +104,16 @@ async function nextAttempt(deps: Pick<StageDeps<'store'>, 'store'>, personaId: s
   return { exhausted: true };
 }
 
-/** A batch's lines sorted out against the bucket: what runs under which name, what is skipped and why. Writes nothing. */
-export async function triageLines(lines: AsyncIterable<string> | Iterable<string>, deps: Pick<StageDeps<'store'>, 'store'>): Promise<{ toRun: { line: number; request: RunRequest; name: string }[]; skipped: SkippedLine[] }> {
+/**
+ * A batch's lines sorted out against the bucket: what runs under which name, what is skipped and
+ * why. Writes nothing. With `untilOneRuns`, the bucket is asked a chunk at a time and the answer
+ * stops at the first chunk with a persona to run: enough to tell whether a batch has anything to do.
+ */
+export async function triageLines(
+  lines: AsyncIterable<string> | Iterable<string>,
+  deps: Pick<StageDeps<'store'>, 'store'>,
+  { untilOneRuns = false } = {},
+): Promise<{ toRun: { line: number; request: RunRequest; name: string }[]; skipped: SkippedLine[] }> {
   const skipped: SkippedLine[] = [];
   const candidates: { line: number; request: RunRequest }[] = [];
   const firstLine = new Map<string, number>();
@@ -124,19 +132,23 @@ export async function triageLines(lines: AsyncIterable<string> | Iterable<string
     candidates.push(parsed);
   }
 
-  const attempts = await inPool(candidates, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(deps, request.persona.id, executionName(request)));
   const toRun: { line: number; request: RunRequest; name: string }[] = [];
-  candidates.forEach(({ line, request }, i) => {
-    const attempt = attempts[i]!;
-    const personaId = request.persona.id;
-    if ('published' in attempt) {
-      skipped.push({ line, personaId, status: 'SKIPPED', reason: 'already published with the same request', manifestKey: attempt.published, avatars: attempt.avatars });
-    } else if ('exhausted' in attempt) {
-      skipped.push({ line, personaId, status: 'SKIPPED', reason: `${MAX_ATTEMPTS} attempts of this request have failed: fix the cause their failure records name, then change the request (or start it with avatars start --name)` });
-    } else {
-      toRun.push({ line, request, name: attempt.run });
-    }
-  });
+  const chunk = untilOneRuns ? LOOKUP_CONCURRENCY : candidates.length;
+  for (let from = 0; from < candidates.length && !(untilOneRuns && toRun.length > 0); from += chunk) {
+    const some = candidates.slice(from, from + chunk);
+    const attempts = await inPool(some, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(deps, request.persona.id, executionName(request)));
+    some.forEach(({ line, request }, i) => {
+      const attempt = attempts[i]!;
+      const personaId = request.persona.id;
+      if ('published' in attempt) {
+        skipped.push({ line, personaId, status: 'SKIPPED', reason: 'already published with the same request', manifestKey: attempt.published, avatars: attempt.avatars });
+      } else if ('exhausted' in attempt) {
+        skipped.push({ line, personaId, status: 'SKIPPED', reason: `${MAX_ATTEMPTS} attempts of this request have failed: fix the cause their failure records name, then change the request (or start it with avatars start --name)` });
+      } else {
+        toRun.push({ line, request, name: attempt.run });
+      }
+    });
+  }
   skipped.sort((a, b) => a.line - b.line);
   return { toRun, skipped };
 }

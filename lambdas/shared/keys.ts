@@ -44,6 +44,8 @@ export function extensionOf(format: TileFormat): string {
 export function runKeys(personaId: string, runId: string) {
   const root = `${Prefixes.runs}${personaId}/${runId}`;
   return {
+    /** The run's intermediate files, as a prefix. */
+    folder: `${root}/`,
     prompt: `${root}/prompt.txt`,
     saferPrompt: (target: 'base' | 'grid') => `${root}/${target}-prompt-safer.txt`,
     basePrompt: `${root}/base-prompt.txt`,
@@ -59,6 +61,8 @@ export function avatarKeys(personaId: string) {
   return {
     /** One run's folder: written once, never changed. */
     run: (runId: string) => ({
+      /** The run's published files, as a prefix. */
+      folder: `${root}/runs/${runId}/`,
       image: (n: number, format: TileFormat = 'png') => `${root}/runs/${runId}/img_${n}.${extensionOf(format)}`,
       manifest: `${root}/runs/${runId}/manifest.json`,
     }),
