@@ -30,10 +30,12 @@ export class PersonaAvatarsStack extends Stack {
     });
     // Referenced, never copied: the key stays in Secrets Manager and out of the template.
     const openAiKey = Secret.fromSecretNameV2(this, 'OpenAiKey', props.openAiSecretName);
+    // Created by whoever holds the certificate, before or after deploying: until then, unsigned avatars.
+    const c2paSigning = Secret.fromSecretNameV2(this, 'C2paSigning', props.c2paSigningSecretName);
     const cdn = new AvatarCdn(this, 'Cdn', { bucket });
     // URLs under the distribution, unless the context names a domain of its own.
     const publicBaseUrl = props.settings.publicBaseUrl ?? cdn.baseUrl;
-    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl }, logRetentionDays: props.logRetentionDays });
+    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, c2paSigning, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl }, logRetentionDays: props.logRetentionDays });
     this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency, logRetentionDays: props.logRetentionDays });
     this.batch = new AvatarBatch(this, 'Batch', {
       bucket,
@@ -100,7 +102,7 @@ export class PersonaAvatarsStack extends Stack {
       },
       {
         id: 'AwsSolutions-SMG4',
-        reason: 'The OpenAI key is issued by OpenAI and cannot be rotated by a Lambda; rotate it in the OpenAI console and update the secret.',
+        reason: 'The OpenAI key is issued by OpenAI, and the C2PA signing certificate by a certificate authority: neither can be rotated by a Lambda; renew them with their issuer and update the secrets.',
       },
     ]);
   }

@@ -19,6 +19,8 @@ export type LambdaArchitecture = StackSettings['architecture'];
 export interface StageFunctionsProps {
   bucket: IBucket;
   openAiKey: ISecret;
+  /** The certificate and key publish signs the avatars' C2PA manifests with. */
+  c2paSigning: ISecret;
   architecture: LambdaArchitecture;
   settings: Settings;
   /** Days each function's log group keeps its logs. */
@@ -39,6 +41,8 @@ interface StageSpec {
   usesSharp: boolean;
   /** Carries the face models and tfjs's WASM binaries (check-identity). */
   usesFaces?: boolean;
+  /** Signs the avatars' C2PA manifests: reads the signing secret, carries the C2PA library's WASM (publish). */
+  signsAvatars?: boolean;
   timeout: Duration;
   memoryMb: number;
 }
@@ -64,7 +68,7 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   // TensorFlow.js on WASM: about 300 MB, and the CPU that memory brings.
   'check-identity': { reads: [runs], writes: [], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
   // Crops every avatar to one size (sharp): the memory buys CPU as well.
-  publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(2), memoryMb: 1024 },
+  publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, signsAvatars: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
   // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
   'start-from-upload': { reads: [personas, batches], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
@@ -93,7 +97,7 @@ export class StageFunctions extends Construct {
 
   constructor(scope: Construct, id: string, props: StageFunctionsProps) {
     super(scope, id);
-    const { bucket, openAiKey, architecture, settings } = props;
+    const { bucket, openAiKey, c2paSigning, architecture, settings } = props;
     const environment: Record<string, string> = {
       ...environmentOf(settings),
       S3_BUCKET_NAME: bucket.bucketName,
@@ -120,6 +124,7 @@ export class StageFunctions extends Construct {
           ...environment,
           STAGE: stage,
           ...(spec.usesOpenAi ? { OPENAI_API_KEY_SECRET_ARN: openAiKey.secretArn } : {}),
+          ...(spec.signsAvatars ? { C2PA_SIGNING_SECRET_ARN: c2paSigning.secretArn } : {}),
         },
         bundling: {
           format: OutputFormat.CJS,
@@ -129,7 +134,8 @@ export class StageFunctions extends Construct {
           // A CJS bundle has __filename; import.meta.url serves only the ESM sources run locally.
           define: { 'import.meta.url': '""' },
           // The AWS SDK is bundled so the deployed code runs the versions the tests ran.
-          externalModules: modules.length > 0 ? ['sharp'] : [],
+          // cbor-extract is cbor-x's optional native decoder: encoding, all publish does, needs none.
+          externalModules: [...(modules.length > 0 ? ['sharp'] : []), 'cbor-extract'],
           // sharp is native: copy the packages npm installed for this architecture next to the
           // bundle, instead of `nodeModules`, which would run npm against the registry.
           commandHooks: {
@@ -145,6 +151,8 @@ export class StageFunctions extends Construct {
                     `cp "${inputDir}"/node_modules/@tensorflow/tfjs-backend-wasm/dist/*.wasm "${outputDir}/tfjs-wasm/"`,
                   ]
                 : []),
+              // Where c2pa.ts looks beside its bundle.
+              ...(spec.signsAvatars ? [`cp "${inputDir}/node_modules/@contentauth/c2pa-wasm/pkg/c2pa_bg.wasm" "${outputDir}/"`] : []),
             ],
           },
         },
@@ -157,6 +165,7 @@ export class StageFunctions extends Construct {
       allow('s3:PutObjectTagging', spec.tags);
       allow('s3:DeleteObject', spec.deletes);
       if (spec.usesOpenAi) openAiKey.grantRead(fn);
+      if (spec.signsAvatars) c2paSigning.grantRead(fn);
       functions[stage] = fn;
     }
     this.functions = functions;

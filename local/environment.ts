@@ -3,6 +3,7 @@
  * the environment names them (same variables as the deployed stages), else an embedded S3
  * server and the offline image backend, both on loopback.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Logger } from '@aws-lambda-powertools/logger';
 import { SFNClient } from '@aws-sdk/client-sfn';
@@ -13,6 +14,8 @@ import { storeClient } from '../lambdas/shared/s3.ts';
 import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
+import { signingClient } from '../lambdas/publish/signer.ts';
+import { devSigningFiles } from './certificates.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { localFaceFinder } from './face-worker.ts';
 import { startOfflineBackend, type Fault, type OfflineBackend } from './offline-openai.ts';
@@ -50,6 +53,8 @@ export interface LocalEnvironment {
   images: 'openai' | 'offline';
   backend: OfflineBackend | undefined;
   stepFunctions: LocalStepFunctions | undefined;
+  /** The CAs a C2PA reader trusts to see this environment's signatures as Trusted (development ones: README, Marking). */
+  trustAnchorsPem: string;
   /** What a person should know about this environment, such as a shortened timeout. */
   notes: string[];
   close(): Promise<void>;
@@ -118,8 +123,15 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
     });
   }
   try {
+    // Avatars are signed locally as on AWS: with the certificate configured, else a development one.
+    let trustAnchorsPem = backend?.generatorCaPem ?? '';
+    if (!env.C2PA_SIGNING_SECRET_ARN && !env.C2PA_CERTIFICATE && !env.C2PA_PRIVATE_KEY) {
+      const dev = await devSigningFiles(join(options.dataDir, 'c2pa'));
+      Object.assign(env, { C2PA_CERTIFICATE: dev.certificate, C2PA_PRIVATE_KEY: dev.privateKey });
+      trustAnchorsPem += readFileSync(dev.ca, 'utf8');
+    }
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder], clock);
+    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient], clock);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {
@@ -139,6 +151,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       images,
       backend,
       stepFunctions,
+      trustAnchorsPem,
       notes,
       close: async () => {
         for (const close of closers.reverse()) await close();

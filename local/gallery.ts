@@ -24,7 +24,9 @@ export async function writeGallery(dir: string, result: PublishResult, files: st
   const figures = result.images
     .map((image, i) => {
       const identity = image.identity ? ` · ${image.identity.pass ? '✓' : '✗'} ${escape(image.identity.reason)}` : '';
-      const marking = ` · AI-generated (IPTC XMP, ${image.provenance.signed ? 'signed' : 'not signed'})`;
+      const { signed, signer, parent } = image.provenance;
+      const drawn = parent.signedBy ? `; drawn image signed by ${escape(parent.signedBy)}` : '';
+      const marking = ` · AI-generated (IPTC XMP${signed ? `; C2PA signed by ${escape(signer ?? '')}${drawn}` : ', not signed'})`;
       return `<figure><img src="${escape(files[i]!)}" alt="avatar ${image.n}"><figcaption>${image.n} · ${image.width}×${image.height}${identity}${marking}</figcaption></figure>`;
     })
     .join('\n');

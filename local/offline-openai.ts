@@ -13,6 +13,9 @@ import busboy from 'busboy';
 import sharp from 'sharp';
 import { dayOf, systemClock, type Clock } from '../lambdas/shared/clock.ts';
 import { IMAGE_MODELS, isShutDown, parseSize, sizeProblem } from '../lambdas/shared/models.ts';
+import { signC2pa, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/c2pa.ts';
+import { pemSigner } from '../lambdas/publish/signer.ts';
+import { issueSigningCertificate } from './certificates.ts';
 import { routesOf, type Fault, type Route } from './faults.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
@@ -46,10 +49,17 @@ export interface OfflineBackendOptions {
   clock?: Clock;
   /** An account's image rate limit: beyond it, 429 with `retry-after-ms`, as the API answers. */
   imagesPerMinute?: number;
+  /**
+   * Sign every image drawn with a C2PA manifest, as OpenAI does, by a test generator certificate
+   * (default); false answers plain images, as a compatible server without provenance does.
+   */
+  c2pa?: boolean;
 }
 
 export interface OfflineBackend {
   baseUrl: string;
+  /** The CA of the generator certificate its images are signed with: a C2PA reader's trust anchor. */
+  generatorCaPem: string | undefined;
   requests: RecordedRequest[];
   close(): Promise<void>;
 }
@@ -173,6 +183,14 @@ function invalidRequest(model: string, body: Record<string, unknown>, edit: bool
 
 const FORMATS = new Set(['png', 'webp', 'jpeg']);
 
+/** Who the offline backend signs as, standing in for the model's provider (OpenAI signs its images). */
+export const GENERATOR = { name: 'persona-avatars offline image backend', version: '1' };
+
+async function generatorSigner() {
+  const issued = await issueSigningCertificate('Offline image generator (test)');
+  return { caPem: issued.caPem, signer: pemSigner(issued.certificatePem, issued.privateKeyPem, 'the offline backend\'s generator certificate') };
+}
+
 export async function startOfflineBackend(options: OfflineBackendOptions = {}): Promise<OfflineBackend> {
   const faults = (options.faults ?? []).map((f) => ({ ...f }));
   const limiter = imageLimiter(options.imagesPerMinute);
@@ -180,6 +198,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   // Asked per request, as the API would: a server left running past a shutdown date retires the model then.
   const isRetired = (model: string) => (options.retiredModels ? options.retiredModels.includes(model) : isShutDown(model, dayOf(clock)));
   const requests: RecordedRequest[] = [];
+  const generator = options.c2pa === false ? undefined : await generatorSigner();
 
   const edits = new Map<string, number>();
   let counter = 0;
@@ -346,6 +365,10 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       const quality = body.output_compression === undefined ? 100 : Number(body.output_compression);
       images = await Promise.all(images.map((image) => sharp(image).toFormat(format, { quality }).toBuffer()));
     }
+    if (generator) {
+      const created = { action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA, softwareAgent: model };
+      images = await Promise.all(images.map((image) => signC2pa({ bytes: image, format }, { title: `image.${format}`, actions: [created] }, generator.signer, GENERATOR)));
+    }
     // A truncated answer, as a dropped connection behind a proxy can leave one.
     if (fault?.kind === 'corrupt') images = images.map((image) => image.subarray(0, Math.floor(image.length / 2)));
     const quality = String(body.quality ?? 'auto');
@@ -363,5 +386,5 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   const server = await listenOnLoopback(handle, (res, error) =>
     apiError(res, 500, { message: `offline backend: ${error.message}`, type: 'server_error', code: null }),
   );
-  return { baseUrl: `http://127.0.0.1:${server.port}/v1`, requests, close: server.close };
+  return { baseUrl: `http://127.0.0.1:${server.port}/v1`, requests, generatorCaPem: generator?.caPem, close: server.close };
 }

@@ -102,6 +102,14 @@ export function program(): Command {
     .addOption(new Option('--format <format>', 'tile format').choices(['png', 'webp', 'jpeg']).default('png'))
     .action(action(async () => (await import('./commands/split.ts')).splitCommand));
   cli
+    .command('verify')
+    .description('check the C2PA manifest of avatar files: valid, trusted, who signed, what made them; exit 1 if one has none or is invalid')
+    .argument('<image...>', 'PNG, JPEG or WebP files')
+    .option('--trust <pem...>', 'CA certificates to trust (PEM); the local development CA under --data is trusted too', [])
+    .addOption(dataOption)
+    .addOption(jsonOption)
+    .action(action(async () => (await import('./commands/verify.ts')).verifyCommand));
+  cli
     .command('config')
     .description('print the settings a run uses (cdk.json context, then the environment) and where each came from')
     .option('--markdown', 'print every setting as README\u2019s configuration table')

@@ -62,6 +62,22 @@ describe('the synthesized stack', () => {
     expect(JSON.stringify(imageFn.Properties.Environment.Variables.OPENAI_API_KEY_SECRET_ARN)).toContain('persona-avatars/openai-api-key');
   });
 
+  it('names the C2PA signing secret to publish only, the one stage allowed to read it', () => {
+    const readsSigningSecret = (stage: string) =>
+      statementsOf(stage).some((s) => [s.Action].flat().includes('secretsmanager:GetSecretValue') && JSON.stringify(s.Resource).includes('persona-avatars/c2pa-signing'));
+    for (const [stage, fn] of Object.entries(stageFunctions())) {
+      const named = fn.Properties.Environment.Variables.C2PA_SIGNING_SECRET_ARN;
+      expect(named ? JSON.stringify(named) : undefined, stage).toEqual(stage === 'publish' ? expect.stringContaining('secret:persona-avatars/c2pa-signing') : undefined);
+      expect(readsSigningSecret(stage), stage).toBe(stage === 'publish');
+    }
+  });
+
+  it('takes the signing secret\u2019s name from context', () => {
+    const { stack: named } = buildApp({ bundle: false, validate: false, outdir, context: { c2paSigningSecretName: 'acme/avatars-c2pa' } });
+    const publish = Object.values(Template.fromStack(named).findResources('AWS::Lambda::Function')).find((f) => f.Properties.Environment?.Variables?.STAGE === 'publish')!;
+    expect(JSON.stringify(publish.Properties.Environment.Variables.C2PA_SIGNING_SECRET_ARN)).toContain('secret:acme/avatars-c2pa');
+  });
+
   it('takes the model, size, quality and image count defaults from context', () => {
     const custom = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { images: 8, imageModel: 'gpt-image-2', imageSize: '1024x1536', imageQuality: 'high' } }).stack);
     const variables = Object.values(custom.findResources('AWS::Lambda::Function')).filter((f) => f.Properties.Environment?.Variables?.STAGE).map((f) => f.Properties.Environment.Variables);

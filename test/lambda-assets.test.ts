@@ -1,14 +1,17 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import sharp from 'sharp';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildApp, STACK_NAME } from '../infra/app.ts';
 import { BATCH_STATE_MACHINE_NAME, projectRoot } from '../infra/context.ts';
 import { FACE_MODELS } from '../lambdas/check-identity/assets.ts';
+import { readC2pa } from '../lambdas/publish/c2pa.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
+import { issueSigningCertificate } from '../local/certificates.ts';
 import { synthesizeWorkflows, workflowFromTemplate } from '../local/definition.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally } from '../local/runner.ts';
@@ -82,7 +85,8 @@ describe('the bundled Lambda assets', () => {
       'plan-run': [],
       'split-grid': ['s3'],
       'check-identity': ['s3'],
-      publish: ['s3'],
+      // The C2PA signing certificate's secret.
+      publish: ['s3', 'secrets'],
       'record-failure': ['s3'],
       'write-prompt': ['s3', 'openai', 'secrets'],
       'generate-base': ['s3', 'openai', 'secrets'],
@@ -110,6 +114,53 @@ describe('the bundled Lambda assets', () => {
     const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: dir, env: { PATH: process.env.PATH } }).toString());
     expect(out.width).toBe(32);
     expect(out.resolved.startsWith(dir)).toBe(true);
+  });
+
+  it('ships publish with the C2PA library\u2019s WASM, and the bundle publishes signed avatars from S3', async () => {
+    const dir = assetOf('publish');
+    expect(readdirSync(dir)).toContain('c2pa_bg.wasm');
+    const work = mkdtempSync(join(tmpdir(), 'avatars-asset-publish-'));
+    const s3 = await startEmbeddedS3(join(work, 's3'), 'avatars');
+    const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
+    try {
+      const issued = await issueSigningCertificate('Bundle test signer');
+      writeFileSync(join(work, 'chain.pem'), issued.certificatePem);
+      writeFileSync(join(work, 'key.pem'), issued.privateKeyPem);
+      const grid = await sharp({ create: { width: 256, height: 256, channels: 3, background: '#806040' } }).png().toBuffer();
+      const tile = await sharp(grid).extract({ left: 0, top: 0, width: 128, height: 128 }).png().toBuffer();
+      const put = (key: string, body: Buffer | string) => client.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: body }));
+      await Promise.all([put('runs/p/r/grid_0.png', grid), put('runs/p/r/tile.png', tile), put('runs/p/r/prompt.txt', 'a prompt')]);
+      const event = {
+        personaId: 'p',
+        runId: 'r',
+        persona: { id: 'p', firstname: 'P', lastname: 'Q', gender: 'female' },
+        images: 1,
+        mode: 'grid',
+        prompt: { promptKey: 'runs/p/r/prompt.txt', provider: 'template', ms: 0 },
+        base: { baseKey: 'runs/p/r/base.png', model: 'gpt-image-2', ms: 0, estimatedCostUsd: 0 },
+        grids: [{ gridIndex: 0, tiles: [{ key: 'runs/p/r/tile.png', sourceKey: 'runs/p/r/grid_0.png', box: { left: 0, top: 0, width: 128, height: 128 }, bytes: 1 }], generation: { gridIndex: 0, mode: 'grid', count: 1, model: 'gpt-image-2', ms: 0, estimatedCostUsd: 0 }, ms: 0 }],
+      };
+      const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r.images[0])))`;
+      const env = {
+        PATH: process.env.PATH!,
+        S3_ENDPOINT: s3.endpoint,
+        S3_ACCESS_KEY: s3.accessKey,
+        S3_SECRET_KEY: s3.secretKey,
+        S3_BUCKET_NAME: 'avatars',
+        PUBLIC_BASE_URL: 'https://avatars.example.com',
+        C2PA_CERTIFICATE: join(work, 'chain.pem'),
+        C2PA_PRIVATE_KEY: join(work, 'key.pem'),
+      };
+      const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
+      const image = JSON.parse(stdout.trim().split('\n').at(-1)!) as { key: string; provenance: { signed: boolean; signer: string } };
+      expect(image.provenance).toMatchObject({ signed: true, signer: 'Bundle test signer' });
+      const stored = Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: 'avatars', Key: image.key }))).Body!.transformToByteArray());
+      expect((await readC2pa({ bytes: stored, format: 'png' }, issued.caPem))?.state).toBe('Trusted');
+    } finally {
+      client.destroy();
+      await s3.close();
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 
   it('ships check-identity with its face models and WASM binaries, and the bundle scores faces from S3', async () => {

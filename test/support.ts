@@ -8,6 +8,7 @@ import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOpti
 import type { RecordedRequest } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
 import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
+import type { TileFormat } from '../lambdas/shared/keys.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 export { persona };
@@ -76,3 +77,39 @@ export async function runBatch(w: LocalEnvironment, lines: string[], batchId: st
   return JSON.parse(await w.deps.store.getText(outcome.output.reportKey)) as BatchReport;
 }
 
+
+/** The byte offset of the middle of the image data: PNG's first IDAT, JPEG's scan, WebP's bitstream. */
+function pixelDataMiddle(image: Buffer, format: TileFormat): number {
+  if (format === 'png') {
+    const at = image.indexOf('IDAT', 8, 'latin1');
+    return at + 4 + Math.floor(image.readUInt32BE(at - 4) / 2);
+  }
+  if (format === 'jpeg') {
+    const sos = image.indexOf(Buffer.from([0xff, 0xda]));
+    const start = sos + 2 + image.readUInt16BE(sos + 2);
+    let at = start + Math.floor((image.length - 2 - start) / 2);
+    // A byte whose change makes no marker (0xFF) and undoes no stuffing.
+    while (image[at] === 0xff || image[at] === 0xfe || image[at - 1] === 0xff) at++;
+    return at;
+  }
+  const chunk = ['VP8 ', 'VP8L'].map((type) => image.indexOf(type, 12, 'latin1')).find((i) => i > 0)!;
+  return chunk + 8 + Math.floor(image.readUInt32LE(chunk + 4) / 2);
+}
+
+/** The image with one byte of its pixel data changed, the rest as it was. */
+export function withOnePixelByteChanged(image: Buffer, format: TileFormat): Buffer {
+  const copy = Buffer.from(image);
+  copy[pixelDataMiddle(image, format)]! ^= 0x01;
+  return copy;
+}
+
+/** Which container chunk or segment holds a C2PA manifest in each format. */
+export function holdsC2paWhereExpected(image: Buffer, format: TileFormat): boolean {
+  if (format === 'png') return image.includes('caBX', 8, 'latin1');
+  if (format === 'webp') return image.includes('C2PA', 12, 'latin1');
+  // APP11 (0xFFEB) segments carrying JUMBF ('JP' common identifier).
+  for (let at = image.indexOf(Buffer.from([0xff, 0xeb])); at >= 0; at = image.indexOf(Buffer.from([0xff, 0xeb]), at + 2)) {
+    if (image.toString('latin1', at + 4, at + 6) === 'JP') return true;
+  }
+  return false;
+}

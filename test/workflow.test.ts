@@ -59,7 +59,7 @@ describe('avatars run, offline end to end', () => {
       }
       expect(readdirSync(out)).toEqual(expect.arrayContaining(['contact-sheet.png', 'index.html', 'manifest.json']));
       expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain('img_1.png');
-      expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain('AI-generated (IPTC XMP, not signed)');
+      expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain('AI-generated (IPTC XMP; C2PA signed by persona-avatars development (untrusted); drawn image signed by Offline image generator (test))');
       // The embedded S3 keeps its objects on disk under --data.
       const stored = await storedKeys(data, 'avatars/ada-lovelace/');
       expect(stored.filter((k) => /img_\d+\.png$/.test(k))).toHaveLength(images);

@@ -1,3 +1,4 @@
+import sharp from 'sharp';
 import { RunAlreadyPublished } from '../shared/errors.ts';
 import { avatarKeys, contentTypes, SUPERSEDED_TAG } from '../shared/keys.ts';
 import type { GenerationMode, Persona } from '../shared/persona.ts';
@@ -8,7 +9,7 @@ import type { CheckedGrid, IdentityVerdict } from '../check-identity/core.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import type { PromptResult } from '../write-prompt/core.ts';
 import type { TokenUsage } from '../shared/models.ts';
-import { marked, provenanceOf, type Provenance } from './marking.ts';
+import { drawnImage, markAvatar, type DrawnImage, type Provenance } from './provenance.ts';
 import { avatarDimensions, uniformAvatar } from './uniform.ts';
 
 export interface PublishEvent {
@@ -87,15 +88,24 @@ async function markSuperseded(deps: StageDeps<'store'>, run: CurrentManifest, cu
   await Promise.all([...run.images.map((i) => i.key), run.manifestKey!].filter((key) => !kept.has(key)).map((key) => deps.store.tag(key, tags)));
 }
 
+/** Whether two encoded images show the same pixels. */
+async function samePixels(a: Buffer, b: Buffer): Promise<boolean> {
+  const [x, y] = await Promise.all([a, b].map((image) => sharp(image).raw().toBuffer({ resolveWithObject: true })));
+  return x!.info.width === y!.info.width && x!.info.height === y!.info.height && x!.data.equals(y!.data);
+}
+
 /**
- * A run object is written once (S3's conditional write): a retried Publish finds its own bytes
- * there and goes on; other bytes mean another writer had this run, and nothing is replaced.
+ * An avatar is written once (S3's conditional write): a retried Publish finds its own avatar there
+ * (the same pixels: a signature is new every time) and keeps it; another avatar means another
+ * writer had this run, and nothing is replaced. Returns the size of what is stored.
  */
-async function writeOnce(deps: StageDeps<'store'>, key: string, body: Buffer, contentType: string, event: Pick<PublishEvent, 'personaId' | 'runId'>): Promise<void> {
-  if (await deps.store.putNew(key, body, contentType)) return;
-  if (!(await deps.store.getBytes(key)).equals(body)) {
+async function writeOnce(deps: StageDeps<'store'>, key: string, body: Buffer, contentType: string, event: Pick<PublishEvent, 'personaId' | 'runId'>): Promise<number> {
+  if (await deps.store.putNew(key, body, contentType)) return body.length;
+  const stored = await deps.store.getBytes(key);
+  if (!stored.equals(body) && !(await samePixels(stored, body).catch(() => false))) {
     throw new RunAlreadyPublished(`publish for persona ${event.personaId}: ${key} already holds another avatar; a published run is never rewritten: start the persona again under a new name`);
   }
+  return stored.length;
 }
 
 /** The run's estimate: unknown as soon as one call's is. */
@@ -109,7 +119,7 @@ function sumCosts(lines: UsageLine[]): number | null {
  * own folder (never rewritten), and only then replaces the persona's current manifest in one write:
  * a reader sees one whole run or the one before, never a mix, and earlier runs stay as they were.
  */
-export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Promise<PublishResult> {
+export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'signing'>): Promise<PublishResult> {
   const started = Date.now();
   const keys = avatarKeys(event.personaId);
   const runKeys = keys.run(event.runId);
@@ -119,21 +129,27 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     .flatMap((g) => g.tiles.map((tile, i) => ({ ...tile, model: g.generation.model, identity: g.identity?.verdicts[i] })))
     .slice(0, event.images);
   const size = avatarDimensions(tiles.map((t) => t.box), avatarSize, avatarAspect);
+  const { signer, unsignedBecause } = deps.signing;
+  // Each drawn image (a grid) is read once, however many avatars it gave.
+  const drawn = new Map<string, Promise<DrawnImage>>();
+  const drawnOnce = (key: string) => drawn.get(key) ?? drawn.set(key, deps.store.getBytes(key).then((bytes) => drawnImage(key, bytes))).get(key)!;
   const images = await Promise.all(
     tiles.map(async (tile, i): Promise<PublishedImage> => {
       const key = runKeys.image(i + 1, format);
       const marking = { model: tile.model, credit: deps.settings.avatarCredit };
-      const avatar = marked(await uniformAvatar(await deps.store.getBytes(tile.key), size, format, outputCompression), format, size, marking);
-      await writeOnce(deps, key, avatar, contentTypes[format], event);
+      const [tileBytes, parent] = await Promise.all([deps.store.getBytes(tile.key), drawnOnce(tile.sourceKey)]);
+      const uniform = await uniformAvatar(tileBytes, size, format, outputCompression);
+      const { bytes: avatar, provenance } = await markAvatar(uniform, format, size, { marking, parent, box: tile.box, title: key.split('/').at(-1)! }, signer);
+      const bytes = await writeOnce(deps, key, avatar, contentTypes[format], event);
       return {
         n: i + 1,
         key,
         url: await objectUrl(deps, key),
         ...size,
-        bytes: avatar.length,
+        bytes,
         model: tile.model,
         ...(tile.identity ? { identity: tile.identity } : {}),
-        provenance: provenanceOf(marking),
+        provenance,
       };
     }),
   );
@@ -149,6 +165,7 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store'>): Pr
     ...grids.map((g) => line(`generate-grid ${g.gridIndex}`, g.generation)),
   ];
   const warnings = [...new Set([event.base, ...grids.map((g) => g.generation)].flatMap((g) => g.warnings ?? []))];
+  if (!signer) warnings.push(`avatars are not signed (C2PA): ${unsignedBecause ?? 'no signing certificate'}; they carry the IPTC marking only (README: Marking)`);
   const estimatedCostUsd = sumCosts(usage);
   const manifest = {
     personaId: event.personaId,

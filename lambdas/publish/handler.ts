@@ -1,5 +1,6 @@
 import { storeClient } from '../shared/s3.ts';
 import { lambdaHandler } from '../shared/stage.ts';
 import { publish } from './core.ts';
+import { signingClient } from './signer.ts';
 
-export const handler = lambdaHandler('publish', publish, [storeClient]);
+export const handler = lambdaHandler('publish', publish, [storeClient, signingClient]);

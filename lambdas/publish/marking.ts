@@ -19,16 +19,6 @@ export interface Marking {
   credit: string;
 }
 
-/** What the manifest records of each avatar's marking. */
-export interface Provenance {
-  digitalSourceType: typeof TRAINED_ALGORITHMIC_MEDIA;
-  /** Where the marking is: IPTC XMP inside the file. */
-  marking: 'xmp';
-  /** A signed C2PA manifest: not yet written. */
-  signed: false;
-  aiSystemUsed: string;
-}
-
 const escapeXml = (text: string) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
 export function xmpPacket({ model, credit }: Marking): string {
@@ -114,8 +104,4 @@ export function marked(image: Buffer, format: TileFormat, size: { width: number;
   if (format === 'png') return markPng(image, xmp);
   if (format === 'jpeg') return markJpeg(image, xmp);
   return markWebp(image, xmp, size.width, size.height);
-}
-
-export function provenanceOf(marking: Marking): Provenance {
-  return { digitalSourceType: TRAINED_ALGORITHMIC_MEDIA, marking: 'xmp', signed: false, aiSystemUsed: marking.model };
 }

@@ -130,6 +130,13 @@ export const SETTINGS = {
   bucketName: spec({ scope: 'stack', context: 'bucketName', doc: 'import this existing bucket instead of creating one', schema: optionalText }),
   runExpiryDays: spec({ scope: 'stack', context: 'runExpiryDays', default: '7', doc: 'days intermediate files under `runs/` are kept', schema: wholeNumber(1, 3650) }),
   openAiSecretName: spec({ scope: 'stack', context: 'openAiSecretName', default: 'persona-avatars/openai-api-key', doc: 'Secrets Manager secret holding the OpenAI key', schema: text }),
+  c2paSigningSecretName: spec({
+    scope: 'stack',
+    context: 'c2paSigningSecretName',
+    default: 'persona-avatars/c2pa-signing',
+    doc: 'Secrets Manager secret publish signs the avatars\' C2PA manifests with: `{"certificate": "<PEM chain>", "privateKey": "<PEM key>"}`, ES256; until it exists, avatars carry XMP only, with a warning (README: Marking)',
+    schema: text,
+  }),
   architecture: spec({ scope: 'stack', context: 'architecture', default: 'x86_64', doc: '`x86_64` or `arm64` (needs sharp\'s linux-arm64 packages installed)', schema: z.enum(['x86_64', 'arm64']) }),
   supersededRunExpiryDays: spec({
     scope: 'stack',
@@ -149,6 +156,14 @@ export const SETTINGS = {
 
   openAiKey: spec({ scope: 'client', env: 'OPENAI_API_KEY', doc: 'OpenAI key (on AWS: the secret named by `OPENAI_API_KEY_SECRET_ARN`); without one, runs use the offline backend', schema: optionalText }),
   openAiBaseUrl: spec({ scope: 'client', env: 'OPENAI_BASE_URL', doc: 'an OpenAI-compatible server', schema: optionalText }),
+  c2paSigningSecretArn: spec({ scope: 'client', env: 'C2PA_SIGNING_SECRET_ARN', doc: 'the C2PA signing secret publish reads (on AWS: set by the stack from `c2paSigningSecretName`)', schema: optionalText }),
+  c2paCertificate: spec({
+    scope: 'client',
+    env: 'C2PA_CERTIFICATE',
+    doc: 'elsewhere: a PEM file of the C2PA signing certificate chain, with `C2PA_PRIVATE_KEY` its PEM key; locally, without them, a development certificate is made in `--data`',
+    schema: optionalText,
+  }),
+  c2paPrivateKey: spec({ scope: 'client', env: 'C2PA_PRIVATE_KEY', doc: 'the PEM file of the key of `C2PA_CERTIFICATE` (ECDSA P-256)', schema: optionalText }),
   s3AccessKey: spec({ scope: 'client', env: 'S3_ACCESS_KEY', doc: 'access key for `S3_ENDPOINT`', schema: optionalText }),
   s3SecretKey: spec({ scope: 'client', env: 'S3_SECRET_KEY', doc: 'secret key for `S3_ENDPOINT`', schema: optionalText }),
 } as const;

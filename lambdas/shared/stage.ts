@@ -3,6 +3,7 @@ import type { Context } from 'aws-lambda';
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
 import type { FaceFinder } from '../check-identity/faces.ts';
+import type { Signing } from '../publish/signer.ts';
 import { systemClock, type Clock } from './clock.ts';
 import type { ImageProvider } from './image-provider.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
@@ -26,6 +27,8 @@ export interface Deps {
   sfn: SFNClient;
   /** Faces and their identity embeddings (check-identity only). */
   faces: FaceFinder;
+  /** Who signs the avatars' C2PA manifests (publish only). */
+  signing: Signing;
   /** Timeouts for one call, kept below what is left of the Lambda's own time. */
   imageTimeoutMs: number;
   textTimeoutMs: number;

@@ -14,6 +14,8 @@ export interface SplitGridEvent {
 
 export interface TileInfo {
   key: string;
+  /** The image the model drew that this tile shows: its grid, or in separate mode the tile itself. */
+  sourceKey: string;
   box: Box;
   bytes: number;
 }
@@ -36,7 +38,7 @@ export async function splitGrid(event: SplitGridEvent, deps: StageDeps<'store'>)
       imageKeys.map(async (key) => {
         const image = await deps.store.getBytes(key);
         const { width = 0, height = 0 } = await sharp(image).metadata();
-        return { key, box: { left: 0, top: 0, width, height }, bytes: image.length };
+        return { key, sourceKey: key, box: { left: 0, top: 0, width, height }, bytes: image.length };
       }),
     );
   } else {
@@ -47,7 +49,7 @@ export async function splitGrid(event: SplitGridEvent, deps: StageDeps<'store'>)
       cut.slice(0, generation.count).map(async (tile, i) => {
         const key = keys.tile(generation.gridIndex, i, format);
         await deps.store.put(key, tile.data, contentTypes[format]);
-        return { key, box: tile.box, bytes: tile.data.length };
+        return { key, sourceKey: gridKey!, box: tile.box, bytes: tile.data.length };
       }),
     );
   }

@@ -1,0 +1,159 @@
+import { webcrypto } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readC2pa, signC2pa, TRAINED_ALGORITHMIC_MEDIA, type C2paSigner } from '../lambdas/publish/c2pa.ts';
+import { pemSigner, signerFromSecret, signingFromEnv } from '../lambdas/publish/signer.ts';
+import { issueSigningCertificate, type SigningCertificate } from '../local/certificates.ts';
+import { listenOnLoopback, readBody, sendJson, type LoopbackServer } from '../local/loopback-server.ts';
+import { holdsC2paWhereExpected, tempDir, withOnePixelByteChanged } from './support.ts';
+
+const formats = ['png', 'webp', 'jpeg'] as const;
+const GENERATOR = { name: 'persona-avatars', version: '0.1.0' };
+const created = { action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA, softwareAgent: 'gpt-image-2' };
+
+let publisher: SigningCertificate;
+let generator: SigningCertificate;
+let signer: C2paSigner;
+beforeAll(async () => {
+  [publisher, generator] = await Promise.all([issueSigningCertificate('Example Corp avatars'), issueSigningCertificate('Example image model')]);
+  signer = pemSigner(publisher.certificatePem, publisher.privateKeyPem, 'test');
+});
+
+const picture = (format: (typeof formats)[number], width = 96, height = 120) =>
+  sharp({ create: { width, height, channels: 3, background: { r: 180, g: 120, b: 90 } } })
+    .composite([{ input: { create: { width: 20, height: 30, channels: 3, background: '#204060' } }, left: 10, top: 10 }])
+    .toFormat(format)
+    .toBuffer();
+
+const actionsOf = (report: Awaited<ReturnType<typeof readC2pa>>) => report!.manifest.assertions.find((a) => a.label.startsWith('c2pa.actions'))!.data.actions!;
+
+describe('a signed C2PA manifest in an image', () => {
+  for (const format of formats) {
+    it(`is embedded where ${format} keeps it, pixels untouched, Trusted under its CA and only Valid (untrusted) without it`, async () => {
+      const image = await picture(format);
+      const signed = await signC2pa({ bytes: image, format }, { title: `avatar.${format}`, actions: [created] }, signer, GENERATOR);
+      expect(holdsC2paWhereExpected(signed, format)).toBe(true);
+      const [before, after] = await Promise.all([image, signed].map((f) => sharp(f).raw().toBuffer()));
+      expect(after!.equals(before!)).toBe(true);
+      expect(await readC2pa({ bytes: signed, format }, publisher.caPem)).toMatchObject({ state: 'Trusted', failures: [] });
+      expect(await readC2pa({ bytes: signed, format })).toMatchObject({ state: 'Valid', failures: ['signingCredential.untrusted'] });
+    });
+
+    it(`turns invalid when one pixel byte of a signed ${format} changes`, async () => {
+      const signed = await signC2pa({ bytes: await picture(format), format }, { title: 'a', actions: [created] }, signer, GENERATOR);
+      const report = await readC2pa({ bytes: withOnePixelByteChanged(signed, format), format }, publisher.caPem);
+      expect(report?.state).toBe('Invalid');
+      expect(report?.failures.length).toBeGreaterThan(0);
+    });
+  }
+
+  it('says what made it, with what, and who signed it, as written (golden)', async () => {
+    const signed = await signC2pa({ bytes: await picture('png'), format: 'png' }, { title: 'avatar-1.png', actions: [created, { action: 'c2pa.cropped' }] }, signer, GENERATOR);
+    const report = await readC2pa({ bytes: signed, format: 'png' }, publisher.caPem);
+    expect(report!.manifest).toMatchObject({
+      title: 'avatar-1.png',
+      claim_generator_info: [GENERATOR],
+      signature_info: { alg: 'Es256', common_name: 'Example Corp avatars' },
+    });
+    expect(actionsOf(report)).toEqual([
+      { action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA, softwareAgent: { name: 'gpt-image-2' } },
+      { action: 'c2pa.cropped' },
+    ]);
+  });
+
+  it('carries the image it was cut from as its parentOf ingredient, with that image\u2019s own signed manifest', async () => {
+    const grid = await signC2pa({ bytes: await picture('png', 256, 256), format: 'png' }, { title: 'grid.png', actions: [created] }, pemSigner(generator.certificatePem, generator.privateKeyPem, 'generator'), GENERATOR);
+    const tile = await sharp(grid).extract({ left: 0, top: 0, width: 128, height: 128 }).png().toBuffer();
+    const avatar = await signC2pa(
+      { bytes: tile, format: 'png' },
+      { title: 'avatar-1.png', actions: [{ action: 'c2pa.opened', ingredients: ['grid'], digitalSourceType: TRAINED_ALGORITHMIC_MEDIA }, { action: 'c2pa.cropped' }], parent: { bytes: grid, format: 'png', label: 'grid', title: 'grid.png' } },
+      signer,
+      GENERATOR,
+    );
+    const report = await readC2pa({ bytes: avatar, format: 'png' }, publisher.caPem + generator.caPem);
+    expect(report).toMatchObject({ state: 'Trusted', manifest: { ingredients: [{ title: 'grid.png', relationship: 'parentOf' }] } });
+    expect(report!.parent).toMatchObject({ signature_info: { common_name: 'Example image model' } });
+    expect(actionsOf({ ...report!, manifest: report!.parent! })).toEqual([expect.objectContaining({ action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA })]);
+  });
+
+  it('reads as none in an image that has no manifest', async () => {
+    expect(await readC2pa({ bytes: await picture('jpeg'), format: 'jpeg' })).toBeUndefined();
+  });
+
+  it('is signed through a callback, so a key that never leaves its store (KMS, an HSM) can sign', async () => {
+    const issued = await issueSigningCertificate('Key in a vault');
+    const der = Buffer.from(issued.privateKeyPem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+    // Not extractable: only the store signs with it, as KMS does.
+    const key = await webcrypto.subtle.importKey('pkcs8', der, { name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']);
+    const vault: C2paSigner = {
+      name: 'Key in a vault',
+      chain: pemSigner(issued.certificatePem, issued.privateKeyPem, 'vault').chain,
+      sign: async (bytes) => new Uint8Array(await webcrypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, key, bytes)),
+    };
+    const signed = await signC2pa({ bytes: await picture('png'), format: 'png' }, { title: 'a', actions: [created] }, vault, GENERATOR);
+    expect((await readC2pa({ bytes: signed, format: 'png' }, issued.caPem))?.state).toBe('Trusted');
+  });
+});
+
+describe('the C2PA signing certificate', () => {
+  it('is refused, naming where it came from, when the key is not the certificate\u2019s or not P-256', async () => {
+    const other = await issueSigningCertificate('Someone else');
+    expect(() => pemSigner(publisher.certificatePem, other.privateKeyPem, 'the secret x')).toThrow(/the secret x: the private key is not the key of the first certificate/);
+    const { privateKey } = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign']);
+    const p384 = `-----BEGIN PRIVATE KEY-----\n${Buffer.from(await webcrypto.subtle.exportKey('pkcs8', privateKey)).toString('base64')}\n-----END PRIVATE KEY-----\n`;
+    expect(() => pemSigner(publisher.certificatePem, p384, 'the secret x')).toThrow(/the secret x: C2PA signing here takes an ECDSA P-256 key \(ES256\), got ec secp384r1/);
+    expect(() => pemSigner('not a certificate', publisher.privateKeyPem, 'f')).toThrow(/f: no PEM certificate/);
+  });
+
+  it('comes from a secret\u2019s JSON, whose missing field is named', () => {
+    expect(signerFromSecret(JSON.stringify({ certificate: publisher.certificatePem, privateKey: publisher.privateKeyPem }), 'arn:s').name).toBe('Example Corp avatars');
+    expect(() => signerFromSecret(JSON.stringify({ certificate: publisher.certificatePem }), 'arn:s')).toThrow(/C2PA signing secret arn:s: needs the strings "certificate" \(PEM chain\) and "privateKey"/);
+    expect(() => signerFromSecret('-----BEGIN', 'arn:s')).toThrow(/C2PA signing secret arn:s: not JSON/);
+  });
+
+  describe('read from Secrets Manager', () => {
+    const secrets = new Map<string, string>();
+    let server: LoopbackServer;
+    let client: SecretsManagerClient;
+    beforeAll(async () => {
+      // Secrets Manager's JSON protocol, as the SDK speaks it: GetSecretValue, and its not-found error.
+      server = await listenOnLoopback(
+        async (req, res) => {
+          const { SecretId } = JSON.parse(await readBody(req)) as { SecretId: string };
+          const secret = secrets.get(SecretId);
+          if (req.headers['x-amz-target'] !== 'secretsmanager.GetSecretValue' || !secret) {
+            sendJson(res, 400, { __type: 'ResourceNotFoundException', Message: "Secrets Manager can't find the specified secret." }, { 'content-type': 'application/x-amz-json-1.1' });
+            return;
+          }
+          sendJson(res, 200, { ARN: SecretId, Name: SecretId, SecretString: secret }, { 'content-type': 'application/x-amz-json-1.1' });
+        },
+        (res, error) => sendJson(res, 500, { __type: 'InternalServiceError', Message: error.message }),
+      );
+      client = new SecretsManagerClient({ endpoint: `http://127.0.0.1:${server.port}`, region: 'eu-west-3', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } });
+    });
+    afterAll(async () => {
+      client.destroy();
+      await server.close();
+    });
+
+    it('signs with the secret the stack names, and publishes unsigned, saying why, while that secret does not exist', async () => {
+      const arn = 'arn:aws:secretsmanager:eu-west-3:123456789012:secret:persona-avatars/c2pa-signing';
+      expect(await signingFromEnv({ C2PA_SIGNING_SECRET_ARN: arn }, client)).toEqual({ signer: undefined, unsignedBecause: `the C2PA signing secret ${arn} does not exist` });
+      secrets.set(arn, JSON.stringify({ certificate: publisher.certificatePem, privateKey: publisher.privateKeyPem }));
+      expect((await signingFromEnv({ C2PA_SIGNING_SECRET_ARN: arn }, client)).signer?.name).toBe('Example Corp avatars');
+    });
+  });
+
+  it('comes from PEM files elsewhere, both or neither', async () => {
+    const dir = tempDir('c2pa-pem');
+    writeFileSync(join(dir, 'chain.pem'), publisher.certificatePem);
+    writeFileSync(join(dir, 'key.pem'), publisher.privateKeyPem);
+    expect((await signingFromEnv({ C2PA_CERTIFICATE: join(dir, 'chain.pem'), C2PA_PRIVATE_KEY: join(dir, 'key.pem') })).signer?.name).toBe('Example Corp avatars');
+    await expect(signingFromEnv({ C2PA_CERTIFICATE: join(dir, 'chain.pem') })).rejects.toThrow(/C2PA_CERTIFICATE and C2PA_PRIVATE_KEY go together/);
+    await expect(signingFromEnv({ C2PA_CERTIFICATE: join(dir, 'missing.pem'), C2PA_PRIVATE_KEY: join(dir, 'key.pem') })).rejects.toThrow(/C2PA_CERTIFICATE: cannot read .*missing\.pem \(ENOENT\)/);
+    expect(await signingFromEnv({})).toEqual({ signer: undefined, unsignedBecause: 'no C2PA signing certificate is configured' });
+  });
+});
