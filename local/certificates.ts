@@ -13,7 +13,8 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 const ES256 = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
 const EMAIL_PROTECTION = '1.3.6.1.5.5.7.3.4';
 const DAY_MS = 24 * 3600 * 1000;
-const VALID_DAYS = 3 * 365;
+/** Long: a manifest signed without a trusted timestamp validates only while its certificate does. */
+const VALID_DAYS = 25 * 365;
 
 export interface SigningCertificate {
   /** The CA that issued the signing certificate: a reader's trust anchor. */
@@ -27,12 +28,13 @@ export interface SigningCertificate {
 const serial = () => Buffer.from(webcrypto.getRandomValues(new Uint8Array(8))).toString('hex').replace(/^[89a-f]/, '1');
 
 /**
- * A CA named `<name> CA` and a signing certificate `name` it issued, valid from a day ago for three
+ * A CA named `<name> CA` and a signing certificate `name` it issued, valid from a day ago for 25
  * years. The system's time, not an injected clock: C2PA validators hold the signature to it.
  */
-export async function issueSigningCertificate(name: string): Promise<SigningCertificate> {
-  const notBefore = new Date(Date.now() - DAY_MS);
-  const notAfter = new Date(Date.now() + VALID_DAYS * DAY_MS);
+export async function issueSigningCertificate(
+  name: string,
+  { notBefore = new Date(Date.now() - DAY_MS), notAfter = new Date(Date.now() + VALID_DAYS * DAY_MS) }: { notBefore?: Date; notAfter?: Date } = {},
+): Promise<SigningCertificate> {
   const caKeys = await webcrypto.subtle.generateKey(ES256, true, ['sign', 'verify']);
   const ca = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),

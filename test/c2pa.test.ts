@@ -1,4 +1,4 @@
-import { webcrypto } from 'node:crypto';
+import { createPrivateKey, sign, webcrypto, X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
@@ -106,6 +106,20 @@ describe('the C2PA signing certificate', () => {
     const p384 = `-----BEGIN PRIVATE KEY-----\n${Buffer.from(await webcrypto.subtle.exportKey('pkcs8', privateKey)).toString('base64')}\n-----END PRIVATE KEY-----\n`;
     expect(() => pemSigner(publisher.certificatePem, p384, 'the secret x')).toThrow(/the secret x: C2PA signing here takes an ECDSA P-256 key \(ES256\), got ec secp384r1/);
     expect(() => pemSigner('not a certificate', publisher.privateKeyPem, 'f')).toThrow(/f: no PEM certificate/);
+  });
+
+  it('is refused when it has expired or is not valid yet, naming its dates', async () => {
+    const day = 24 * 3600 * 1000;
+    const expired = await issueSigningCertificate('Old certificate', { notBefore: new Date(Date.now() - 400 * day), notAfter: new Date(Date.now() - 35 * day) });
+    expect(() => pemSigner(expired.certificatePem, expired.privateKeyPem, 'the secret x')).toThrow(/^the secret x: the signing certificate "Old certificate" is valid from \S+ to \S+, not now: renew it$/);
+    const early = await issueSigningCertificate('Future certificate', { notBefore: new Date(Date.now() + 30 * day) });
+    expect(() => pemSigner(early.certificatePem, early.privateKeyPem, 'f')).toThrow(/"Future certificate" is valid from/);
+    // A callback signer (a KMS key) whose chain expired: the library refuses what it signed.
+    const key = createPrivateKey(expired.privateKeyPem);
+    const kms: C2paSigner = { name: 'Old certificate', chain: [new Uint8Array(new X509Certificate(expired.certificatePem).raw)], sign: async (bytes) => sign('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }) };
+    const error = (await signC2pa({ bytes: await picture('png'), format: 'png' }, { title: 'a', actions: [created] }, kms, GENERATOR).catch((e: unknown) => e)) as Error;
+    expect(error.name).toBe('ConfigurationError');
+    expect(error.message).toBe('C2PA signing as "Old certificate" refused: signingCredential.expired; renew or replace the signing certificate (README: Marking)');
   });
 
   it('comes from a secret\u2019s JSON, whose missing field is named', () => {

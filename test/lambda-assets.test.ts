@@ -15,7 +15,7 @@ import { issueSigningCertificate } from '../local/certificates.ts';
 import { synthesizeWorkflows, workflowFromTemplate } from '../local/definition.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { runLocally } from '../local/runner.ts';
-import { persona, startTestEnvironment } from './support.ts';
+import { persona, sameClock, startTestEnvironment } from './support.ts';
 import { stageNames } from '../lambdas/stages.ts';
 
 type Template = { Resources: Record<string, { Type: string; Properties: Record<string, any> }> };
@@ -150,6 +150,7 @@ describe('the bundled Lambda assets', () => {
         PUBLIC_BASE_URL: 'https://avatars.example.com',
         C2PA_CERTIFICATE: join(work, 'chain.pem'),
         C2PA_PRIVATE_KEY: join(work, 'key.pem'),
+        ...sameClock(),
       };
       const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
       const image = JSON.parse(stdout.trim().split('\n').at(-1)!) as { key: string; provenance: { signed: boolean; signer: string } };

@@ -51,10 +51,18 @@ export interface CliResult {
   stderr: string;
 }
 
+/**
+ * What keeps a child process on the suite's clock: libfaketime's variables when the suite runs
+ * under `faketime`, so certificates made here are as valid there.
+ */
+export function sameClock(): Record<string, string> {
+  return Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => /^(LD_PRELOAD|FAKETIME\w*)$/.test(e[0]) && e[1] !== undefined));
+}
+
 /** Runs `avatars …` as a user would, in `cwd`, with only PATH, HOME and `env` set (`cli`: another copy's). */
 export async function avatars(cwd: string, args: string[], env: Record<string, string> = {}, cli = cliPath): Promise<CliResult> {
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args], { cwd, env: { PATH: process.env.PATH, HOME: cwd, ...env } });
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args], { cwd, env: { PATH: process.env.PATH, HOME: cwd, ...sameClock(), ...env } });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as CliResult;

@@ -14,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import init, { WasmBuilder, WasmReader } from '@contentauth/c2pa-wasm';
 import { Encoder, Tag } from 'cbor-x';
+import { ConfigurationError } from '../shared/errors.ts';
 import type { TileFormat } from '../shared/keys.ts';
 import { TRAINED_ALGORITHMIC_MEDIA } from './marking.ts';
 
@@ -165,6 +166,16 @@ function actionsAssertion(actions: C2paAction[]) {
   };
 }
 
+/**
+ * What the library's check after signing failed on, from its error text: the signing credential's
+ * failure codes (an untrusted one aside: trust is the reader's to give), or a COSE certificate error.
+ */
+function refusedCredential(message: string): string | undefined {
+  const failures = message.split(/failure: \[/).slice(1).map((part) => part.split(/\] \}/)[0]!);
+  const codes = failures.flatMap((part) => [...part.matchAll(/code: "(signingCredential\.[a-zA-Z.]+)"/g)].map((m) => m[1]!)).filter((c) => c !== 'signingCredential.untrusted');
+  return codes.length > 0 ? [...new Set(codes)].join(', ') : /CoseCert[A-Za-z]*/.exec(message)?.[0];
+}
+
 /** The image with a signed C2PA manifest embedded; nothing else in it changes. */
 export async function signC2pa(image: Asset, definition: C2paManifestDefinition, signer: C2paSigner, generator: { name: string; version: string }): Promise<Buffer> {
   await ready();
@@ -186,12 +197,14 @@ export async function signC2pa(image: Asset, definition: C2paManifestDefinition,
       );
     }
     const reserveSize = signer.chain.reduce((sum, c) => sum + c.length, 0) + SIGNATURE_ROOM;
-    const signed = await builder.sign(
-      { alg: 'es256', reserveSize, sign: (claim) => coseSign1(claim, signer, reserveSize) as Promise<Uint8Array<ArrayBuffer>> },
-      [],
-      MIME_TYPES[image.format],
-      asBlob(image.bytes),
-    );
+    const signed = await builder
+      .sign({ alg: 'es256', reserveSize, sign: (claim) => coseSign1(claim, signer, reserveSize) as Promise<Uint8Array<ArrayBuffer>> }, [], MIME_TYPES[image.format], asBlob(image.bytes))
+      .catch((error: unknown) => {
+        // The library checks what it signed: a certificate it refuses is the configuration's to fix.
+        const refused = refusedCredential(String((error as Error)?.message ?? error));
+        if (refused) throw new ConfigurationError(`C2PA signing as "${signer.name}" refused: ${refused}; renew or replace the signing certificate (README: Marking)`);
+        throw error;
+      });
     return Buffer.from(signed);
   } finally {
     builder.free();

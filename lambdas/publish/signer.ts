@@ -43,6 +43,11 @@ export function pemSigner(certificatePem: string, privateKeyPem: string, source:
     throw new ConfigurationError(`${source}: C2PA signing here takes an ECDSA P-256 key (ES256), got ${key.asymmetricKeyType} ${key.asymmetricKeyDetails?.namedCurve ?? ''}`.trim());
   }
   const leaf = certificates[0]!;
+  // Checked against the system's time, as C2PA validators check the signature.
+  const [from, to] = [new Date(leaf.validFrom), new Date(leaf.validTo)];
+  if (Date.now() < from.getTime() || Date.now() > to.getTime()) {
+    throw new ConfigurationError(`${source}: the signing certificate "${commonName(leaf)}" is valid from ${from.toISOString()} to ${to.toISOString()}, not now: renew it`);
+  }
   if (!leaf.checkPrivateKey(key)) throw new ConfigurationError(`${source}: the private key is not the key of the first certificate (${leaf.subject.replace(/\n/g, ', ')})`);
   return {
     name: commonName(leaf),
