@@ -134,8 +134,7 @@ export class StageFunctions extends Construct {
           // A CJS bundle has __filename; import.meta.url serves only the ESM sources run locally.
           define: { 'import.meta.url': '""' },
           // The AWS SDK is bundled so the deployed code runs the versions the tests ran.
-          // cbor-extract is cbor-x's optional native decoder: encoding, all publish does, needs none.
-          externalModules: [...(modules.length > 0 ? ['sharp'] : []), 'cbor-extract'],
+          externalModules: modules.length > 0 ? ['sharp'] : [],
           // sharp is native: copy the packages npm installed for this architecture next to the
           // bundle, instead of `nodeModules`, which would run npm against the registry.
           commandHooks: {

@@ -4,7 +4,8 @@
  * whose npm build asks two things of its host that are adapted here and nowhere else:
  * - its signer callback returns a whole COSE_Sign1 (RFC 9052) padded to the reserved size, so the
  *   structure is built here around a plain ES256 signature, which any key can give (a PEM key,
- *   or a KMS key through `C2paSigner.sign`);
+ *   or a KMS key through `C2paSigner.sign`), in the few CBOR items it takes (cbor-x would bring
+ *   an optional native decoder whose platform packages the lockfile cannot pin);
  * - its Builder reads a Blob through `FileReaderSync`, a browser worker API Node lacks: it is
  *   given a byte view that answers the calls the library makes (`size`, `slice`, `arrayBuffer`).
  */
@@ -13,7 +14,6 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import init, { WasmBuilder, WasmReader } from '@contentauth/c2pa-wasm';
-import { Encoder, Tag } from 'cbor-x';
 import { ConfigurationError } from '../shared/errors.ts';
 import type { TileFormat } from '../shared/keys.ts';
 import { TRAINED_ALGORITHMIC_MEDIA } from './marking.ts';
@@ -119,7 +119,37 @@ class ByteReader {
 
 const asBlob = (bytes: Uint8Array) => new ByteBlob(bytes) as unknown as Blob;
 
-const cbor = new Encoder({ mapsAsObjects: false, useRecords: false, variableMapSize: true, tagUint8Array: false });
+/** CBOR (RFC 8949), the little of it COSE_Sign1 needs: a tagged item's tag, then its value. */
+class Tagged {
+  readonly tag: number;
+  readonly value: Cbor;
+  constructor(tag: number, value: Cbor) {
+    this.tag = tag;
+    this.value = value;
+  }
+}
+type Cbor = number | string | Uint8Array | null | Cbor[] | Map<number | string, Cbor> | Tagged;
+
+/** A major type and its argument, in the shortest form. */
+function head(major: number, n: number): Buffer {
+  if (n < 24) return Buffer.from([(major << 5) | n]);
+  if (n < 0x100) return Buffer.from([(major << 5) | 24, n]);
+  if (n < 0x10000) return Buffer.from([(major << 5) | 25, n >> 8, n & 0xff]);
+  const b = Buffer.alloc(5);
+  b[0] = (major << 5) | 26;
+  b.writeUInt32BE(n, 1);
+  return b;
+}
+
+function cbor(value: Cbor): Buffer {
+  if (value === null) return Buffer.from([0xf6]);
+  if (typeof value === 'number') return value >= 0 ? head(0, value) : head(1, -1 - value);
+  if (typeof value === 'string') return Buffer.concat([head(3, Buffer.byteLength(value)), Buffer.from(value, 'utf8')]);
+  if (value instanceof Uint8Array) return Buffer.concat([head(2, value.length), value]);
+  if (value instanceof Tagged) return Buffer.concat([head(6, value.tag), cbor(value.value)]);
+  if (Array.isArray(value)) return Buffer.concat([head(4, value.length), ...value.map(cbor)]);
+  return Buffer.concat([head(5, value.size), ...[...value].flatMap(([k, v]) => [cbor(k), cbor(v)])]);
+}
 
 /** COSE's header labels (alg, x5chain), ES256's algorithm id, Sign1's tag. */
 const COSE_ALG = 1;
@@ -135,11 +165,11 @@ const SIGNATURE_ROOM = 1024;
  * claim detached, and padding in the unprotected header so the whole is exactly `size` bytes.
  */
 async function coseSign1(claim: Uint8Array, signer: C2paSigner, size: number): Promise<Uint8Array> {
-  const chain = signer.chain.length === 1 ? signer.chain[0] : signer.chain;
-  const protectedHeader = cbor.encode(new Map<number, unknown>([[COSE_ALG, COSE_ES256], [COSE_X5CHAIN, chain]]));
-  const toBeSigned = cbor.encode(['Signature1', protectedHeader, new Uint8Array(0), claim]);
+  const chain = signer.chain.length === 1 ? signer.chain[0]! : signer.chain;
+  const protectedHeader = cbor(new Map<number, Cbor>([[COSE_ALG, COSE_ES256], [COSE_X5CHAIN, chain]]));
+  const toBeSigned = cbor(['Signature1', protectedHeader, new Uint8Array(0), claim]);
   const signature = await signer.sign(toBeSigned);
-  const encode = (pad: number) => cbor.encode(new Tag([protectedHeader, new Map([['pad', new Uint8Array(pad)]]), null, signature], COSE_SIGN1_TAG));
+  const encode = (pad: number) => cbor(new Tagged(COSE_SIGN1_TAG, [protectedHeader, new Map([['pad', new Uint8Array(pad)]]), null, signature]));
   let pad = Math.max(0, size - encode(0).length);
   // The pad's own length prefix grows at 24, 256 and 65,536 bytes: settle on the size that fits.
   for (let tries = 0; tries < 4; tries++) {
