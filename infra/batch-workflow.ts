@@ -63,7 +63,7 @@ export class AvatarBatch extends Construct {
     const planBatch = stageTask(this, 'PlanBatch', {
       stage: 'plan-batch',
       fn: props.planBatch,
-      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName },
+      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName, input: JsonPath.executionInput },
       retries: plainStageRetries,
       resultPath: '$.plan',
     });

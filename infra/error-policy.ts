@@ -8,7 +8,10 @@ import { ErrorNames } from '../lambdas/shared/errors.ts';
  *  - Lambda service hiccups (throttles included): retried quickly, as AWS recommends.
  *  - RateLimited: retried with exponential backoff and full jitter, long enough (about six
  *    minutes in all) to ride out a per-minute limit.
+ *  - ImageTurnLater: the account's next image turn is minutes away; retried with backoff for as
+ *    long as a batch may queue (the stage waits for turns seconds away itself).
  *  - ImageTimeout, UpstreamError: retried a few times.
+ *  - BudgetExhausted: never retried: the call would pass a spending cap, and nothing was paid.
  *  - ContentPolicyViolation: never retried as-is; caught, rewritten once into a safer prompt
  *    (see workflow.ts), then the persona fails.
  *  - GridLayoutMismatch, IdentityMismatch: the grid is generated again, at most twice more.
@@ -42,6 +45,15 @@ export const retryRateLimited: RetryProps = {
   jitterStrategy: JitterType.FULL,
 };
 
+export const retryImageTurn: RetryProps = {
+  errors: [ErrorNames.ImageTurnLater],
+  interval: Duration.seconds(15),
+  maxAttempts: 40,
+  backoffRate: 1.5,
+  maxDelay: Duration.seconds(120),
+  jitterStrategy: JitterType.FULL,
+};
+
 export const retryTransient: RetryProps = {
   errors: [ErrorNames.ImageTimeout, ErrorNames.UpstreamError],
   interval: Duration.seconds(5),
@@ -61,7 +73,7 @@ export const retryGridAttempt: RetryProps = {
 export const plainStageRetries = [retryLambdaService];
 
 /** Stages that call the image or text API. */
-export const apiStageRetries = [retryLambdaService, retryRateLimited, retryTransient];
+export const apiStageRetries = [retryLambdaService, retryRateLimited, retryImageTurn, retryTransient];
 
 /** A batch starting a persona's execution: Step Functions' own limits pass. */
 export const retryStartExecution: RetryProps = {

@@ -1,4 +1,5 @@
-import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import { AttributeType, BillingMode, Table } from 'aws-cdk-lib/aws-dynamodb';
 import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { NagSuppressions } from 'cdk-nag';
 import type { Construct } from 'constructs';
@@ -33,9 +34,17 @@ export class PersonaAvatarsStack extends Stack {
     // Created by whoever holds the certificate, before or after deploying: until then, unsigned avatars.
     const c2paSigning = Secret.fromSecretNameV2(this, 'C2paSigning', props.c2paSigningSecretName);
     const cdn = new AvatarCdn(this, 'Cdn', { bucket });
+    // One account, one image budget: every image call's turn and spending, whichever run makes it.
+    const imageBudget = new Table(this, 'ImageBudget', {
+      partitionKey: { name: 'pk', type: AttributeType.STRING },
+      billingMode: BillingMode.PAY_PER_REQUEST,
+      timeToLiveAttribute: 'expiresAt',
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
     // URLs under the distribution, unless the context names a domain of its own.
     const publicBaseUrl = props.settings.publicBaseUrl ?? cdn.baseUrl;
-    this.stages = new StageFunctions(this, 'Stages', { bucket, openAiKey, c2paSigning, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl }, logRetentionDays: props.logRetentionDays });
+    this.stages = new StageFunctions(this, 'Stages', { bucket, imageBudget, openAiKey, c2paSigning, architecture: props.architecture, settings: { ...props.settings, publicBaseUrl }, logRetentionDays: props.logRetentionDays });
     this.workflow = new AvatarWorkflow(this, 'Workflow', { functions: this.stages.functions, gridConcurrency: props.gridConcurrency, logRetentionDays: props.logRetentionDays });
     this.batch = new AvatarBatch(this, 'Batch', {
       bucket,
@@ -60,6 +69,7 @@ export class PersonaAvatarsStack extends Stack {
     new CfnOutput(this, 'AlarmTopicArn', { value: operations.topic.topicArn, description: 'alarms on failed runs and dead-lettered uploads' });
 
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
+    new CfnOutput(this, 'ImageBudgetTable', { value: imageBudget.tableName, description: 'IMAGE_BUDGET_TABLE: the image turns and spending every run shares (`avatars budget`)' });
     new CfnOutput(this, 'StateMachineArn', { value: this.workflow.stateMachine.stateMachineArn });
     new CfnOutput(this, 'BatchStateMachineArn', { value: this.batch.stateMachine.stateMachineArn, description: 'batches: `avatars start FILE.jsonl`, or upload personas/{name}.jsonl' });
     new CfnOutput(this, 'FailedUploadsQueueUrl', { value: uploads.failedUploads.queueUrl, description: 'upload notifications the trigger could not handle' });

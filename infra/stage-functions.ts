@@ -6,6 +6,7 @@ import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
 import { LogGroup } from 'aws-cdk-lib/aws-logs';
 import { PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import type { IBucket } from 'aws-cdk-lib/aws-s3';
+import type { ITable } from 'aws-cdk-lib/aws-dynamodb';
 import type { ISecret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 import { Prefixes } from '../lambdas/shared/keys.ts';
@@ -18,6 +19,8 @@ export type LambdaArchitecture = StackSettings['architecture'];
 
 export interface StageFunctionsProps {
   bucket: IBucket;
+  /** The account's image turns and spending, shared by every stage that calls the image API. */
+  imageBudget: ITable;
   openAiKey: ISecret;
   /** The certificate and key publish signs the avatars' C2PA manifests with. */
   c2paSigning: ISecret;
@@ -38,6 +41,8 @@ interface StageSpec {
   tags?: string[];
   deletes?: string[];
   usesOpenAi: boolean;
+  /** Calls the image API: takes turns and reserves spending in the image budget table. */
+  drawsImages?: boolean;
   usesSharp: boolean;
   /** Carries the face models and tfjs's WASM binaries (check-identity). */
   usesFaces?: boolean;
@@ -62,8 +67,8 @@ const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
 export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'plan-run': { reads: [], writes: [], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(10), memoryMb: 256 },
   'write-prompt': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
-  'generate-base': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
-  'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
+  'generate-base': { reads: [runs], writes: [runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
+  'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
   // TensorFlow.js on WASM: about 300 MB, and the CPU that memory brings.
   'check-identity': { reads: [runs], writes: [], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
@@ -97,7 +102,7 @@ export class StageFunctions extends Construct {
 
   constructor(scope: Construct, id: string, props: StageFunctionsProps) {
     super(scope, id);
-    const { bucket, openAiKey, c2paSigning, architecture, settings } = props;
+    const { bucket, imageBudget, openAiKey, c2paSigning, architecture, settings } = props;
     const environment: Record<string, string> = {
       ...environmentOf(settings),
       S3_BUCKET_NAME: bucket.bucketName,
@@ -125,6 +130,7 @@ export class StageFunctions extends Construct {
           STAGE: stage,
           ...(spec.usesOpenAi ? { OPENAI_API_KEY_SECRET_ARN: openAiKey.secretArn } : {}),
           ...(spec.signsAvatars ? { C2PA_SIGNING_SECRET_ARN: c2paSigning.secretArn } : {}),
+          ...(spec.drawsImages ? { IMAGE_BUDGET_TABLE: imageBudget.tableName } : {}),
         },
         bundling: {
           format: OutputFormat.CJS,
@@ -165,6 +171,8 @@ export class StageFunctions extends Construct {
       allow('s3:DeleteObject', spec.deletes);
       if (spec.usesOpenAi) openAiKey.grantRead(fn);
       if (spec.signsAvatars) c2paSigning.grantRead(fn);
+      // Read, conditional put and update of single items: no scan, query or delete.
+      if (spec.drawsImages) imageBudget.grant(fn, 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem');
       functions[stage] = fn;
     }
     this.functions = functions;

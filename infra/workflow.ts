@@ -106,6 +106,8 @@ export class AvatarWorkflow extends Construct {
 
     // 2. Prompt and base selfie side by side; a refused base gets one safer prompt.
     const withPersona = { ...RUN, persona: JsonPath.objectAt('$.persona') };
+    // Image calls are paid from the batch's budget, when a batch runs the persona.
+    const withBudget = { ...withPersona, budget: JsonPath.objectAt('$.budget') };
     /**
      * Generate{target}, and when the content policy refuses it: Rewrite{target}Prompt into a safer
      * prompt, then Generate{target}Safer with it, once. Both generations end where the caller says.
@@ -124,7 +126,7 @@ export class AvatarWorkflow extends Construct {
       return { first, safer };
     };
     const writePrompt = task('WritePrompt', 'write-prompt', withPersona, apiStageRetries);
-    const { first: generateBase } = withSaferRetry('Base', 'generate-base', withPersona);
+    const { first: generateBase } = withSaferRetry('Base', 'generate-base', withBudget);
     const promptAndBase = new Parallel(this, 'PromptAndBase', {
       resultSelector: { prompt: JsonPath.objectAt('$[0]'), base: JsonPath.objectAt('$[1]') },
       resultPath: '$.generated',
@@ -142,9 +144,10 @@ export class AvatarWorkflow extends Construct {
       grid: JsonPath.objectAt('$$.Map.Item.Value'),
       promptKey: JsonPath.stringAt('$.generated.prompt.promptKey'),
       baseKey: JsonPath.stringAt('$.generated.base.baseKey'),
+      budget: JsonPath.objectAt('$.budget'),
     };
     const fromItem = (...keys: string[]) => Object.fromEntries(keys.map((k) => [k, JsonPath.stringAt(`$.${k}`)]));
-    const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey'), grid: JsonPath.objectAt('$.grid') };
+    const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey'), grid: JsonPath.objectAt('$.grid'), budget: JsonPath.objectAt('$.budget') };
     const { first: generateGrid, safer: generateGridSafer } = withSaferRetry('Grid', 'generate-grid', gridPayload, '$.promptKey', '$.generated');
     const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries, '$.split');
     // Every avatar must show the base's person: a grid with a stranger is drawn again.

@@ -15,6 +15,7 @@ import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/
 import { sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
 import { signingClient } from '../lambdas/publish/signer.ts';
+import { budgetTableClient, ensureBudgetTable } from '../lambdas/shared/governor.ts';
 import { devSigningFiles } from './certificates.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { localFaceFinder } from './face-worker.ts';
@@ -63,6 +64,9 @@ export interface LocalEnvironment {
 /** How long an image call waits locally under `--fault hang`, unless IMAGE_TIMEOUT_MS says. */
 export const HANG_TIMEOUT_MS = 5_000;
 
+/** How long a local image call waits for its turn before giving up with ImageTurnLater. */
+export const LOCAL_TURN_WAIT_MS = 3_600_000;
+
 /** The offline backend without --rpm: no limit to pace to. */
 export const UNLIMITED_IMAGES_PER_MINUTE = 100_000;
 
@@ -87,6 +91,8 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   const clock = options.clock ?? systemClock;
   // Checked before any server starts: a bad model, size or quality is named at once.
   settingsFromEnv(env, clock);
+  // The local runner retries without the deployed backoff: a turn minutes away is waited for here.
+  if (!userSet('IMAGE_TURN_WAIT_MS', 'imageTurnWaitMs')) env.IMAGE_TURN_WAIT_MS = String(LOCAL_TURN_WAIT_MS);
   const closers: (() => Promise<void>)[] = [];
   const s3: LocalEnvironment['s3'] = env.S3_ENDPOINT ? 'endpoint' : usesAwsS3(env) ? 'aws' : 'embedded';
   let embeddedS3: EmbeddedS3 | undefined;
@@ -129,6 +135,11 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       const dev = await devSigningFiles(join(options.dataDir, 'c2pa'));
       Object.assign(env, { C2PA_CERTIFICATE: dev.certificate, C2PA_PRIVATE_KEY: dev.privateKey });
       trustAnchorsPem += readFileSync(dev.ca, 'utf8');
+    }
+    // A DynamoDB-compatible server that local processes share: its table made where missing.
+    if (env.IMAGE_BUDGET_TABLE && env.AWS_ENDPOINT_URL_DYNAMODB) {
+      const client = budgetTableClient(env);
+      await ensureBudgetTable(client, env.IMAGE_BUDGET_TABLE).finally(() => client.destroy());
     }
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
     let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient], clock);

@@ -11,6 +11,12 @@ const int = (name: string) => (value: string) => {
   return n;
 };
 
+const usd = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number of US dollars`);
+  return n;
+};
+
 /** Runs a command's module and sets the exit code it returns. */
 const action =
   <A extends unknown[]>(load: () => Promise<(...args: A) => Promise<number>>) =>
@@ -50,7 +56,8 @@ export function program(): Command {
     .argument('<personas.jsonl>', 'one persona (or execution input) per line')
     .addOption(imagesOption)
     .addOption(modeOption)
-    .option('--out <dir>', 'where to save the report, contact sheet and avatars (default: out/batches/<batch id>)');
+    .option('--out <dir>', 'where to save the report, contact sheet and avatars (default: out/batches/<batch id>)')
+    .option('--budget-usd <usd>', 'what the batch\u2019s image calls may spend, in US dollars: a call past it is refused before it is paid for (default: BATCH_BUDGET_USD, else none)', usd('--budget-usd'));
   localRun(batch).action(action(async () => (await import('./commands/batch.ts')).batchCommand));
   cli
     .command('invoke')
@@ -109,6 +116,12 @@ export function program(): Command {
     .addOption(dataOption)
     .addOption(jsonOption)
     .action(action(async () => (await import('./commands/verify.ts')).verifyCommand));
+  cli
+    .command('budget')
+    .description('print what the account\u2019s image calls spent on a day (UTC), and by which batches, from IMAGE_BUDGET_TABLE')
+    .option('--day <YYYY-MM-DD>', 'another day than today')
+    .addOption(jsonOption)
+    .action(action(async () => (await import('./commands/budget.ts')).budgetCommand));
   cli
     .command('config')
     .description('print the settings a run uses (cdk.json context, then the environment) and where each came from')

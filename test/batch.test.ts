@@ -2,11 +2,12 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { planBatch, type BatchItem } from '../lambdas/plan-batch/core.ts';
 import type { BatchReport } from '../lambdas/report-batch/core.ts';
 import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
-import { avatars, imageCalls, persona, personaLine, runBatch, startBatchWorld as startWorld, team } from './support.ts';
+import { startOfflineBackend } from '../local/offline-openai.ts';
+import { avatars, imageCalls, persona, personaLine, runBatch, startBatchWorld as startWorld, startDynamoDb, team } from './support.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -152,4 +153,37 @@ describe('avatars batch', () => {
     expect(result.stdout).toMatch(/^✗ batch team-[0-9a-f]{16}: 1 published, 0 failed, 1 skipped/m);
     expect(result.stdout).not.toMatch(/^✓/m);
   });
+});
+
+describe('a batch with a budget', () => {
+  it('publishes what the budget pays for, refuses the rest before paying, and with a larger budget runs only those', async () => {
+    const backend = await startOfflineBackend();
+    onTestFinished(backend.close);
+    const db = await startDynamoDb();
+    const cwd = tempDir();
+    writeFileSync(join(cwd, 'team.jsonl'), `${team(4).join('\n')}\n`);
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IDENTITY_POLICY: 'off', IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
+
+    // About $0.115 a persona (gpt-image-2, medium, 1024x1024: a base and a grid): $0.25 pays for two.
+    const first = await avatars(cwd, ['batch', 'team.jsonl', '--budget-usd', '0.25'], env);
+    expect(first.code).toBe(1);
+    expect(first.stdout).toMatch(/✗ member-3 \(line 3\): BudgetExhausted: not run, nothing paid: its image calls are estimated at \$0\.1\d+ and the batch budget of \$0\.25 has \$0\.0\d+ left/);
+    expect(first.stdout).toContain('2 not run: the batch budget of $0.25 ran out; run the same file again with a larger --budget-usd');
+    expect(first.stdout).toMatch(/2 published, 2 failed, 0 skipped/);
+    const paidFirst = imageCalls(backend).length;
+    expect(paidFirst).toBe(4);
+
+    const spent = await avatars(cwd, ['budget', '--json'], env);
+    expect(spent.code, spent.stderr).toBe(0);
+    const today = JSON.parse(spent.stdout) as { totalUsd: number; batches: { batchId: string; usd: number }[] };
+    expect(today.totalUsd).toBeGreaterThan(0.2);
+    expect(today.totalUsd).toBeLessThanOrEqual(0.25);
+    expect(today.batches).toEqual([{ batchId: expect.stringMatching(/^team-[0-9a-f]{16}$/), usd: today.totalUsd }]);
+
+    const second = await avatars(cwd, ['batch', 'team.jsonl', '--budget-usd', '5'], env);
+    expect(second.code, second.stdout + second.stderr).toBe(0);
+    expect(second.stdout).toMatch(/2 published, 0 failed, 2 skipped/);
+    // Only the two refused personas were drawn: a base and a grid each.
+    expect(imageCalls(backend).length - paidFirst).toBe(4);
+  }, 120_000);
 });

@@ -78,6 +78,23 @@ describe('the synthesized stack', () => {
     expect(JSON.stringify(publish.Properties.Environment.Variables.C2PA_SIGNING_SECRET_ARN)).toContain('secret:acme/avatars-c2pa');
   });
 
+  it('keeps the account\u2019s image turns and spending in one on-demand table, read and written by the image stages only', () => {
+    template.hasResourceProperties('AWS::DynamoDB::Table', {
+      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }],
+      AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }],
+      BillingMode: 'PAY_PER_REQUEST',
+      TimeToLiveSpecification: { AttributeName: 'expiresAt', Enabled: true },
+    });
+    const tableId = Object.keys(template.findResources('AWS::DynamoDB::Table'))[0]!;
+    expect(template.toJSON().Outputs.ImageBudgetTable.Value).toEqual({ Ref: tableId });
+    for (const [stage, fn] of Object.entries(stageFunctions())) {
+      const draws = stage === 'generate-base' || stage === 'generate-grid';
+      expect(fn.Properties.Environment.Variables.IMAGE_BUDGET_TABLE, stage).toEqual(draws ? { Ref: tableId } : undefined);
+      const actions = statementsOf(stage).filter((s) => JSON.stringify(s.Resource).includes(tableId)).flatMap((s) => [s.Action].flat());
+      expect(actions.sort(), stage).toEqual(draws ? ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'] : []);
+    }
+  });
+
   it('takes the model, size, quality and image count defaults from context', () => {
     const custom = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { images: 8, imageModel: 'gpt-image-2', imageSize: '1024x1536', imageQuality: 'high' } }).stack);
     const variables = Object.values(custom.findResources('AWS::Lambda::Function')).filter((f) => f.Properties.Environment?.Variables?.STAGE).map((f) => f.Properties.Environment.Variables);
@@ -256,8 +273,19 @@ describe('the state machine definition', () => {
     expect(retry.MaxAttempts).toBe(3);
   });
 
-  it('never retries ContentPolicyViolation, InvalidPersona or ConfigurationError', () => {
+  it('waits for a far image turn in Step Functions, retrying ImageTurnLater with backoff for as long as a batch queues, on every image stage', () => {
+    for (const name of ['GenerateBase', 'GenerateBaseSafer', 'GenerateGrid', 'GenerateGridSafer']) {
+      const retry = (states[name]!.Retry as Record<string, unknown>[]).find((r) => (r.ErrorEquals as string[]).includes('ImageTurnLater'))!;
+      expect(retry, name).toMatchObject({ JitterStrategy: 'FULL', MaxDelaySeconds: 120 });
+      const attempts = retry.MaxAttempts as number;
+      const total = Array.from({ length: attempts }, (_, i) => Math.min((retry.IntervalSeconds as number) * (retry.BackoffRate as number) ** i, retry.MaxDelaySeconds as number)).reduce((a, b) => a + b, 0);
+      expect(total / 60, name).toBeGreaterThan(60);
+    }
+  });
+
+  it('never retries ContentPolicyViolation, InvalidPersona, ConfigurationError or BudgetExhausted', () => {
     for (const state of Object.values(states)) {
+      expect(retriedOn(state)).not.toContain('BudgetExhausted');
       expect(retriedOn(state)).not.toContain('ContentPolicyViolation');
       expect(retriedOn(state)).not.toContain('InvalidPersona');
       expect(retriedOn(state)).not.toContain('ConfigurationError');
@@ -343,7 +371,7 @@ describe('the stack outputs', () => {
       ...[...readme.matchAll(/`([A-Z]\w+)` output/g)].map((m) => m[1]!),
       ...[...(/The stack's outputs name([^]*?)\n\n/.exec(readme)?.[1] ?? '').matchAll(/\(`([A-Z]\w+)`/g)].map((m) => m[1]!),
     ]);
-    expect([...named].sort()).toEqual(['AlarmTopicArn', 'AvatarsUrl', 'BatchStateMachineArn', 'BucketName', 'FailedUploadsQueueUrl', 'StateMachineArn']);
+    expect([...named].sort()).toEqual(['AlarmTopicArn', 'AvatarsUrl', 'BatchStateMachineArn', 'BucketName', 'FailedUploadsQueueUrl', 'ImageBudgetTable', 'StateMachineArn']);
     expect(Object.keys(template.toJSON().Outputs).sort()).toEqual([...named].sort());
   });
 });

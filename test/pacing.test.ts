@@ -1,5 +1,14 @@
-import { describe, expect, it } from 'vitest';
-import { imageCalls, runBatch, startBatchWorld, team } from './support.ts';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import type { BatchReport } from '../lambdas/report-batch/core.ts';
+import { startOfflineBackend } from '../local/offline-openai.ts';
+import { avatars, imageCalls, runBatch, startBatchWorld, startDynamoDb, team, tempDir } from './support.ts';
+
+const work = tempDir('pacing');
+
+/** Image calls drawn a minute, from the first to the last. */
+const rateOf = (drawn: { at: number }[]) => ((drawn.length - 1) * 60_000) / (drawn.at(-1)!.at - drawn[0]!.at);
 
 // Runs alone, after the other files (vitest.config.ts): it measures throughput against the clock.
 describe('a batch of personas, paced', () => {
@@ -12,9 +21,29 @@ describe('a batch of personas, paced', () => {
     for (const p of report.personas) expect(p.avatars).toHaveLength(4);
     const drawn = imageCalls(world.backend!).filter((c) => !c.rateLimited);
     expect(drawn).toHaveLength(48);
-    const perMinute = ((drawn.length - 1) * 60_000) / (drawn.at(-1)!.at - drawn[0]!.at);
-    expect(perMinute).toBeGreaterThanOrEqual(0.9 * 120);
+    expect(rateOf(drawn)).toBeGreaterThanOrEqual(0.9 * 120);
     // And never above it for long: the API refused next to nothing.
     expect(imageCalls(world.backend!).filter((c) => c.rateLimited).length).toBeLessThan(10);
+  }, 120_000);
+
+  it('keeps two avatars batch processes sharing one DynamoDB table under the API\u2019s limit together, near it', async () => {
+    const backend = await startOfflineBackend({ imagesPerMinute: 60 });
+    onTestFinished(backend.close);
+    const db = await startDynamoDb();
+    writeFileSync(join(work, 'a.jsonl'), `${team(6, 'a').join('\n')}\n`);
+    writeFileSync(join(work, 'b.jsonl'), `${team(6, 'b').join('\n')}\n`);
+    // Both planned against the whole limit, as two uploads of one account would be.
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IDENTITY_POLICY: 'off', IMAGES_PER_MINUTE: '60', IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
+    const runs = await Promise.all(['a', 'b'].map((name) => avatars(work, ['batch', `${name}.jsonl`, '--json', '--data', `data-${name}`], env)));
+    for (const run of runs) {
+      expect(run.code, run.stderr).toBe(0);
+      expect((JSON.parse(run.stdout) as BatchReport).counts).toMatchObject({ total: 6, SUCCEEDED: 6 });
+    }
+    const calls = imageCalls(backend);
+    const drawn = calls.filter((c) => !c.rateLimited);
+    expect(drawn).toHaveLength(24);
+    expect(calls.length - drawn.length).toBeLessThanOrEqual(Math.floor(0.05 * calls.length));
+    expect(rateOf(drawn)).toBeGreaterThanOrEqual(0.85 * 60);
+    expect(rateOf(drawn)).toBeLessThanOrEqual(60);
   }, 120_000);
 });

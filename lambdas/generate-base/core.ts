@@ -1,3 +1,4 @@
+import type { BatchBudget } from '../shared/governor.ts';
 import type { TokenUsage } from '../shared/models.ts';
 import { runKeys } from '../shared/keys.ts';
 import { primaryBio, type Persona } from '../shared/persona.ts';
@@ -9,6 +10,8 @@ export interface GenerateBaseEvent {
   persona: Persona;
   /** A prompt to use instead of the one built from the bio: the safer rewrite after a refusal. */
   promptKey?: string;
+  /** The batch budget that pays for it, if any. */
+  budget?: BatchBudget | null;
 }
 
 /** What one image call made, as every image stage reports it for the manifest. */
@@ -49,7 +52,7 @@ export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'st
   const what = `base image for persona ${event.personaId}`;
   if (deps.settings.moderationCheck === 'on') await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
   // PNG: the base is the reference of every edit, so it stays lossless.
-  const result = await deps.images.generate({ what, prompt, n: 1, format: 'png', timeoutMs: deps.imageTimeoutMs });
+  const result = await deps.images.generate({ what, prompt, n: 1, format: 'png', timeoutMs: deps.imageTimeoutMs, budget: event.budget ?? null });
   await deps.store.put(keys.base, result.images[0]!, 'image/png');
   const { model, usage, estimatedCostUsd, warnings } = result;
   return { baseKey: keys.base, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings, ms: Date.now() - started };

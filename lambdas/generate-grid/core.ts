@@ -1,3 +1,4 @@
+import type { BatchBudget } from '../shared/governor.ts';
 import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { GenerationMode } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
@@ -11,6 +12,8 @@ export interface GenerateGridEvent {
   grid: GridPlan;
   promptKey: string;
   baseKey: string;
+  /** The batch budget that pays for it, if any. */
+  budget?: BatchBudget | null;
 }
 
 export interface GridResult extends Generation {
@@ -56,6 +59,7 @@ export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'st
     // A grid is cut up, so it comes lossless; separate images are avatars as they are.
     format: separate ? deps.settings.tileFormat : 'png',
     timeoutMs: deps.imageTimeoutMs,
+    budget: event.budget ?? null,
   });
   const { model, usage, estimatedCostUsd, warnings } = result;
   const common = { gridIndex: event.grid.index, mode: event.mode, count: event.grid.count, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings };

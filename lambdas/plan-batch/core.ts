@@ -3,9 +3,14 @@
  * whether it runs, and when. A line that is not a valid persona, a second line with an id already
  * in the batch, and a request some earlier attempt already published are skipped, with why. What
  * runs gets its execution's name (the request's name, or the attempt after its last failure) and
- * its turn: image calls are spread at the account's rate (IMAGES_PER_MINUTE), so the batch needs
- * no shared counter between its Lambdas and never outruns the limit (README: Batches).
+ * its turn: image calls are spread at the account's rate (IMAGES_PER_MINUTE). The turns are a
+ * coarse schedule: the account-wide governor (shared/governor.ts) keeps every image call under
+ * the limit, whatever else runs and however late the schedule is (README: Batches).
  */
+import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
+import { estimateImageCallCost } from '../shared/models.ts';
+import type { Settings } from '../shared/settings.ts';
+import type { ReportEntry } from '../report-batch/core.ts';
 import { avatarKeys, batchKeys } from '../shared/keys.ts';
 import { IMAGES_PER_GRID, type RunRequest } from '../shared/persona.ts';
 import { inPool } from '../shared/pool.ts';
@@ -18,6 +23,8 @@ export interface PlanBatchEvent {
   personasKey: string;
   /** The batch execution's name. */
   batchId: string;
+  /** The batch execution's input: `{ personasKey, budgetUsd? }`. */
+  input?: { budgetUsd?: unknown };
 }
 
 /** One persona the batch runs: a line of items.jsonl, read by the Distributed Map. */
@@ -56,7 +63,11 @@ export interface BatchPlan {
   resultsPrefix: string;
   toRun: number;
   skipped: number;
+  /** Personas the batch's budget could not pay for: reported failed with BudgetExhausted, nothing paid. */
+  refused: number;
   imagesPerMinute: number;
+  /** What the batch's image calls may spend, in USD; none when undefined. */
+  budgetUsd?: number;
   /** Image calls the batch is planned to make (a redrawn grid adds one). */
   imageCalls: number;
   /** When the last persona's turn comes. */
@@ -77,6 +88,19 @@ const MAX_CHILD_WORKFLOWS = 10_000;
 const LOOKUP_CONCURRENCY = 16;
 
 /** Image calls one request makes: the base, then one per grid (or one image per avatar). */
+/** A prompt's length for estimates made before it is written. */
+const PROMPT_CHARS = 1_200;
+
+/** What a persona's image calls are estimated to cost before any is made (the model table's prices); 0 when unpriced. */
+function estimatedCost(request: RunRequest, settings: Settings): number {
+  const images = request.images ?? settings.defaultImages;
+  const call = (n: number, edit: boolean) =>
+    estimateImageCallCost(settings.imageModel, { size: settings.imageSize, quality: settings.imageQuality, n, prompt: 'x'.repeat(PROMPT_CHARS), edit }) ?? 0;
+  let usd = call(1, false);
+  for (let first = 0; first < images; first += IMAGES_PER_GRID) usd += request.mode === 'separate' ? call(Math.min(IMAGES_PER_GRID, images - first), true) : call(1, true);
+  return usd;
+}
+
 function imageCallsOf(request: RunRequest, defaultImages: number): number {
   const images = request.images ?? defaultImages;
   return 1 + (request.mode === 'separate' ? images : Math.ceil(images / IMAGES_PER_GRID));
@@ -153,17 +177,47 @@ export async function triageLines(
   return { toRun, skipped };
 }
 
+/** The batch's budget: its input's `budgetUsd`, else the deployment's default. */
+function batchBudget(event: PlanBatchEvent, fallback: number | undefined): number | undefined {
+  const given = event.input?.budgetUsd;
+  if (given === undefined || given === null) return fallback;
+  if (typeof given !== 'number' || !Number.isFinite(given) || given <= 0) {
+    throw new ConfigurationError(`batch ${event.batchId}: budgetUsd must be a positive number of US dollars, got ${JSON.stringify(given)}`);
+  }
+  return given;
+}
+
 export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>): Promise<BatchPlan> {
   const keys = batchKeys(event.batchId);
   const { toRun, skipped } = await triageLines(deps.store.lines(event.personasKey), deps);
   const { imagesPerMinute, defaultImages } = deps.settings;
+  const budgetUsd = batchBudget(event, deps.settings.batchBudgetUsd);
   const items: BatchItem[] = [];
+  // Personas the budget cannot pay for, in line order: refused before anything is paid.
+  const refused: ReportEntry[] = [];
+  let committedUsd = 0;
   let imageCalls = 0;
   const start = Date.now();
   for (const { line, request, name } of toRun) {
+    if (budgetUsd !== undefined) {
+      const usd = estimatedCost(request, deps.settings);
+      if (committedUsd + usd > budgetUsd) {
+        refused.push({
+          line,
+          personaId: request.persona.id,
+          name,
+          status: 'FAILED',
+          error: ErrorNames.BudgetExhausted,
+          cause: `not run, nothing paid: its image calls are estimated at $${usd.toFixed(4)} and the batch budget of $${budgetUsd.toFixed(2)} has $${Math.max(0, budgetUsd - committedUsd).toFixed(4)} left for it after the personas before it; run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input)`,
+        });
+        continue;
+      }
+      committedUsd += usd;
+    }
     // Each persona's turn comes once the image calls of those before it fit in the limit.
     const notBefore = new Date(start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
-    items.push({ personaId: request.persona.id, line, name, input: request, notBefore });
+    const input = budgetUsd === undefined ? request : { ...request, budget: { batchId: event.batchId, usd: budgetUsd } };
+    items.push({ personaId: request.persona.id, line, name, input, notBefore });
     imageCalls += imageCallsOf(request, defaultImages);
   }
 
@@ -177,12 +231,14 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>)
     resultsPrefix: keys.results,
     toRun: items.length,
     skipped: skipped.length,
+    refused: refused.length,
     imagesPerMinute,
+    ...(budgetUsd !== undefined ? { budgetUsd } : {}),
     imageCalls,
     lastTurn: items.at(-1)?.notBefore ?? new Date(start).toISOString(),
     concurrency: Math.max(1, Math.min(items.length, MAX_CHILD_WORKFLOWS, Math.ceil(((imagesPerMinute * items.length) / Math.max(1, imageCalls)) * PERSONA_MINUTES))),
   };
-  await deps.store.putJson(keys.plan, { ...plan, skippedLines: skipped });
+  await deps.store.putJson(keys.plan, { ...plan, skippedLines: skipped, refusedLines: refused });
   deps.logger.info('batch planned', { batchId: event.batchId, toRun: items.length, skipped: skipped.length, imageCalls, imagesPerMinute });
   return plan;
 }

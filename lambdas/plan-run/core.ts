@@ -1,4 +1,5 @@
 import { IMAGES_PER_GRID, parseRunRequest, type GenerationMode, type Persona } from '../shared/persona.ts';
+import type { BatchBudget } from '../shared/governor.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
 export interface PlanRunEvent {
@@ -21,6 +22,8 @@ export interface RunPlan {
   images: number;
   mode: GenerationMode;
   grids: GridPlan[];
+  /** The batch budget its image calls are paid from, if a batch runs it. */
+  budget: BatchBudget | null;
 }
 
 /** Execution names may hold characters that are awkward in keys; keep a safe, recognisable id. */
@@ -44,5 +47,6 @@ export async function planRun(event: PlanRunEvent, deps: StageDeps): Promise<Run
     images,
     mode: request.mode,
     grids,
+    budget: request.budget ?? null,
   };
 }

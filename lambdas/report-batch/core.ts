@@ -135,8 +135,8 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
       results.get(item.line) ?? { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', error: 'NotRun', cause: 'the batch ended before this persona ran; run the batch again to run it' },
     );
   }
-  const { skippedLines } = JSON.parse(await deps.store.getText(plan.planKey)) as { skippedLines: SkippedLine[] };
-  personas.push(...skippedLines);
+  const { skippedLines, refusedLines = [] } = JSON.parse(await deps.store.getText(plan.planKey)) as { skippedLines: SkippedLine[]; refusedLines?: ReportEntry[] };
+  personas.push(...skippedLines, ...refusedLines);
   personas.sort((a, b) => a.line - b.line);
   // URLs made now, as publish makes them: presigned ones live a week at most.
   await inPool(personas, URL_CONCURRENCY, async (p) => {

@@ -13,6 +13,8 @@ export const ErrorNames = {
   IdentityMismatch: 'IdentityMismatch',
   ConfigurationError: 'ConfigurationError',
   RunAlreadyPublished: 'RunAlreadyPublished',
+  ImageTurnLater: 'ImageTurnLater',
+  BudgetExhausted: 'BudgetExhausted',
 } as const;
 
 export type ErrorName = (typeof ErrorNames)[keyof typeof ErrorNames];
@@ -78,6 +80,23 @@ export class ConfigurationError extends AvatarError {
 export class RunAlreadyPublished extends AvatarError {
   constructor(message: string) {
     super(ErrorNames.RunAlreadyPublished, message);
+  }
+}
+
+/**
+ * The account's next image turn is further off than a stage waits: Step Functions waits (a retry
+ * with backoff), so no Lambda idles for minutes.
+ */
+export class ImageTurnLater extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.ImageTurnLater, message);
+  }
+}
+
+/** An image call would pass a spending cap: refused before it is paid for, never retried. */
+export class BudgetExhausted extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.BudgetExhausted, message);
   }
 }
 

@@ -3,6 +3,7 @@
  * reference image) into images, says which model made them and what that cost. OpenAI's API is
  * one (openai.ts); another provider is a new module behind this interface, not edits to stages.
  */
+import type { BatchBudget } from './governor.ts';
 import type { TileFormat } from './keys.ts';
 import type { TokenUsage } from './models.ts';
 
@@ -14,6 +15,8 @@ export interface ImageRequest {
   /** The format to ask for: png where the image is processed further, else the avatar format. */
   format: TileFormat;
   timeoutMs: number;
+  /** The batch whose budget pays for it, beyond the account's daily cap. */
+  budget?: BatchBudget | null;
 }
 
 export interface ImageResult {

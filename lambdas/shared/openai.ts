@@ -11,7 +11,8 @@ import { systemClock, type Clock } from './clock.ts';
 import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
 import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
 import { imageProblem } from './image-check.ts';
-import { IMAGE_MODELS, estimateImageCost, modelAdvice, modelChain, parseSize, type TokenUsage } from './models.ts';
+import { budgetStoreFromEnv, governor, type ImageGovernor, type Ticket } from './governor.ts';
+import { IMAGE_MODELS, estimateImageCallCost, estimateImageCost, modelAdvice, modelChain, parseSize, type TokenUsage } from './models.ts';
 import type { Settings } from './settings.ts';
 
 type Env = Record<string, string | undefined>;
@@ -121,24 +122,6 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
   return error instanceof Error ? error : new Error(String(error));
 }
 
-/**
- * Image calls made by this process keep to the account's rate among themselves. A batch's turns
- * (plan-batch) pace calls across Lambdas; this spaces the calls that share a process (all of a
- * local batch's), which would otherwise arrive in bursts the API answers 429 to. It is the
- * generic cell rate algorithm: each call is due `60 / IMAGES_PER_MINUTE` s after the one before,
- * and may go up to a second's worth of calls early, as the API's own bucket allows, so a call
- * that came late does not push every later one back.
- */
-let dueAt = 0;
-async function takeSlot(images: number, perMinute: number): Promise<void> {
-  const interval = 60_000 / perMinute;
-  const early = Math.max(0, perMinute / 60 - 1) * interval;
-  const now = Date.now();
-  const start = Math.max(now, dueAt - early);
-  dueAt = Math.max(dueAt, now) + images * interval;
-  if (start > now) await new Promise((resolve) => setTimeout(resolve, start - now));
-}
-
 type Call = (api: OpenAI, model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;
 
 /** OpenAI's moderation model: free to call. */
@@ -149,7 +132,7 @@ const MODERATION_MODEL = 'omni-moderation-latest';
  * A model that answers `model_not_found` (OpenAI retires image models) is skipped for the next in
  * IMAGE_FALLBACK_MODELS, and for the rest of this container's life.
  */
-export function openAiImages(client: OpenAI | undefined, settings: Settings, logger: Pick<Logger, 'warn'>, clock: Clock = systemClock): ImageProvider {
+export function openAiImages(client: OpenAI | undefined, settings: Settings, logger: Pick<Logger, 'warn'>, clock: Clock = systemClock, turns: ImageGovernor = governor(budgetStoreFromEnv({}), settings, clock)): ImageProvider {
   const gone = new Set<string>();
   // Every configured model answered model_not_found: name them, and one to use instead.
   const noModelLeft = (what: string) => {
@@ -181,14 +164,21 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
     // A 429 that says when to come back is waited out here, within the call's own time: many
     // runs sharing one account's image limit then pace themselves on the API's word, instead of
     // using up the state machine's retries while the rest of a batch makes progress.
-    const deadline = Date.now() + request.timeoutMs;
+    let deadline: number | undefined;
     for (let i = 0; i < chain.length; i++) {
       const model = chain[i]!;
       let answer: OpenAI.ImagesResponse;
+      let ticket: Ticket | undefined;
       try {
-        await takeSlot(request.n, settings.imagesPerMinute);
+        const estimatedUsd = estimateImageCallCost(model, { size: settings.imageSize, quality: settings.imageQuality, n: request.n, prompt: request.prompt, edit });
+        // The call has its whole time after its turn (a stage keeps IMAGE_TURN_WAIT_MS of its own for it).
+        ticket = await turns.take({ what, model, images: request.n, estimatedUsd, budget: request.budget }, settings.imageTurnWaitMs);
+        deadline ??= Date.now() + request.timeoutMs;
         answer = await call(api, model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
+        // An answer means nothing was drawn, so nothing was paid; no answer may have been paid for.
+        if (error instanceof OpenAI.APIError && error.status !== undefined) await ticket?.release();
+        else await ticket?.settle(null);
         const wait = waitAsked(error);
         const limit = statedImageLimit(error);
         if (limit !== undefined && limit < settings.imagesPerMinute) {
@@ -196,7 +186,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
           if (!warnings.includes(warning)) warnings.push(warning);
           logger.warn(warning, { limit, imagesPerMinute: settings.imagesPerMinute });
         }
-        if (wait !== undefined && Date.now() + wait < deadline) {
+        if (wait !== undefined && deadline !== undefined && Date.now() + wait < deadline) {
           await new Promise((resolve) => setTimeout(resolve, wait + Math.random() * 250));
           i--;
           continue;
@@ -210,6 +200,9 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
         logger.warn(warning, { model, fallback: next });
         continue;
       }
+      const usage = answer.usage as TokenUsage | undefined;
+      const estimatedCostUsd = estimateImageCost(model, usage);
+      await ticket.settle(estimatedCostUsd);
       const images = (answer.data ?? []).map((d) => {
         if (!d.b64_json) throw new UpstreamError(`${what}: the image API answered without image data; retried`);
         return Buffer.from(d.b64_json, 'base64');
@@ -219,8 +212,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
         const problem = imageProblem(image, parseSize(settings.imageSize));
         if (problem) throw new UpstreamError(`${what}: the image API (${model}) sent an unusable image: ${problem}; nothing was stored, retried`);
       }
-      const usage = answer.usage as TokenUsage | undefined;
-      return { images, format: formatOf(images[0]!) ?? 'png', model, usage, estimatedCostUsd: estimateImageCost(model, usage), warnings };
+      return { images, format: formatOf(images[0]!) ?? 'png', model, usage, estimatedCostUsd, warnings };
     }
     throw noModelLeft(what);
   };
@@ -270,5 +262,5 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
 export async function openAiClients(env: Env, settings: Settings, logger: Logger, clock: Clock): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
   const key = await openAiKeyFromEnv(env);
   const client = key ? openAiClient(key, env.OPENAI_BASE_URL, Math.max(settings.imageTimeoutMs, settings.textTimeoutMs)) : undefined;
-  return { images: openAiImages(client, settings, logger, clock), text: client };
+  return { images: openAiImages(client, settings, logger, clock, governor(budgetStoreFromEnv(env), settings, clock)), text: client };
 }

@@ -1,3 +1,4 @@
+import type { BatchBudget } from './governor.ts';
 import * as z from 'zod/mini';
 import './zod.ts';
 import { InvalidPersona } from './errors.ts';
@@ -36,10 +37,12 @@ export const runRequestSchema = z.object({
   persona: z.unknown(),
   images: z.optional(z.int().check(z.minimum(1), z.maximum(MAX_IMAGES))),
   mode: z._default(z.enum(generationModes), 'grid'),
+  /** Set by a batch: its budget pays for the run's image calls. */
+  budget: z.optional(z.object({ batchId: z.string().check(z.minLength(1)), usd: z.number().check(z.positive()) })),
 });
 
 /** A run as asked for: `images` stays unset when not given, for the deployment's default to fill. */
-export type RunRequest = { persona: Persona; images?: number; mode: GenerationMode };
+export type RunRequest = { persona: Persona; images?: number; mode: GenerationMode; budget?: BatchBudget };
 
 function firstIssue(error: z.core.$ZodError, prefix: string): InvalidPersona {
   const issue = error.issues[0]!;
@@ -62,8 +65,8 @@ export function parseRunRequest(value: unknown): RunRequest {
   const request = value && typeof value === 'object' && !Array.isArray(value) && !('persona' in value) ? { persona: value } : value;
   const parsed = runRequestSchema.safeParse(request);
   if (!parsed.success) throw firstIssue(parsed.error, '');
-  const { images, mode } = parsed.data;
-  return { persona: parsePersona(parsed.data.persona, 'persona'), ...(images !== undefined ? { images } : {}), mode };
+  const { images, mode, budget } = parsed.data;
+  return { persona: parsePersona(parsed.data.persona, 'persona'), ...(images !== undefined ? { images } : {}), mode, ...(budget ? { budget } : {}) };
 }
 
 /** The first bio the persona has, preferring Facebook's as the seed service did. */

@@ -126,6 +126,28 @@ export const SETTINGS = {
     doc: 'the OpenAI account\'s image rate limit (tiers 1-5 of gpt-image-2: 5, 20, 50, 150, 250); batches pace their image calls to it (README: Batches)',
     schema: wholeNumber(1, 100_000),
   }),
+  imageTurnWaitMs: spec({
+    scope: 'stage',
+    env: 'IMAGE_TURN_WAIT_MS',
+    context: 'imageTurnWaitMs',
+    default: '20000',
+    doc: 'longest wait for an image call\'s turn inside a stage; a later turn goes back to Step Functions to wait (`ImageTurnLater`, retried with backoff); locally, unless set, turns are waited for in-process',
+    schema: wholeNumber(0, 3_600_000),
+  }),
+  maxSpendUsdPerDay: spec({
+    scope: 'stage',
+    env: 'MAX_SPEND_USD_PER_DAY',
+    context: 'maxSpendUsdPerDay',
+    doc: 'the account\'s image spending per UTC day, every run and batch together (estimated before each call, settled from its usage); a call past it is refused before it is paid for (`BudgetExhausted`); none by default',
+    schema: z.optional(z.pipe(z.coerce.number(), z.number().check(z.positive()))),
+  }),
+  batchBudgetUsd: spec({
+    scope: 'stage',
+    env: 'BATCH_BUDGET_USD',
+    context: 'batchBudgetUsd',
+    doc: 'the budget of a batch that names none (`avatars batch --budget-usd`, `budgetUsd` in its input); none by default',
+    schema: z.optional(z.pipe(z.coerce.number(), z.number().check(z.positive()))),
+  }),
 
   bucketName: spec({ scope: 'stack', context: 'bucketName', doc: 'import this existing bucket instead of creating one', schema: optionalText }),
   runExpiryDays: spec({ scope: 'stack', context: 'runExpiryDays', default: '7', doc: 'days intermediate files under `runs/` are kept', schema: wholeNumber(1, 3650) }),
@@ -164,6 +186,12 @@ export const SETTINGS = {
     schema: optionalText,
   }),
   c2paPrivateKey: spec({ scope: 'client', env: 'C2PA_PRIVATE_KEY', doc: 'the PEM file of the key of `C2PA_CERTIFICATE` (ECDSA P-256)', schema: optionalText }),
+  imageBudgetTable: spec({
+    scope: 'client',
+    env: 'IMAGE_BUDGET_TABLE',
+    doc: 'the DynamoDB table where every process shares the image turns and spending (on AWS: set by the stack; elsewhere through the SDK\'s configuration, `AWS_ENDPOINT_URL_DYNAMODB` for a compatible server); without it, a process keeps its own',
+    schema: optionalText,
+  }),
   s3AccessKey: spec({ scope: 'client', env: 'S3_ACCESS_KEY', doc: 'access key for `S3_ENDPOINT`', schema: optionalText }),
   s3SecretKey: spec({ scope: 'client', env: 'S3_SECRET_KEY', doc: 'secret key for `S3_ENDPOINT`', schema: optionalText }),
 } as const;

@@ -112,7 +112,8 @@ export function lambdaHandler<E, R, K extends keyof Deps>(stage: string, core: S
     const remaining = context.getRemainingTimeInMillis();
     const call: Deps = {
       ...deps,
-      imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining),
+      // An image call may first wait IMAGE_TURN_WAIT_MS for its turn.
+      imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining - deps.settings.imageTurnWaitMs),
       textTimeoutMs: callTimeout(deps.settings.textTimeoutMs, remaining),
     };
     return loggedStage(stage, core, event, call);

@@ -5,6 +5,7 @@ import { contactSheet } from '../../lambdas/report-batch/contact-sheet.ts';
 import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { projectContext } from '../../infra/context.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
+import { ErrorNames } from '../../lambdas/shared/errors.ts';
 import { describeProblem } from '../../lambdas/shared/run-input.ts';
 import { attemptName, MAX_ATTEMPTS } from '../../lambdas/shared/run-name.ts';
 import type { ObjectStore } from '../../lambdas/shared/store.ts';
@@ -15,7 +16,7 @@ import { runLocally, type ChildExecutions, type ProgressEvent } from '../runner.
 import { UsageError } from './common.ts';
 import type { RunFlags } from './run.ts';
 
-export type BatchFlags = Omit<RunFlags, 'verbose'>;
+export type BatchFlags = Omit<RunFlags, 'verbose'> & { budgetUsd?: number };
 
 /** What the batch is doing, from its events: each persona's state and every image call. */
 class BatchProgress {
@@ -135,7 +136,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     const ticker = setInterval(show, live ? 500 : 10_000);
     const outcome = await runLocally<BatchSummary>({
       machine: 'batch',
-      input: { personasKey },
+      input: { personasKey, ...(flags.budgetUsd !== undefined ? { budgetUsd: flags.budgetUsd } : {}) },
       runId: batchId,
       deps: env.deps,
       retryDelayMs: flags.retryDelay,
@@ -159,6 +160,8 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     const minutes = calls.length > 1 ? (calls.at(-1)! - calls[0]!) / 60_000 : 0;
     const rate = minutes > 0 ? (calls.length - 1) / minutes : 0;
     const failed = report.personas.filter((p) => p.status === 'FAILED');
+    const refused = failed.filter((p) => p.error === ErrorNames.BudgetExhausted);
+    const plan = await store.getJsonIfExists<BatchPlan>(batchKeys(batchId).plan);
     const invalid = report.personas.filter((p) => p.status === 'SKIPPED' && !p.personaId);
     // The mark says what the exit code says: ✓ only when nothing failed and every line was a persona.
     const clean = failed.length === 0 && invalid.length === 0;
@@ -173,7 +176,10 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
           `${clean ? '✓' : '✗'} batch ${batchId}: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped, in ${(outcome.ms / 1000).toFixed(1)} s`,
           `  ${calls.length} image calls${rate > 0 ? `, ${rate.toFixed(1)}/min from first to last${paced ? ` (${((rate / limit) * 100).toFixed(0)}% of the ${limit}/min limit)` : ''}` : ''}`,
           `  report: ${join(outDir, 'report.json')}; open ${join(outDir, 'index.html')}`,
-          ...(failed.length > 0 ? ['  run the same command again once the cause is fixed: published personas are not paid for twice'] : []),
+          ...(refused.length > 0
+            ? [`  ${refused.length} not run: the batch budget of $${plan?.budgetUsd?.toFixed(2) ?? '?'} ran out; run the same file again with a larger --budget-usd: published personas are not paid for twice`]
+            : []),
+          ...(failed.length > refused.length ? ['  run the same command again once the cause is fixed: published personas are not paid for twice'] : []),
           '',
         ].join('\n'),
       );

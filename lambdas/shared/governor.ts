@@ -1,0 +1,265 @@
+/**
+ * One account, one image budget. Before every image call (base, grid, redraw, safer rewrite,
+ * retry; from any execution), the calling stage reserves the call's estimated cost against the
+ * spending caps and takes a turn from one account-wide limiter at IMAGES_PER_MINUTE; the cost is
+ * settled from the usage the API returns. The state lives in a store: this process's memory by
+ * default, or the stack's DynamoDB table (IMAGE_BUDGET_TABLE), shared by every Lambda and every
+ * local process that names it.
+ */
+import {
+  ConditionalCheckFailedException,
+  CreateTableCommand,
+  DynamoDBClient,
+  GetItemCommand,
+  PutItemCommand,
+  ResourceInUseException,
+  ScanCommand,
+  UpdateItemCommand,
+  waitUntilTableExists,
+} from '@aws-sdk/client-dynamodb';
+import { dayOf, systemClock, type Clock } from './clock.ts';
+import { BudgetExhausted, ImageTurnLater } from './errors.ts';
+
+/** Where turns and spending are kept. Every operation is atomic against concurrent callers. */
+export interface BudgetStore {
+  /**
+   * The generic cell rate algorithm on `key`: each image is due `intervalMs` after the one before,
+   * up to `earlyMs` early (the API's own burst). Takes the turn of `images` images and returns the
+   * wait before it when that wait is at most `maxWaitMs`; otherwise takes nothing and returns the wait.
+   */
+  turn(key: string, images: number, intervalMs: number, earlyMs: number, maxWaitMs: number, now: number): Promise<number>;
+  /** Adds `usd` to `key` unless the sum would pass `limit`; false (nothing added) if it would. */
+  add(key: string, usd: number, limit?: number, expiresAt?: number): Promise<boolean>;
+  /** Every amount whose key starts with `prefix`. */
+  amounts(prefix: string): Promise<{ key: string; usd: number }[]>;
+}
+
+/** Whose money a call spends beyond the account's: a batch and the budget it was given. */
+export interface BatchBudget {
+  batchId: string;
+  usd: number;
+}
+
+export interface ImageCall {
+  /** Which call, for messages: "grid 0 for persona ada". */
+  what: string;
+  model: string;
+  images: number;
+  /** Before the call, from the model table; null when unpriced (it then counts as nothing). */
+  estimatedUsd: number | null;
+  budget?: BatchBudget | null;
+}
+
+/** A reserved call: settled from what the API says it cost, or released if nothing was paid. */
+export interface Ticket {
+  settle(usd: number | null): Promise<void>;
+  release(): Promise<void>;
+}
+
+export interface ImageGovernor {
+  /** Waits for the call's turn (up to `maxWaitMs`, else ImageTurnLater) after reserving its cost (else BudgetExhausted). */
+  take(call: ImageCall, maxWaitMs: number): Promise<Ticket>;
+}
+
+export interface GovernorLimits {
+  imagesPerMinute: number;
+  /** The account's spending per UTC day, every run included; none when undefined. */
+  maxSpendUsdPerDay?: number | undefined;
+}
+
+const DAY_S = 24 * 3600;
+/** Spending records are kept a month, for `avatars budget` and audits. */
+const SPEND_KEPT_S = 35 * DAY_S;
+const cents = (usd: number) => `$${usd.toFixed(2)}`;
+const round = (usd: number) => Math.round(usd * 1e6) / 1e6;
+
+export const spendKeys = {
+  day: (day: string) => `spend#${day}`,
+  dayOfBatch: (day: string, batchId: string) => `spend#${day}#batch#${batchId}`,
+  batch: (batchId: string) => `budget#${batchId}`,
+};
+
+/** Turns come this much slower than the limit: a call that arrives a little early is not a 429. */
+const HEADROOM = 1.05;
+
+export function governor(store: BudgetStore, limits: GovernorLimits, clock: Clock = systemClock): ImageGovernor {
+  const intervalMs = (60_000 / limits.imagesPerMinute) * HEADROOM;
+  // A second's worth of images may go at once, as the API's own bucket allows.
+  const earlyMs = Math.max(0, limits.imagesPerMinute / 60 - 1) * intervalMs;
+  return {
+    async take(call, maxWaitMs) {
+      const usd = round(call.estimatedUsd ?? 0);
+      const day = dayOf(clock);
+      const expiresAt = Math.floor(clock.now().getTime() / 1000) + SPEND_KEPT_S;
+      const added: string[] = [];
+      const undo = () => Promise.all(added.map((key) => store.add(key, -usd)));
+      if (!(await store.add(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt))) {
+        const spent = (await store.amounts(spendKeys.day(day))).find((a) => a.key === spendKeys.day(day))?.usd ?? 0;
+        throw new BudgetExhausted(
+          `${call.what}: refused before paying: MAX_SPEND_USD_PER_DAY is ${cents(limits.maxSpendUsdPerDay!)} and ${cents(spent)} is spent or reserved today (UTC); this call is estimated at ${cents(usd)}. Raise the cap, or run again tomorrow`,
+        );
+      }
+      added.push(spendKeys.day(day));
+      if (call.budget) {
+        const { batchId, usd: budget } = call.budget;
+        if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
+          await undo();
+          const spent = (await store.amounts(spendKeys.batch(batchId))).find((a) => a.key === spendKeys.batch(batchId))?.usd ?? 0;
+          throw new BudgetExhausted(
+            `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
+          );
+        }
+        added.push(spendKeys.batch(batchId));
+        await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt);
+        added.push(spendKeys.dayOfBatch(day, batchId));
+      }
+      // Turns are real time, as the API counts them; the clock says which day's spending this is.
+      const wait = await store.turn(`rate#${call.model}`, call.images, intervalMs, earlyMs, maxWaitMs, Date.now());
+      if (wait > maxWaitMs) {
+        await undo();
+        throw new ImageTurnLater(`${call.what}: the account's next image turn at ${limits.imagesPerMinute} images a minute is ${Math.ceil(wait / 1000)} s away; Step Functions waits and tries again`);
+      }
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      let open = true;
+      const adjust = async (delta: number) => {
+        if (!open) return;
+        open = false;
+        if (delta !== 0) await Promise.all(added.map((key) => store.add(key, round(delta))));
+      };
+      return { settle: (actual) => adjust((actual ?? usd) - usd), release: () => adjust(-usd) };
+    },
+  };
+}
+
+/** The store of one process: what a local run without IMAGE_BUDGET_TABLE shares among its calls. */
+export function memoryStore(): BudgetStore {
+  const tats = new Map<string, number>();
+  const amounts = new Map<string, number>();
+  return {
+    async turn(key, images, intervalMs, earlyMs, maxWaitMs, now) {
+      const tat = tats.get(key) ?? 0;
+      const wait = Math.max(0, tat - earlyMs - now);
+      if (wait <= maxWaitMs) tats.set(key, Math.max(tat, now) + images * intervalMs);
+      return wait;
+    },
+    async add(key, usd, limit) {
+      const next = round((amounts.get(key) ?? 0) + usd);
+      if (limit !== undefined && usd > 0 && next > limit) return false;
+      amounts.set(key, next);
+      return true;
+    },
+    async amounts(prefix) {
+      return [...amounts].filter(([key]) => key.startsWith(prefix)).map(([key, usd]) => ({ key, usd }));
+    },
+  };
+}
+
+/** A conditional write lost to another taker: read again and retry, after a short random pause. */
+const contended = () => new Promise((resolve) => setTimeout(resolve, 2 + Math.random() * 10));
+
+/** The stack's table: partition key `pk` (string), items `{ tat }` for turns and `{ usd, expiresAt }` for spending. */
+export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore {
+  return {
+    async turn(key, images, intervalMs, earlyMs, maxWaitMs, now) {
+      for (;;) {
+        const item = (await client.send(new GetItemCommand({ TableName: table, Key: { pk: { S: key } }, ConsistentRead: true }))).Item;
+        const tat = item?.tat?.N ? Number(item.tat.N) : 0;
+        const wait = Math.max(0, tat - earlyMs - now);
+        if (wait > maxWaitMs) return wait;
+        try {
+          await client.send(
+            new PutItemCommand({
+              TableName: table,
+              Item: { pk: { S: key }, tat: { N: String(Math.max(tat, now) + images * intervalMs) } },
+              ConditionExpression: item ? 'tat = :seen' : 'attribute_not_exists(pk)',
+              ...(item ? { ExpressionAttributeValues: { ':seen': { N: item.tat!.N! } } } : {}),
+            }),
+          );
+          return wait;
+        } catch (error) {
+          // The caller's `now` stands: a few ms of contention only make its wait longer.
+          if (!(error instanceof ConditionalCheckFailedException)) throw error;
+          await contended();
+        }
+      }
+    },
+    async add(key, usd, limit, expiresAt) {
+      if (limit !== undefined && usd > 0 && usd > limit) return false;
+      try {
+        await client.send(
+          new UpdateItemCommand({
+            TableName: table,
+            Key: { pk: { S: key } },
+            UpdateExpression: expiresAt ? 'ADD usd :usd SET expiresAt = :expiresAt' : 'ADD usd :usd',
+            ...(limit !== undefined && usd > 0 ? { ConditionExpression: 'attribute_not_exists(usd) OR usd <= :most' } : {}),
+            ExpressionAttributeValues: {
+              ':usd': { N: String(usd) },
+              ...(expiresAt ? { ':expiresAt': { N: String(expiresAt) } } : {}),
+              ...(limit !== undefined && usd > 0 ? { ':most': { N: String(round(limit - usd)) } } : {}),
+            },
+          }),
+        );
+        return true;
+      } catch (error) {
+        if (error instanceof ConditionalCheckFailedException) return false;
+        throw error;
+      }
+    },
+    async amounts(prefix) {
+      const found: { key: string; usd: number }[] = [];
+      let start: Record<string, never> | undefined;
+      do {
+        const page = await client.send(
+          new ScanCommand({
+            TableName: table,
+            FilterExpression: 'begins_with(pk, :prefix) AND attribute_exists(usd)',
+            ExpressionAttributeValues: { ':prefix': { S: prefix } },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          }),
+        );
+        for (const item of page.Items ?? []) found.push({ key: item.pk!.S!, usd: Number(item.usd!.N) });
+        start = page.LastEvaluatedKey as typeof start;
+      } while (start);
+      return found;
+    },
+  };
+}
+
+type Env = Record<string, string | undefined>;
+
+/**
+ * The table as the stack creates it, made where it is missing: for a DynamoDB-compatible server
+ * that local processes share (on AWS the stack owns it). Two processes may race: both go on.
+ */
+export async function ensureBudgetTable(client: DynamoDBClient, table: string): Promise<void> {
+  try {
+    await client.send(
+      new CreateTableCommand({
+        TableName: table,
+        AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }],
+        KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }],
+        BillingMode: 'PAY_PER_REQUEST',
+      }),
+    );
+  } catch (error) {
+    if (!(error instanceof ResourceInUseException)) throw error;
+  }
+  await waitUntilTableExists({ client, maxWaitTime: 60, minDelay: 1 }, { TableName: table });
+}
+
+/** A client for the table: AWS_ENDPOINT_URL_DYNAMODB (or AWS_ENDPOINT_URL) names a compatible server. */
+export function budgetTableClient(env: Env): DynamoDBClient {
+  const endpoint = env.AWS_ENDPOINT_URL_DYNAMODB ?? env.AWS_ENDPOINT_URL;
+  return new DynamoDBClient(endpoint ? { endpoint, region: env.AWS_REGION ?? 'us-east-1' } : {});
+}
+
+let processStore: BudgetStore | undefined;
+
+/**
+ * The store the environment names: IMAGE_BUDGET_TABLE through the SDK's standard configuration
+ * (AWS_ENDPOINT_URL_DYNAMODB for any DynamoDB-compatible endpoint), else this process's memory.
+ */
+export function budgetStoreFromEnv(env: Env): BudgetStore {
+  const table = env.IMAGE_BUDGET_TABLE;
+  return table ? dynamoStore(budgetTableClient(env), table) : (processStore ??= memoryStore());
+}

@@ -1,0 +1,5 @@
+/** dynalite ships no types: it makes a DynamoDB-compatible HTTP server. */
+declare module 'dynalite' {
+  import type { Server } from 'node:http';
+  export default function dynalite(options?: { createTableMs?: number; deleteTableMs?: number; updateTableMs?: number; path?: string }): Server;
+}
