@@ -10,6 +10,7 @@ import {
   IntegrationPattern,
   JsonPath,
   LogLevel,
+  OutputType,
   Pass,
   Result,
   ResultWriterV2,
@@ -17,8 +18,10 @@ import {
   StateMachine,
   StateMachineType,
   TaskInput,
+  Transformation,
   Wait,
   WaitTime,
+  WriterConfig,
   type IStateMachine,
 } from 'aws-cdk-lib/aws-stepfunctions';
 import { StepFunctionsStartExecution } from 'aws-cdk-lib/aws-stepfunctions-tasks';
@@ -49,7 +52,8 @@ const ITEM = {
  *   PlanBatch ─► AnythingToRun? ─► RunPersonas (Distributed Map over batches/{id}/items.jsonl):
  *                     │               WaitTurn (until the item's turn) ─► RunPersona (startExecution.sync:2)
  *                     │                 ─► PersonaDone | (any error) PersonaFailed
- *                     │             results ─► batches/{id}/results/ (ResultWriter)
+ *                     │             results ─► batches/{id}/results/ (ResultWriter, JSON Lines)
+ *                     │             (ItemReader or ResultWriter failed) ─► ReportBatch
  *                     └──(nothing)──► NothingToRun
  *             ─► ReportBatch (batches/{id}/report.json, index.html)
  *
@@ -76,7 +80,8 @@ export class AvatarBatch extends Construct {
       integrationPattern: IntegrationPattern.RUN_JOB,
       name: JsonPath.stringAt('$.name'),
       input: TaskInput.fromJsonPathAt('$.input'),
-      resultSelector: { status: 'SUCCEEDED', manifestKey: JsonPath.stringAt('$.Output.manifestKey'), images: JsonPath.objectAt('$.Output.images') },
+      // Keys only: the report makes URLs, and a result stays small whatever a run published.
+      resultSelector: { status: 'SUCCEEDED', manifestKey: JsonPath.stringAt('$.Output.manifestKey'), images: JsonPath.listAt('$.Output.images[*].key') },
       resultPath: '$.outcome',
     });
     runPersona.addRetry(retryStartExecution);
@@ -88,7 +93,12 @@ export class AvatarBatch extends Construct {
 
     const runPersonas = new DistributedMap(this, 'RunPersonas', {
       itemReader: new S3JsonLItemReader({ bucket: props.bucket, key: JsonPath.stringAt('$.plan.itemsKey') }),
-      resultWriterV2: new ResultWriterV2({ bucket: props.bucket, prefix: JsonPath.stringAt('$.plan.resultsPrefix') }),
+      // One compact line per persona (its item's outcome), read back a line at a time by the report.
+      resultWriterV2: new ResultWriterV2({
+        bucket: props.bucket,
+        prefix: JsonPath.stringAt('$.plan.resultsPrefix'),
+        writerConfig: new WriterConfig({ outputType: OutputType.JSONL, transformation: Transformation.COMPACT }),
+      }),
       // Enough child workflows for the rate limit to be the only brake (plan-batch works it out).
       maxConcurrencyPath: JsonPath.stringAt('$.plan.concurrency'),
       toleratedFailurePercentage: 100,
@@ -103,6 +113,8 @@ export class AvatarBatch extends Construct {
       payload: { plan: JsonPath.objectAt('$.plan'), map: JsonPath.objectAt('$.map') },
       retries: plainStageRetries,
     });
+    // The items file unreadable or the results unwritable: the report still comes, every persona in it.
+    runPersonas.addCatch(reportBatch, { errors: ['States.ALL'], resultPath: '$.map' });
     const nothingToRun = new Pass(this, 'NothingToRun', { result: Result.fromObject({}), resultPath: '$.map' });
     const anythingToRun = new Choice(this, 'AnythingToRun')
       .when(Condition.numberGreaterThan('$.plan.toRun', 0), runPersonas.next(reportBatch))

@@ -9,8 +9,10 @@
  *    (at most LOCAL_CHILD_WORKFLOWS: here they share one process's memory and CPU), ItemSelector
  *    applied, each item's failure its own, tolerated up to ToleratedFailure*;
  *  - writes the results where ResultWriter says, laid out as Step Functions lays them out
- *    ({Prefix}/{run}/manifest.json, SUCCEEDED_0.json, FAILED_0.json), and answers
- *    { MapRunArn, ResultWriterDetails }, or, without a ResultWriter, the array of outputs.
+ *    ({Prefix}/{run}/manifest.json, SUCCEEDED_0.json, FAILED_0.json), in its WriterConfig's
+ *    OutputType (JSON, JSONL) and Transformation (NONE; COMPACT: a succeeded child's output alone),
+ *    and answers { MapRunArn, ResultWriterDetails }, or, without a ResultWriter, the array of outputs;
+ *  - fails as States.ItemReaderFailed or States.ResultWriterFailed when it cannot read or write.
  *
  * InputPath, ResultSelector, ResultPath, OutputPath, Retry, Catch and Next stay on the state and
  * the interpreter applies them as it would to the Map. The stack has one bucket: locally, the
@@ -81,11 +83,22 @@ function thresholdExceeded(state: AslState, failed: number, total: number): bool
   return (count !== undefined && failed > count) || (percentage !== undefined && total > 0 && (failed / total) * 100 > percentage);
 }
 
+/** Step Functions' name for the Map's own failure to read its items or write its results. */
+async function failingAs<T>(name: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    const failed = new Error(`${(error as Error).name}: ${(error as Error).message}`);
+    failed.name = name;
+    throw failed;
+  }
+}
+
 /** What Step Functions does for the Distributed Map `state` on `input`. */
 export async function runDistributedMap(name: string, state: AslState, input: unknown, store: ObjectStore, child: ChildWorkflow): Promise<unknown> {
   const reader = state.ItemReader as { ReaderConfig?: { InputType?: string }; Parameters: Record<string, unknown> };
   const { Key } = (await evaluate(reader.Parameters, input)) as { Key: string };
-  const items = itemsOf(await store.getText(Key), reader.ReaderConfig?.InputType);
+  const items = await failingAs('States.ItemReaderFailed', async () => itemsOf(await store.getText(Key), reader.ReaderConfig?.InputType));
   const { concurrency } = (await evaluate({ ...(state.MaxConcurrencyPath ? { 'concurrency.$': state.MaxConcurrencyPath } : { concurrency: state.MaxConcurrency ?? 0 }) }, input)) as { concurrency: number };
   const processor = state.ItemProcessor as AslMachine;
   const runId = randomUUID();
@@ -106,21 +119,25 @@ export async function runDistributedMap(name: string, state: AslState, input: un
     error.name = 'States.ExceedToleratedFailureThreshold';
     throw error;
   }
-  const writer = state.ResultWriter as { Parameters?: Record<string, unknown> } | undefined;
+  const writer = state.ResultWriter as { Parameters?: Record<string, unknown>; WriterConfig?: { OutputType?: string; Transformation?: string } } | undefined;
   if (!writer?.Parameters) return results.filter((r) => r.Status === 'SUCCEEDED').map((r) => JSON.parse(r.Output!) as unknown);
   const { Prefix } = (await evaluate(writer.Parameters, input)) as { Prefix?: string };
+  const compact = writer.WriterConfig?.Transformation === 'COMPACT';
+  const lines = writer.WriterConfig?.OutputType === 'JSONL';
+  // COMPACT keeps a succeeded child's output alone; a failed child keeps everything, as with NONE.
+  const written = (r: ChildResult): unknown => (compact && r.Status === 'SUCCEEDED' ? (JSON.parse(r.Output!) as unknown) : r);
   const root = `${Prefix ? `${Prefix.replace(/\/+$/, '')}/` : ''}${runId}`;
   const files: Record<'SUCCEEDED' | 'FAILED' | 'PENDING', { Key: string; Size: number }[]> = { SUCCEEDED: [], FAILED: [], PENDING: [] };
   for (const status of ['SUCCEEDED', 'FAILED'] as const) {
     const these = results.filter((r) => r.Status === status);
     if (these.length === 0) continue;
-    const body = JSON.stringify(these);
+    const body = lines ? these.map((r) => `${JSON.stringify(written(r))}\n`).join('') : JSON.stringify(these.map(written));
     const key = `${root}/${status}_0.json`;
-    await store.put(key, body, 'application/json');
+    await failingAs('States.ResultWriterFailed', () => store.put(key, body, lines ? 'application/x-ndjson' : 'application/json'));
     files[status].push({ Key: key, Size: Buffer.byteLength(body) });
   }
   const mapRunArn = `arn:aws:states:us-east-1:000000000000:mapRun:${name}/${String(state.Label ?? name)}:${runId}`;
   const manifestKey = `${root}/manifest.json`;
-  await store.putJson(manifestKey, { DestinationBucket: store.bucket, MapRunArn: mapRunArn, ResultFiles: files });
+  await failingAs('States.ResultWriterFailed', () => store.putJson(manifestKey, { DestinationBucket: store.bucket, MapRunArn: mapRunArn, ResultFiles: files }));
   return { MapRunArn: mapRunArn, ResultWriterDetails: { Bucket: store.bucket, Key: manifestKey } };
 }

@@ -1,11 +1,13 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { planBatch, type BatchItem } from '../lambdas/plan-batch/core.ts';
 import type { BatchReport } from '../lambdas/report-batch/core.ts';
 import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
+import type { ObjectStore } from '../lambdas/shared/store.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
 import { avatars, imageCalls, persona, personaLine, runBatch, startBatchWorld as startWorld, startDynamoDb, team } from './support.ts';
 
@@ -186,4 +188,35 @@ describe('a batch with a budget', () => {
     // Only the two refused personas were drawn: a base and a grid each.
     expect(imageCalls(backend).length - paidFirst).toBe(4);
   }, 120_000);
+});
+
+describe('a batch report at any size', () => {
+  it('reads the results the Map wrote as compact JSON Lines, one persona a line, keys and no URLs', async () => {
+    const world = await startWorld({ env: { IDENTITY_POLICY: 'off' } });
+    const report = await runBatch(world, team(3), 'compact');
+    expect(report.counts).toMatchObject({ SUCCEEDED: 3 });
+    const plan = JSON.parse(await world.deps.store.getText('batches/compact/plan.json')) as { resultsPrefix: string };
+    const manifestKey = (await world.deps.store.s3.send(new ListObjectsV2Command({ Bucket: world.deps.store.bucket, Prefix: plan.resultsPrefix }))).Contents!.map((o) => o.Key!).find((k) => k.endsWith('manifest.json'))!;
+    const manifest = JSON.parse(await world.deps.store.getText(manifestKey)) as { ResultFiles: { SUCCEEDED: { Key: string }[] } };
+    const lines = (await world.deps.store.getText(manifest.ResultFiles.SUCCEEDED[0]!.Key)).trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+    expect(lines).toHaveLength(3);
+    for (const line of lines) {
+      expect(Object.keys(line).sort()).toEqual(['line', 'name', 'outcome', 'personaId']);
+      expect(line.outcome).toEqual({ status: 'SUCCEEDED', manifestKey: expect.any(String), images: [expect.stringMatching(/^avatars\/.+\/img_\d\.png$/), expect.any(String), expect.any(String), expect.any(String)] });
+    }
+  });
+
+  it('still reports every persona, failed with the Map\u2019s error, when the Map cannot read its items', async () => {
+    const world = await startWorld({ env: { IDENTITY_POLICY: 'off' } });
+    // The items file unreadable once planned, as a lost object or a denied read would leave it.
+    const store = Object.create(world.deps.store) as ObjectStore;
+    store.getBytes = async (key: string) => {
+      if (key.endsWith('/items.jsonl')) throw Object.assign(new Error('Access Denied'), { name: 'AccessDenied' });
+      return world.deps.store.getBytes(key);
+    };
+    const report = await runBatch({ ...world, deps: { ...world.deps, store } }, team(2), 'unreadable');
+    expect(report.counts).toEqual({ total: 2, SUCCEEDED: 0, FAILED: 2, SKIPPED: 0 });
+    for (const p of report.personas) expect(p).toMatchObject({ status: 'FAILED', error: 'States.ItemReaderFailed', cause: expect.stringContaining('AccessDenied: Access Denied') });
+    expect(imageCalls(world.backend!)).toHaveLength(0);
+  });
 });

@@ -19,8 +19,8 @@ export interface MapRunResults {
 
 export interface ReportBatchEvent {
   plan: BatchPlan;
-  /** Absent when nothing was left to run. */
-  map?: Partial<MapRunResults>;
+  /** Absent when nothing was left to run; the Map's own error when it could not read its items or write its results. */
+  map?: Partial<MapRunResults> & { Error?: string; Cause?: string };
 }
 
 export type PersonaStatus = 'SUCCEEDED' | 'FAILED' | 'SKIPPED';
@@ -62,7 +62,7 @@ interface ItemOutcome {
   line: number;
   name: string;
   outcome:
-    | { status: 'SUCCEEDED'; manifestKey: string; images: Avatar[] }
+    | { status: 'SUCCEEDED'; manifestKey: string; images: string[] }
     | { status: 'FAILED'; error: string; cause: string };
 }
 
@@ -100,26 +100,42 @@ function personaFailure(error: string, cause: string): { error: string; cause: s
 function entryOf(result: ItemOutcome): ReportEntry {
   const base = { line: result.line, personaId: result.personaId, name: result.name };
   const o = result.outcome;
-  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, avatars: o.images.map(({ key }) => ({ key })) };
+  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, avatars: o.images.map((key) => ({ key })) };
   return { ...base, status: 'FAILED', ...personaFailure(o.error, o.cause) };
 }
 
+/**
+ * The Map's results, read a line at a time (ResultWriter writes JSON Lines): memory holds one
+ * result, and the compact entries kept for the report. A line is a succeeded child's output
+ * (COMPACT), or a child with its metadata (a failed one, or results written without WriterConfig:
+ * a JSON array on one line).
+ */
 async function mapResults(deps: StageDeps<'store'>, manifestKey: string): Promise<Map<number, ReportEntry>> {
   const entries = new Map<number, ReportEntry>();
   const manifest = JSON.parse(await deps.store.getText(manifestKey)) as ResultManifest;
   for (const file of [...(manifest.ResultFiles.SUCCEEDED ?? []), ...(manifest.ResultFiles.FAILED ?? [])]) {
-    for (const child of JSON.parse(await deps.store.getText(file.Key)) as ChildResult[]) {
-      if (child.Status === 'SUCCEEDED' && child.Output) {
-        const entry = entryOf(JSON.parse(child.Output) as ItemOutcome);
-        entries.set(entry.line, entry);
-        continue;
-      }
-      // The child workflow itself failed (the batch's own machinery, not the persona's run).
-      const item = JSON.parse(child.Input ?? '{}') as Partial<BatchItem>;
-      if (item.line !== undefined) entries.set(item.line, { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', error: child.Error ?? 'States.Runtime', cause: child.Cause ?? '' });
+    for await (const text of deps.store.lines(file.Key)) {
+      if (!text.trim()) continue;
+      const parsed = JSON.parse(text) as ItemOutcome | ChildResult | ChildResult[];
+      for (const record of Array.isArray(parsed) ? parsed : [parsed]) addResult(entries, record);
     }
   }
   return entries;
+}
+
+function addResult(entries: Map<number, ReportEntry>, record: ItemOutcome | ChildResult): void {
+  if ('outcome' in record) {
+    entries.set(record.line, entryOf(record));
+    return;
+  }
+  if (record.Status === 'SUCCEEDED' && record.Output) {
+    const outcome = JSON.parse(record.Output) as ItemOutcome;
+    entries.set(outcome.line, entryOf(outcome));
+    return;
+  }
+  // The child workflow itself failed (the batch's own machinery, not the persona's run).
+  const item = JSON.parse(record.Input ?? '{}') as Partial<BatchItem>;
+  if (item.line !== undefined) entries.set(item.line, { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', error: record.Error ?? 'States.Runtime', cause: record.Cause ?? '' });
 }
 
 export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'store'>): Promise<BatchSummary> {
@@ -127,12 +143,16 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   const keys = batchKeys(plan.batchId);
   const written = event.map?.ResultWriterDetails;
   const results = written ? await mapResults(deps, written.Key) : new Map<number, ReportEntry>();
+  const mapError = event.map?.Error;
+  const notRun = mapError
+    ? { error: mapError, cause: `the batch's Map failed before this persona's result was written (${mapError}: ${event.map?.Cause ?? ''}); run the batch again: what was published is not run again` }
+    : { error: 'NotRun', cause: 'the batch ended before this persona ran; run the batch again to run it' };
   const personas: ReportEntry[] = [];
   for await (const line of plan.toRun > 0 ? deps.store.lines(plan.itemsKey) : []) {
     if (!line.trim()) continue;
     const item = JSON.parse(line) as BatchItem;
     personas.push(
-      results.get(item.line) ?? { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', error: 'NotRun', cause: 'the batch ended before this persona ran; run the batch again to run it' },
+      results.get(item.line) ?? { line: item.line, personaId: item.personaId, name: item.name, status: 'FAILED', ...notRun },
     );
   }
   const { skippedLines, refusedLines = [] } = JSON.parse(await deps.store.getText(plan.planKey)) as { skippedLines: SkippedLine[]; refusedLines?: ReportEntry[] };
