@@ -15,7 +15,8 @@
  *  7. Marking avatars as AI-generated (IPTC XMP): the time and bytes it adds per avatar, next to
  *     the time to encode that avatar.
  */
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { linkSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +33,9 @@ import { PNG_OPTIONS } from '../lambdas/shared/keys.ts';
 import { splitEqually, splitGrid } from '../lambdas/split-grid/split.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, portraits, random, seedOf } from '../local/avatar-art.ts';
 import { startLocalEnvironment } from '../local/environment.ts';
+import { startEmbeddedS3 } from '../local/embedded-s3.ts';
+import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
+import { ObjectStore } from '../lambdas/shared/store.ts';
 import { runLocally } from '../local/runner.ts';
 import type { BatchSummary } from '../lambdas/report-batch/core.ts';
 import persona from '../events/persona.json' with { type: 'json' };
@@ -264,6 +268,52 @@ async function batchBench(): Promise<void> {
   out();
 }
 
+/** ReportBatch on a batch of 10,000 personas of 40 avatars each, in a process of its own: its peak memory. */
+async function reportBench(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-report-'));
+  const s3 = await startEmbeddedS3(join(dir, 's3'), 'avatars');
+  const env = { S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars', PUBLIC_BASE_URL: 'https://avatars.example.com' };
+  const store = new ObjectStore(s3ClientFromEnv(env), 'avatars');
+  try {
+    const personas = 10_000;
+    const item = (i: number) => ({ personaId: `p-${i}`, line: i + 1, name: `p-${i}-0123456789abcdef` });
+    const items = Array.from({ length: personas }, (_, i) => `${JSON.stringify({ ...item(i), input: { persona: { ...persona, id: `p-${i}` } }, notBefore: '2026-12-03T00:00:00.000Z' })}\n`).join('');
+    const results = Array.from({ length: personas }, (_, i) => {
+      const run = `avatars/p-${i}/runs/p-${i}-0123456789abcdef`;
+      return `${JSON.stringify({ ...item(i), outcome: { status: 'SUCCEEDED', manifestKey: `${run}/manifest.json`, images: Array.from({ length: 40 }, (_, n) => `${run}/img_${n + 1}.png`) } })}\n`;
+    }).join('');
+    await store.put('batches/big/items.jsonl', items, 'application/x-ndjson');
+    await store.put('batches/big/results/run/SUCCEEDED_0.json', results, 'application/x-ndjson');
+    await store.putJson('batches/big/results/run/manifest.json', { ResultFiles: { SUCCEEDED: [{ Key: 'batches/big/results/run/SUCCEEDED_0.json' }] } });
+    const plan = { batchId: 'big', personasKey: 'batches/big/personas.jsonl', itemsKey: 'batches/big/items.jsonl', planKey: 'batches/big/plan.json', resultsPrefix: 'batches/big/results/', toRun: personas, skipped: 0, refused: 0, imagesPerMinute: 50, imageCalls: personas * 11, lastTurn: '2026-12-03T00:00:00.000Z', concurrency: 100 };
+    await store.putJson(plan.planKey, { ...plan, skippedLines: [], refusedLines: [] });
+    const script = `
+      const { Logger } = await import('@aws-lambda-powertools/logger');
+      const { reportBatch } = await import('./lambdas/report-batch/core.ts');
+      const { storeClient } = await import('./lambdas/shared/s3.ts');
+      const { settingsFromEnv } = await import('./lambdas/shared/settings.ts');
+      const settings = settingsFromEnv(process.env);
+      const deps = { settings, logger: new Logger({ logLevel: 'SILENT' }), ...storeClient(process.env, settings) };
+      let peak = process.memoryUsage().rss;
+      const sample = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
+      const started = performance.now();
+      const summary = await reportBatch(JSON.parse(process.argv[1]), deps);
+      clearInterval(sample);
+      console.log(JSON.stringify({ counts: summary.counts, peakMb: Math.max(peak, process.memoryUsage().rss) / 2 ** 20, ms: performance.now() - started }));`;
+    const event = { plan, map: { MapRunArn: 'arn', ResultWriterDetails: { Bucket: 'avatars', Key: 'batches/big/results/run/manifest.json' } } };
+    // Asynchronously: the embedded S3 it reads from answers in this process.
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(event)], { cwd: projectRoot, env: { ...process.env, ...env }, maxBuffer: 2 ** 24 });
+    const { counts, peakMb, ms } = JSON.parse(stdout.trim().split('\n').at(-1)!) as { counts: { SUCCEEDED: number }; peakMb: number; ms: number };
+    out(`ReportBatch on ${personas.toLocaleString('en')} results of 40 avatars each (${(Buffer.byteLength(results) / 2 ** 20).toFixed(0)} MiB of compact JSON Lines)`);
+    out(`  ${counts.SUCCEEDED} reported in ${(ms / 1000).toFixed(1)} s; the process's memory (RSS) at most ${peakMb.toFixed(0)} MiB, Node itself included`);
+  } finally {
+    store.s3.destroy();
+    await s3.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  out();
+}
+
 async function markingBench(): Promise<void> {
   const [photo] = await portraits();
   const size = { width: 1024, height: 1024 };
@@ -306,4 +356,5 @@ bundleBench();
 identityBench();
 await cliBench();
 await batchBench();
+await reportBench();
 await markingBench();
