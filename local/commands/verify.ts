@@ -18,7 +18,10 @@ const signerOf = (manifest: ActiveManifest | undefined) => manifest?.signature_i
  */
 export async function verifyCommand(files: string[], flags: VerifyFlags): Promise<number> {
   const devCa = join(flags.data, 'c2pa', 'dev-ca.pem');
-  const anchors = [...flags.trust, ...(existsSync(devCa) ? [devCa] : [])].map((f) => readFileSync(f, 'utf8')).join('\n');
+  const dev = existsSync(devCa);
+  // Trusted here only: no reader elsewhere trusts the development CA unless told to.
+  if (dev && !flags.json) process.stderr.write(`trusting the local development CA ${devCa} (and --trust); any other reader sees its signatures as untrusted\n`);
+  const anchors = [...flags.trust, ...(dev ? [devCa] : [])].map((f) => readFileSync(f, 'utf8')).join('\n');
   let failed = 0;
   const results = [];
   for (const file of files) {
