@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import ExifReader from 'exifreader';
 import sharp from 'sharp';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { readC2pa, type ActiveManifest } from '../lambdas/publish/c2pa.ts';
+import { manifestActions, readC2pa } from '../lambdas/publish/c2pa.ts';
 import { marked, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/marking.ts';
 import type { BatchReport } from '../lambdas/report-batch/core.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
@@ -17,7 +17,7 @@ import { avatars, eventsDir, holdsC2paWhereExpected, persona, startTestEnvironme
 /** What a reader that is not ours finds in the file's XMP. */
 const xmpOf = (file: Buffer) => (ExifReader.load(file, { expanded: true }) as { xmp?: Record<string, { value: string }> }).xmp ?? {};
 
-const actionsOf = (manifest: ActiveManifest) => manifest.assertions.find((a) => a.label.startsWith('c2pa.actions'))!.data.actions;
+const work = tempDir('marking-cli');
 
 describe('avatars marked as AI-generated', () => {
   for (const format of ['png', 'webp', 'jpeg'] as const) {
@@ -51,13 +51,13 @@ describe('avatars marked as AI-generated', () => {
         const c2pa = await readC2pa({ bytes: file, format }, env.trustAnchorsPem);
         expect(c2pa, `${image.key} ${c2pa?.failures}`).toMatchObject({ state: 'Trusted', manifest: { signature_info: { common_name: DEV_SIGNER_NAME }, ingredients: [{ relationship: 'parentOf', title: 'grid_0.png' }] } });
         // Opened from the grid, cut out of it, and scaled where its panel was larger than the run's avatar size.
-        const [opened, cropped, ...resized] = actionsOf(c2pa!.manifest)!;
+        const [opened, cropped, ...resized] = manifestActions(c2pa!.manifest);
         expect(opened).toEqual({ action: 'c2pa.opened', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA, softwareAgent: { name: 'gpt-image-2' }, parameters: expect.anything() });
         expect(cropped).toEqual({ action: 'c2pa.cropped' });
         expect([[], [{ action: 'c2pa.resized' }]]).toContainEqual(resized);
         // The grid's own manifest, as the backend signed it, is kept inside.
         expect(c2pa!.parent).toMatchObject({ signature_info: { common_name: 'Offline image generator (test)' } });
-        expect(actionsOf(c2pa!.parent!)).toEqual([expect.objectContaining({ action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA })]);
+        expect(manifestActions(c2pa!.parent!)).toEqual([expect.objectContaining({ action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA })]);
         expect((await readC2pa({ bytes: withOnePixelByteChanged(file, format), format }, env.trustAnchorsPem))?.state, image.key).toBe('Invalid');
       }
       const manifest = JSON.parse(await env.deps.store.getText(outcome.output.manifestKey));
@@ -74,6 +74,18 @@ describe('avatars marked as AI-generated', () => {
       }
     });
   }
+
+  it('names each image the model drew as the parent of its avatar in separate mode, signed by the backend, not cropped from a grid', async () => {
+    const env = await startTestEnvironment({ env: { IDENTITY_POLICY: 'off' } });
+    const outcome = await runLocally({ input: { persona, images: 2, mode: 'separate' }, deps: env.deps });
+    if (outcome.status !== 'SUCCEEDED') throw new Error(outcome.cause);
+    for (const image of outcome.output.images) {
+      expect(image.provenance.parent).toEqual({ key: expect.stringMatching(/^runs\/ada-lovelace\/.+/), signedBy: 'Offline image generator (test)' });
+      const c2pa = await readC2pa({ bytes: await env.deps.store.getBytes(image.key), format: 'png' }, env.trustAnchorsPem);
+      expect(c2pa).toMatchObject({ state: 'Trusted', parent: { signature_info: { common_name: 'Offline image generator (test)' } } });
+      expect(manifestActions(c2pa!.manifest).map((a) => a.action)).not.toContain('c2pa.cropped');
+    }
+  });
 
   it('publishes avatars marked with XMP only when no certificate signs them, and the manifest warns they are not signed', async () => {
     const env = await startTestEnvironment();
@@ -96,7 +108,7 @@ describe('avatars run and avatars batch against a server whose images carry no p
   it('publish every avatar with XMP and a signed C2PA manifest naming the drawn image as parent, in webp and jpeg', async () => {
     const backend = await startOfflineBackend({ c2pa: false });
     onTestFinished(backend.close);
-    const cwd = tempDir('marking-cli');
+    const cwd = work;
     writeFileSync(join(cwd, 'team.jsonl'), `${team(2).join('\n')}\n`);
     const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IMAGES_PER_MINUTE: '100000' };
     const [run, batch] = await Promise.all([
@@ -110,7 +122,7 @@ describe('avatars run and avatars batch against a server whose images carry no p
       expect(holdsC2paWhereExpected(file, format)).toBe(true);
       const c2pa = await readC2pa({ bytes: file, format }, devCa);
       expect(c2pa, String(c2pa?.failures)).toMatchObject({ state: 'Trusted', manifest: { ingredients: [{ relationship: 'parentOf' }] } });
-      expect(actionsOf(c2pa!.manifest)![0]).toMatchObject({ action: 'c2pa.opened', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA });
+      expect(manifestActions(c2pa!.manifest)[0]).toMatchObject({ action: 'c2pa.opened', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA });
       // The drawn image had no manifest to keep.
       expect(c2pa!.parent).toBeUndefined();
       expect((await readC2pa({ bytes: withOnePixelByteChanged(file, format), format }, devCa))?.state).toBe('Invalid');

@@ -87,7 +87,6 @@ const MAX_CHILD_WORKFLOWS = 10_000;
 /** Stored reads at once while looking up earlier attempts. */
 const LOOKUP_CONCURRENCY = 16;
 
-/** Image calls one request makes: the base, then one per grid (or one image per avatar). */
 /** A prompt's length for estimates made before it is written. */
 const PROMPT_CHARS = 1_200;
 
@@ -95,12 +94,13 @@ const PROMPT_CHARS = 1_200;
 function estimatedCost(request: RunRequest, settings: Settings): number {
   const images = request.images ?? settings.defaultImages;
   const call = (n: number, edit: boolean) =>
-    estimateImageCallCost(settings.imageModel, { size: settings.imageSize, quality: settings.imageQuality, n, prompt: 'x'.repeat(PROMPT_CHARS), edit }) ?? 0;
+    estimateImageCallCost(settings.imageModel, { size: settings.imageSize, quality: settings.imageQuality, n, promptChars: PROMPT_CHARS, edit }) ?? 0;
   let usd = call(1, false);
   for (let first = 0; first < images; first += IMAGES_PER_GRID) usd += request.mode === 'separate' ? call(Math.min(IMAGES_PER_GRID, images - first), true) : call(1, true);
   return usd;
 }
 
+/** Image calls one request makes: the base, then one per grid (or one image per avatar). */
 function imageCallsOf(request: RunRequest, defaultImages: number): number {
   const images = request.images ?? defaultImages;
   return 1 + (request.mode === 'separate' ? images : Math.ceil(images / IMAGES_PER_GRID));

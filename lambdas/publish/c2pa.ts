@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import init, { WasmBuilder, WasmReader } from '@contentauth/c2pa-wasm';
 import { ConfigurationError } from '../shared/errors.ts';
-import type { TileFormat } from '../shared/keys.ts';
+import { contentTypes, type TileFormat } from '../shared/keys.ts';
 import { TRAINED_ALGORITHMIC_MEDIA } from './marking.ts';
 
 export { TRAINED_ALGORITHMIC_MEDIA };
@@ -71,7 +71,15 @@ export interface ActiveManifest {
   ingredients?: { title?: string; relationship?: string; label?: string; active_manifest?: string; validation_results?: unknown }[];
 }
 
-export const MIME_TYPES: Record<TileFormat, string> = { png: 'image/png', webp: 'image/webp', jpeg: 'image/jpeg' };
+/** The actions a manifest says made the image (its actions assertion, v1 or v2). */
+export function manifestActions(manifest: ActiveManifest): Record<string, unknown>[] {
+  return manifest.assertions.find((a) => a.label.startsWith('c2pa.actions'))?.data.actions ?? [];
+}
+
+/** Who signed a manifest, as readers name them: the certificate's common name, else its organisation. */
+export function manifestSigner(manifest: ActiveManifest | undefined): string | undefined {
+  return manifest?.signature_info?.common_name ?? manifest?.signature_info?.issuer;
+}
 
 /** The .wasm beside a Lambda bundle (infra copies it there), else in node_modules. */
 export function c2paWasmPath(): string {
@@ -213,7 +221,7 @@ export async function signC2pa(image: Asset, definition: C2paManifestDefinition,
     JSON.stringify({
       claim_generator_info: [generator],
       title: definition.title,
-      format: MIME_TYPES[image.format],
+      format: contentTypes[image.format],
       assertions: [actionsAssertion(definition.actions)],
     }),
   );
@@ -221,14 +229,14 @@ export async function signC2pa(image: Asset, definition: C2paManifestDefinition,
     const { parent } = definition;
     if (parent) {
       await builder.addIngredientFromBlob(
-        JSON.stringify({ title: parent.title, relationship: 'parentOf', label: parent.label, format: MIME_TYPES[parent.format] }),
-        MIME_TYPES[parent.format],
+        JSON.stringify({ title: parent.title, relationship: 'parentOf', label: parent.label, format: contentTypes[parent.format] }),
+        contentTypes[parent.format],
         asBlob(parent.bytes),
       );
     }
     const reserveSize = signer.chain.reduce((sum, c) => sum + c.length, 0) + SIGNATURE_ROOM;
     const signed = await builder
-      .sign({ alg: 'es256', reserveSize, sign: (claim) => coseSign1(claim, signer, reserveSize) as Promise<Uint8Array<ArrayBuffer>> }, [], MIME_TYPES[image.format], asBlob(image.bytes))
+      .sign({ alg: 'es256', reserveSize, sign: (claim) => coseSign1(claim, signer, reserveSize) as Promise<Uint8Array<ArrayBuffer>> }, [], contentTypes[image.format], asBlob(image.bytes))
       .catch((error: unknown) => {
         // The library checks what it signed: a certificate it refuses is the configuration's to fix.
         const refused = refusedCredential(String((error as Error)?.message ?? error));
@@ -247,9 +255,10 @@ export async function readC2pa(image: Asset, trustAnchorsPem?: string): Promise<
   const context = trustAnchorsPem ? JSON.stringify({ trust: { trust_anchors: trustAnchorsPem } }) : null;
   let reader: WasmReader;
   try {
-    reader = await WasmReader.fromBytes(MIME_TYPES[image.format], image.bytes, context);
+    reader = await WasmReader.fromBytes(contentTypes[image.format], image.bytes, context);
   } catch (error) {
-    if (/JumbfNotFound|ManifestNotFound|NotFound/i.test(String((error as Error)?.message ?? error))) return undefined;
+    // JumbfNotFound: the image carries no manifest at all.
+    if (/NotFound/.test(String((error as Error)?.message ?? error))) return undefined;
     throw error;
   }
   try {

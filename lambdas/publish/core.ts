@@ -137,7 +137,8 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
     tiles.map(async (tile, i): Promise<PublishedImage> => {
       const key = runKeys.image(i + 1, format);
       const marking = { model: tile.model, credit: deps.settings.avatarCredit };
-      const [tileBytes, parent] = await Promise.all([deps.store.getBytes(tile.key), drawnOnce(tile.sourceKey)]);
+      // In separate mode the tile is the drawn image itself: read once.
+      const [tileBytes, parent] = await Promise.all([tile.key === tile.sourceKey ? drawnOnce(tile.key).then((d) => d.bytes) : deps.store.getBytes(tile.key), drawnOnce(tile.sourceKey)]);
       const uniform = await uniformAvatar(tileBytes, size, format, outputCompression);
       const { bytes: avatar, provenance } = await markAvatar(uniform, format, size, { marking, parent, box: tile.box, title: key.split('/').at(-1)! }, signer);
       const bytes = await writeOnce(deps, key, avatar, contentTypes[format], event);

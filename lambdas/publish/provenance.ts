@@ -9,7 +9,7 @@ import sharp from 'sharp';
 import packageJson from '../../package.json' with { type: 'json' };
 import { formatOf } from '../shared/image-provider.ts';
 import type { TileFormat } from '../shared/keys.ts';
-import { readC2pa, signC2pa, type C2paAction, type C2paSigner } from './c2pa.ts';
+import { manifestSigner, readC2pa, signC2pa, type C2paAction, type C2paSigner } from './c2pa.ts';
 import { marked, TRAINED_ALGORITHMIC_MEDIA, type Marking } from './marking.ts';
 import type { Dimensions } from './uniform.ts';
 
@@ -42,7 +42,7 @@ export async function drawnImage(key: string, bytes: Buffer): Promise<DrawnImage
   const format = formatOf(bytes);
   if (!format) throw new Error(`${key} is not a PNG, JPEG or WebP image`);
   const [manifest, { width = 0, height = 0 }] = await Promise.all([readC2pa({ bytes, format }), sharp(bytes).metadata()]);
-  const signedBy = manifest?.manifest.signature_info?.common_name ?? manifest?.manifest.signature_info?.issuer;
+  const signedBy = manifestSigner(manifest?.manifest);
   return { key, bytes, format, size: { width, height }, ...(signedBy ? { signedBy } : {}) };
 }
 

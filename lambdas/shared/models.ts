@@ -252,11 +252,11 @@ const REFERENCE_IMAGE_TOKENS = 1_000;
  * Estimated USD of an image call before it is made (what the budget reserves): its prompt, an
  * edit's reference image, and `n` images at this size and quality; null when unpriced.
  */
-export function estimateImageCallCost(model: string, call: { size: string; quality: string; n: number; prompt: string; edit: boolean }): number | null {
+export function estimateImageCallCost(model: string, call: { size: string; quality: string; n: number; promptChars: number; edit: boolean }): number | null {
   const per1024 = IMAGE_MODELS[model]?.outputTokens1024?.[call.quality];
   if (per1024 === undefined) return null;
   const { width, height } = parseSize(call.size) ?? { width: 1024, height: 1024 };
-  const text = Math.ceil(call.prompt.length / 4);
+  const text = Math.ceil(call.promptChars / 4);
   const image = call.edit ? REFERENCE_IMAGE_TOKENS : 0;
   const output = call.n * Math.round((per1024 * width * height) / (1024 * 1024));
   return estimateImageCost(model, { input_tokens: text + image, input_tokens_details: { text_tokens: text, image_tokens: image }, output_tokens: output, total_tokens: text + image + output });

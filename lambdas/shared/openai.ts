@@ -170,7 +170,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       let answer: OpenAI.ImagesResponse;
       let ticket: Ticket | undefined;
       try {
-        const estimatedUsd = estimateImageCallCost(model, { size: settings.imageSize, quality: settings.imageQuality, n: request.n, prompt: request.prompt, edit });
+        const estimatedUsd = estimateImageCallCost(model, { size: settings.imageSize, quality: settings.imageQuality, n: request.n, promptChars: request.prompt.length, edit });
         // The call has its whole time after its turn (a stage keeps IMAGE_TURN_WAIT_MS of its own for it).
         ticket = await turns.take({ what, model, images: request.n, estimatedUsd, budget: request.budget }, settings.imageTurnWaitMs);
         deadline ??= Date.now() + request.timeoutMs;

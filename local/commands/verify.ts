@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readC2pa, type ActiveManifest } from '../../lambdas/publish/c2pa.ts';
+import { manifestActions, manifestSigner, readC2pa } from '../../lambdas/publish/c2pa.ts';
 import { formatOf } from '../../lambdas/shared/image-provider.ts';
 
 export interface VerifyFlags {
@@ -8,9 +8,6 @@ export interface VerifyFlags {
   data: string;
   json?: boolean;
 }
-
-const actionsOf = (manifest: ActiveManifest) => manifest.assertions.find((a) => a.label.startsWith('c2pa.actions'))?.data.actions ?? [];
-const signerOf = (manifest: ActiveManifest | undefined) => manifest?.signature_info?.common_name ?? manifest?.signature_info?.issuer;
 
 /**
  * Reads each image's C2PA manifest and checks it: the signature, the hash of every byte outside
@@ -36,12 +33,12 @@ export async function verifyCommand(files: string[], flags: VerifyFlags): Promis
         result = { file, state: 'none' };
         line = `✗ ${file}: no C2PA manifest`;
       } else {
-        const actions = actionsOf(report.manifest);
+        const actions = manifestActions(report.manifest);
         const source = actions.map((a) => a.digitalSourceType).find(Boolean);
-        const parent = report.parent ? `; parent signed by ${signerOf(report.parent)}` : '';
-        result = { file, state: report.state, signer: signerOf(report.manifest), digitalSourceType: source, actions: actions.map((a) => a.action), failures: report.failures, parentSigner: signerOf(report.parent) };
+        const parent = report.parent ? `; parent signed by ${manifestSigner(report.parent)}` : '';
+        result = { file, state: report.state, signer: manifestSigner(report.manifest), digitalSourceType: source, actions: actions.map((a) => a.action), failures: report.failures, parentSigner: manifestSigner(report.parent) };
         const mark = report.state === 'Invalid' ? '✗' : '✓';
-        line = `${mark} ${file}: C2PA ${report.state}, signed by ${signerOf(report.manifest)}; ${actions.map((a) => a.action).join(', ')}${source ? ` (${String(source).split('/').at(-1)})` : ''}${parent}${report.failures.length ? `; ${report.failures.join(', ')}` : ''}`;
+        line = `${mark} ${file}: C2PA ${report.state}, signed by ${manifestSigner(report.manifest)}; ${actions.map((a) => a.action).join(', ')}${source ? ` (${String(source).split('/').at(-1)})` : ''}${parent}${report.failures.length ? `; ${report.failures.join(', ')}` : ''}`;
       }
       if (report?.state !== 'Valid' && report?.state !== 'Trusted') failed++;
     } catch (error) {
