@@ -1,5 +1,6 @@
-import { RemovalPolicy, Stack } from 'aws-cdk-lib';
-import type { IFunction } from 'aws-cdk-lib/aws-lambda';
+import { ArnFormat, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { PolicyStatement } from 'aws-cdk-lib/aws-iam';
+import type { Function as LambdaFunction, IFunction } from 'aws-cdk-lib/aws-lambda';
 import { LogGroup } from 'aws-cdk-lib/aws-logs';
 import type { IBucket } from 'aws-cdk-lib/aws-s3';
 import {
@@ -24,7 +25,7 @@ import {
   WriterConfig,
   type IStateMachine,
 } from 'aws-cdk-lib/aws-stepfunctions';
-import { StepFunctionsStartExecution } from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import { StepFunctionsStartExecution, type StepFunctionsStartExecutionProps } from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import { plainStageRetries, retryStartExecution } from './error-policy.ts';
 import { stageTask } from './workflow.ts';
@@ -33,7 +34,7 @@ export interface AvatarBatchProps {
   bucket: IBucket;
   /** The per-persona workflow each line runs as. */
   personaWorkflow: IStateMachine;
-  planBatch: IFunction;
+  planBatch: LambdaFunction;
   reportBatch: IFunction;
   logRetentionDays: number;
 }
@@ -44,6 +45,25 @@ const ITEM = {
   line: JsonPath.numberAt('$.line'),
   name: JsonPath.stringAt('$.name'),
 };
+
+/**
+ * startExecution.sync with its follow-up grant (DescribeExecution, StopExecution) on the child
+ * workflow's executions only: CDK grants `execution:{name}*`, which also matches the batch
+ * machine's own executions (`{name}-Batch:…`).
+ */
+class StartChildExecution extends StepFunctionsStartExecution {
+  constructor(scope: Construct, id: string, props: StepFunctionsStartExecutionProps & { stateMachine: IStateMachine }) {
+    super(scope, id, props);
+    const stack = Stack.of(this);
+    const name = stack.splitArn(props.stateMachine.stateMachineArn, ArnFormat.COLON_RESOURCE_NAME).resourceName;
+    const follow = this.taskPolicies!.findIndex((statement) => statement.actions.includes('states:DescribeExecution'));
+    if (follow < 0) throw new Error('aws-cdk-lib no longer grants DescribeExecution for startExecution.sync: review StartChildExecution');
+    this.taskPolicies![follow] = new PolicyStatement({
+      actions: ['states:DescribeExecution', 'states:StopExecution'],
+      resources: [stack.formatArn({ service: 'states', resource: 'execution', arnFormat: ArnFormat.COLON_RESOURCE_NAME, resourceName: `${name}:*` })],
+    });
+  }
+}
 
 /**
  * The batch workflow: thousands of personas from one JSON Lines file, as child executions of
@@ -67,15 +87,19 @@ export class AvatarBatch extends Construct {
     const planBatch = stageTask(this, 'PlanBatch', {
       stage: 'plan-batch',
       fn: props.planBatch,
-      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName, input: JsonPath.executionInput },
+      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName, executionId: JsonPath.executionId, input: JsonPath.executionInput },
       retries: plainStageRetries,
       resultPath: '$.plan',
     });
 
+    // An attempt's name may be taken in Step Functions with no record in the bucket: PlanBatch asks.
+    props.planBatch.addEnvironment('STATE_MACHINE_ARN', props.personaWorkflow.stateMachineArn);
+    props.personaWorkflow.grantExecution(props.planBatch, 'states:DescribeExecution');
+
     // Each persona's turn comes when the image calls of those before it fit in the rate limit.
     const waitTurn = new Wait(this, 'WaitTurn', { time: WaitTime.timestampPath('$.notBefore') });
     // Named from the request (or its next attempt), so a persona already published never runs again.
-    const runPersona = new StepFunctionsStartExecution(this, 'RunPersona', {
+    const runPersona = new StartChildExecution(this, 'RunPersona', {
       stateMachine: props.personaWorkflow,
       integrationPattern: IntegrationPattern.RUN_JOB,
       name: JsonPath.stringAt('$.name'),

@@ -27,7 +27,8 @@ export interface OperationsProps {
  *  - alarms on failed, timed-out and aborted executions, on failed batches and on upload notifications waiting in
  *    the dead-letter queue, to one SNS topic (output AlarmTopicArn), mailed when alarmEmail is set;
  *  - executions that end outside the workflow's own Catch (the execution's time limit, a stop
- *    from the console) are recorded by record-failure all the same, from their status event.
+ *    from the console, a States.Runtime error) are recorded by record-failure all the same, from
+ *    their status event.
  */
 export class Operations extends Construct {
   readonly topic: Topic;
@@ -63,23 +64,26 @@ export class Operations extends Construct {
       }).addAlarmAction(new SnsAction(this.topic));
     }
 
-    new Rule(this, 'RecordRunsEndedOutsideTheWorkflow', {
-      description: 'persona-avatars: record runs that timed out or were stopped, as the workflow records its own failures',
-      eventPattern: {
-        source: ['aws.states'],
-        detailType: ['Step Functions Execution Status Change'],
-        detail: { stateMachineArn: [machine.stateMachineArn], status: ['TIMED_OUT', 'ABORTED'] },
-      },
-      targets: [
-        new LambdaFunction(props.recordFailure, {
-          event: RuleTargetInput.fromObject({
-            input: EventField.fromPath('$.detail.input'),
-            runId: EventField.fromPath('$.detail.name'),
-            error: { Error: EventField.fromPath('$.detail.status'), Cause: EventField.fromPath('$.detail.cause') },
+    // Recording is idempotent: a run the workflow recorded itself keeps that record.
+    const recorded: [string, string, string[], string][] = [
+      ['RecordRunsEndedOutsideTheWorkflow', 'record runs that timed out or were stopped, as the workflow records its own failures', ['TIMED_OUT', 'ABORTED'], '$.detail.status'],
+      ['RecordFailedRuns', 'record runs that failed without a record of their own (States.Runtime, a failed RecordFailure), so no name is taken in silence', ['FAILED'], '$.detail.error'],
+    ];
+    for (const [id, description, status, error] of recorded) {
+      new Rule(this, id, {
+        description: `persona-avatars: ${description}`,
+        eventPattern: { source: ['aws.states'], detailType: ['Step Functions Execution Status Change'], detail: { stateMachineArn: [machine.stateMachineArn], status } },
+        targets: [
+          new LambdaFunction(props.recordFailure, {
+            event: RuleTargetInput.fromObject({
+              input: EventField.fromPath('$.detail.input'),
+              runId: EventField.fromPath('$.detail.name'),
+              error: { Error: EventField.fromPath(error), Cause: EventField.fromPath('$.detail.cause') },
+            }),
+            retryAttempts: 4,
           }),
-          retryAttempts: 4,
-        }),
-      ],
-    });
+        ],
+      });
+    }
   }
 }

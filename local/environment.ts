@@ -142,7 +142,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       await ensureBudgetTable(client, env.IMAGE_BUDGET_TABLE).finally(() => client.destroy());
     }
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    let deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient], clock);
+    const deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient], clock);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {
@@ -151,7 +151,8 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       closers.push(stepFunctions.close);
       const sfn = new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
       clients.push(sfn);
-      deps = { ...deps, sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn, batchStateMachineArn: stepFunctions.batchStateMachineArn } };
+      // The same object the executions run with: their stages (plan-batch) see this Step Functions too.
+      Object.assign(deps, { sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn, batchStateMachineArn: stepFunctions.batchStateMachineArn } });
       Object.assign(env, { STATE_MACHINE_ARN: stepFunctions.stateMachineArn, BATCH_STATE_MACHINE_ARN: stepFunctions.batchStateMachineArn, AWS_ENDPOINT_URL_SFN: stepFunctions.endpoint });
     }
     return {

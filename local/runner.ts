@@ -4,7 +4,7 @@
  * here too, and its Distributed Map as distributed-map.ts adapts it.
  */
 import { randomUUID } from 'node:crypto';
-import { ExecutionError, StateMachine } from 'aws-local-stepfunctions';
+import { ExecutionAbortedError, ExecutionError, StateMachine } from 'aws-local-stepfunctions';
 import { stages } from '../lambdas/stages.ts';
 import { loggedStage, type Deps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
@@ -40,7 +40,7 @@ export interface ProgressEvent {
 
 export type RunOutcome<T = PublishResult> =
   | { status: 'SUCCEEDED'; runId: string; output: T; events: ProgressEvent[]; ms: number }
-  | { status: 'FAILED'; runId: string; error: string; cause: string; events: ProgressEvent[]; ms: number };
+  | { status: 'FAILED' | 'ABORTED'; runId: string; error: string; cause: string; events: ProgressEvent[]; ms: number };
 
 /** How the batch's startExecution.sync Tasks run a persona's execution. */
 export interface ChildExecutions {
@@ -58,6 +58,8 @@ export interface LocalRunOptions {
   machine?: keyof SynthesizedWorkflows;
   /** Where a batch's child executions run: by default here, each a local run of the persona workflow. */
   children?: ChildExecutions;
+  /** Stops the execution (StopExecution): it ends ABORTED, its reason what the signal was aborted with. */
+  signal?: AbortSignal;
 }
 
 export function newRunId(now = new Date()): string {
@@ -104,6 +106,7 @@ interface ExecuteOptions {
   onProgress: (event: ProgressEvent) => void;
   /** Reported as the events' index: the item of a Distributed Map. */
   item?: number;
+  signal?: AbortSignal;
 }
 
 /** Definitions already validated by this process: the validator compiles its schemas each time (about 0.3 s). */
@@ -120,6 +123,9 @@ async function execute(definition: AslMachine, input: unknown, options: ExecuteO
     overrides: { taskResourceLocalHandlers: options.handlers as never, retryIntervalOverrides: options.retryDelays },
     context: options.context as never,
   });
+  const abort = () => execution.abort();
+  if (options.signal?.aborted) abort();
+  else options.signal?.addEventListener('abort', abort, { once: true });
   const entered = new Map<string, number>();
   const watching = (async () => {
     for await (const event of execution.eventLogs) {
@@ -135,6 +141,8 @@ async function execute(definition: AslMachine, input: unknown, options: ExecuteO
     await watching.catch(() => undefined);
     // ExecutionError wraps what ended the run: for a Fail state, its Error and Cause.
     throw error instanceof ExecutionError && error.cause instanceof Error ? error.cause : error;
+  } finally {
+    options.signal?.removeEventListener('abort', abort);
   }
 }
 
@@ -173,7 +181,7 @@ function inProcessChildren(options: LocalRunOptions, personaArn: string): ChildE
 export async function runLocally<T = PublishResult>(options: LocalRunOptions): Promise<RunOutcome<T>> {
   const workflows = await synthesizeWorkflows();
   if (options.deps.settings.identityPolicy !== 'off') options.deps.faces?.warmUp?.();
-  const { definition: synthesized, taskStages } = workflows[options.machine ?? 'persona'];
+  const { definition: synthesized, taskStages, stateMachineArn } = workflows[options.machine ?? 'persona'];
   const { definition, maps } = adaptDistributedMaps(synthesized);
   const runId = options.runId ?? newRunId();
   const started = Date.now();
@@ -183,7 +191,7 @@ export async function runLocally<T = PublishResult>(options: LocalRunOptions): P
     events.push(event);
     options.onProgress?.(event);
   };
-  const context = { Execution: { Input: options.input, Name: runId, Id: `local:${runId}`, StartTime: new Date(started).toISOString() } };
+  const context = { Execution: { Input: options.input, Name: runId, Id: executionArn(stateMachineArn, runId), StartTime: new Date(started).toISOString() } };
   const handlers: Record<string, Handler> = {};
   for (const [state, stage] of Object.entries(taskStages)) {
     // The runtime passes states JSON; each core takes its own event shape.
@@ -200,13 +208,17 @@ export async function runLocally<T = PublishResult>(options: LocalRunOptions): P
   for (const [name, map] of Object.entries(maps)) {
     handlers[name] = (input) =>
       runDistributedMap(name, map, input, options.deps.store, (processor, item, index) =>
-        execute(processor, item, { handlers, retryDelays, onProgress, item: index, context: { Execution: { ...context.Execution, Name: `${runId}-${index}`, Input: item } } }),
+        execute(processor, item, { handlers, retryDelays, onProgress, item: index, signal: options.signal, context: { Execution: { ...context.Execution, Name: `${runId}-${index}`, Input: item } } }),
       );
   }
   try {
-    const output = (await execute(definition, options.input, { handlers, retryDelays, context, onProgress })) as T;
+    const output = (await execute(definition, options.input, { handlers, retryDelays, context, onProgress, signal: options.signal })) as T;
     return { status: 'SUCCEEDED', runId, output, events, ms: Date.now() - started };
   } catch (error) {
+    if (error instanceof ExecutionAbortedError || options.signal?.aborted) {
+      const reason = (options.signal?.reason ?? {}) as { error?: string; cause?: string };
+      return { status: 'ABORTED', runId, error: reason.error ?? '', cause: reason.cause ?? '', events, ms: Date.now() - started };
+    }
     const failure = error as Error;
     return { status: 'FAILED', runId, error: failure.name, cause: failure.message, events, ms: Date.now() - started };
   }

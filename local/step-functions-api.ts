@@ -4,7 +4,8 @@
  * a batch's child executions are executions here like any other. It keeps the
  * service's rules that callers rely on: execution names are unique, a repeated start with the
  * same name and input while the first runs answers with that execution, anything else reusing
- * a name is ExecutionAlreadyExists, also across processes that share a bucket. So `avatars start`, the upload trigger and `avatars dev`
+ * a name is ExecutionAlreadyExists, also across processes that share a bucket; StopExecution
+ * aborts a running execution. So `avatars start`, the upload trigger and `avatars dev`
  * run against the real @aws-sdk/client-sfn, here as on AWS.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -37,6 +38,8 @@ export interface LocalExecution {
   outcome?: RunOutcome<unknown>;
   history: WireHistoryEvent[];
   done: Promise<void>;
+  /** StopExecution: aborts a running execution with its error and cause. */
+  stop?: AbortController;
 }
 
 export interface LocalStepFunctionsOptions {
@@ -54,6 +57,8 @@ export interface LocalStepFunctions {
   batchStateMachineArn: string;
   /** By execution ARN. */
   executions: Map<string, LocalExecution>;
+  /** A batch's startExecution.sync, run here: a taken name is refused as the service refuses it. */
+  children: ChildExecutions;
   /** Resolves once every execution started so far has ended. */
   settled(): Promise<void>;
   /** Waits for running executions, then stops listening. */
@@ -186,7 +191,9 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
       execution,
       outcome.status === 'SUCCEEDED'
         ? { timestamp: seconds(execution.stopDate), type: 'ExecutionSucceeded', executionSucceededEventDetails: { output: JSON.stringify(outcome.output) } }
-        : { timestamp: seconds(execution.stopDate), type: 'ExecutionFailed', executionFailedEventDetails: { error: outcome.error, cause: outcome.cause } },
+        : outcome.status === 'ABORTED'
+          ? { timestamp: seconds(execution.stopDate), type: 'ExecutionAborted', executionAbortedEventDetails: { error: outcome.error, cause: outcome.cause } }
+          : { timestamp: seconds(execution.stopDate), type: 'ExecutionFailed', executionFailedEventDetails: { error: outcome.error, cause: outcome.cause } },
     );
   }
 
@@ -204,7 +211,9 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     const entries = new Map<string, number>();
     const iterations = new Map<number, number>();
     let map = '';
+    execution.stop = new AbortController();
     execution.done = runLocally({
+      signal: execution.stop.signal,
       machine,
       children,
       input: JSON.parse(input),
@@ -269,8 +278,18 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
         ...summary(e),
         input: e.input,
         ...(e.outcome?.status === 'SUCCEEDED' ? { output: JSON.stringify(e.outcome.output) } : {}),
-        ...(e.outcome?.status === 'FAILED' ? { error: e.outcome.error, cause: e.outcome.cause } : {}),
+        ...(e.outcome && e.outcome.status !== 'SUCCEEDED' && e.outcome.error ? { error: e.outcome.error } : {}),
+        ...(e.outcome && e.outcome.status !== 'SUCCEEDED' && e.outcome.cause ? { cause: e.outcome.cause } : {}),
       };
+    },
+    /** As the service: a running execution ends ABORTED, with the error and cause given; an ended one stays as it ended. */
+    async StopExecution(body) {
+      const e = executionNamed(body.executionArn);
+      if (isRunning(e)) {
+        e.stop?.abort({ ...(body.error ? { error: String(body.error) } : {}), ...(body.cause ? { cause: String(body.cause) } : {}) });
+        await e.done;
+      }
+      return { stopDate: seconds(e.stopDate ?? Date.now()) };
     },
     GetExecutionHistory(body) {
       const e = executionNamed(body.executionArn);
@@ -315,6 +334,7 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     stateMachineArn,
     batchStateMachineArn: workflows.batch.stateMachineArn,
     executions,
+    children,
     settled,
     close: async () => {
       await settled();

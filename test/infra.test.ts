@@ -169,9 +169,25 @@ describe('the synthesized stack', () => {
     const variables = stageFunctions()['start-from-upload']!.Properties.Environment.Variables;
     expect(variables.STATE_MACHINE_ARN).toEqual({ Ref: persona });
     expect(variables.BATCH_STATE_MACHINE_ARN).toEqual({ Ref: batch });
-    for (const stage of stageNames.filter((s) => s !== 'start-from-upload')) {
+    for (const stage of stageNames.filter((s) => s !== 'start-from-upload' && s !== 'plan-batch')) {
       expect(JSON.stringify(statementsOf(stage)), stage).not.toContain('states:');
     }
+  });
+
+  it('lets plan-batch only describe the persona workflow\u2019s executions, to step past names a failed run took', () => {
+    const persona = Object.entries(template.findResources('AWS::StepFunctions::StateMachine')).find(([, m]) => m.Properties.StateMachineName === 'PersonaAvatars')![0];
+    const states = statementsOf('plan-batch').filter((s) => String(s.Action).includes('states:'));
+    expect(states.map((s) => s.Action)).toEqual(['states:DescribeExecution']);
+    expect(JSON.stringify(states[0].Resource)).toContain(`{"Ref":"${persona}"}`);
+    expect(JSON.stringify(states[0].Resource)).toMatch(/":\*"\]\]\}$/);
+    expect(stageFunctions()['plan-batch']!.Properties.Environment.Variables.STATE_MACHINE_ARN).toEqual({ Ref: persona });
+  });
+
+  it('lets the batch follow and stop its child executions, not its own or another batch\u2019s', () => {
+    const batchPolicy = Object.entries(template.findResources('AWS::IAM::Policy')).find(([id]) => id.startsWith('BatchStateMachineRoleDefaultPolicy'))![1];
+    const follow = batchPolicy.Properties.PolicyDocument.Statement.find((s: { Action: unknown }) => JSON.stringify(s.Action).includes('states:DescribeExecution'));
+    // execution:PersonaAvatars:* — CDK's default, execution:PersonaAvatars*, also matches PersonaAvatars-Batch.
+    expect(JSON.stringify(follow.Resource)).toMatch(/":execution:",\{"Fn::Select":\[6,\{"Fn::Split":\[":",\{"Ref":"Workflow[^"]+"\}\]\}\]\},":\*"\]\]\}$/);
   });
 
   it('serves avatars/ through CloudFront with Origin Access Control, HTTPS only, while the bucket stays private', () => {
@@ -219,11 +235,13 @@ describe('the synthesized stack', () => {
     mailed.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com' });
   });
 
-  it('records runs that timed out or were stopped, which the workflow\u2019s own Catch cannot see', () => {
+  it('records runs that timed out, were stopped or failed without a record, which the workflow\u2019s own Catch cannot see', () => {
     const recordId = Object.entries(stageFunctionIds()).find(([, stage]) => stage === 'record-failure')![0];
-    const rule = Object.values(template.findResources('AWS::Events::Rule'))[0]!;
-    expect(rule.Properties.EventPattern.detail.status).toEqual(['TIMED_OUT', 'ABORTED']);
-    expect(rule.Properties.Targets[0].Arn).toEqual({ 'Fn::GetAtt': [recordId, 'Arn'] });
+    const rules = Object.values(template.findResources('AWS::Events::Rule'));
+    expect(rules.map((rule) => rule.Properties.EventPattern.detail.status)).toEqual([['TIMED_OUT', 'ABORTED'], ['FAILED']]);
+    for (const rule of rules) expect(rule.Properties.Targets[0].Arn).toEqual({ 'Fn::GetAtt': [recordId, 'Arn'] });
+    // A failed run's own error names what went wrong (States.Runtime…), not just its status.
+    expect(rules[1]!.Properties.Targets[0].InputTransformer.InputPathsMap).toMatchObject({ 'detail-error': '$.detail.error' });
   });
 
   it('passes the cdk-nag AwsSolutions checks, every acknowledgement with a reason', () => {

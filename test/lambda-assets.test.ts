@@ -92,7 +92,7 @@ describe('the bundled Lambda assets', () => {
       'generate-base': ['s3', 'openai', 'secrets'],
       'generate-grid': ['s3', 'openai', 'secrets'],
       'start-from-upload': ['s3', 'sfn'],
-      'plan-batch': ['s3'],
+      'plan-batch': ['s3', 'sfn'],
       'report-batch': ['s3'],
     };
     for (const stage of stageNames) {

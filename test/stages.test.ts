@@ -236,6 +236,15 @@ describe('publish and record-failure', () => {
     expect(JSON.parse(await deps.store.getText(record.failureKey))).toMatchObject({ runId: 'r-9', error: 'ContentPolicyViolation' });
   });
 
+  it('keeps the workflow\u2019s own record when the run\u2019s status event records the same failure again', async () => {
+    const { deps } = await environment();
+    const cause = JSON.stringify({ errorType: 'ImageTimeout', errorMessage: 'grid 2 for persona ada-lovelace: no answer in 600 s' });
+    await recordFailure({ input: { persona }, runId: 'r-3', error: { Error: 'ImageTimeout', Cause: cause } }, deps);
+    const again = await recordFailure({ input: JSON.stringify({ persona }), runId: 'r-3', error: { Error: 'States.TaskFailed', Cause: 'execution failed' } }, deps);
+    expect(again).toMatchObject({ failureKey: 'avatars/ada-lovelace/failures/r-3.json', alreadyRecorded: true });
+    expect(JSON.parse(await deps.store.getText(again.failureKey))).toMatchObject({ error: 'ImageTimeout', cause: 'grid 2 for persona ada-lovelace: no answer in 600 s' });
+  });
+
   it('files failures of personas with unusable ids under _invalid', async () => {
     const { deps } = await environment();
     const record = await recordFailure({ input: { persona: { id: '../x' } }, runId: 'r-1', error: { Error: 'InvalidPersona', Cause: 'Invalid persona: persona.id' } }, deps);

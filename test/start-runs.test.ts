@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { GetObjectTaggingCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
+import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, StopExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
@@ -11,7 +11,7 @@ import { EXECUTION_NAME_PATTERN, executionName } from '../lambdas/shared/run-nam
 import { historyReader } from '../local/follow.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { startOfflineBackend, type Fault } from '../local/offline-openai.ts';
-import { avatars, cliPath, eventsDir, imageCalls, persona, startTestEnvironment, tempDir } from './support.ts';
+import { avatars, cliPath, eventsDir, imageCalls, persona, personaLine, startTestEnvironment, tempDir } from './support.ts';
 
 const work = tempDir('start');
 
@@ -462,5 +462,39 @@ describe('the local Step Functions API', () => {
     const described = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(stateMachineArn, 'same') }));
     expect(described.status).toBe('SUCCEEDED');
     expect(described.stopDate).toBeInstanceOf(Date);
+  });
+
+  it('stops a running execution, which ends ABORTED with the error and cause given, its name still taken', async () => {
+    const world = await startTestEnvironment({ stepFunctions: {}, latencyMs: 2_000 });
+    const stateMachineArn = world.deps.settings.stateMachineArn!;
+    const { executionArn: arn } = await world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'stopped', input: JSON.stringify({ persona }) }));
+    await world.deps.sfn.send(new StopExecutionCommand({ executionArn: arn, error: 'Operator', cause: 'wrong persona' }));
+    expect(await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: arn }))).toMatchObject({ status: 'ABORTED', error: 'Operator', cause: 'wrong persona' });
+    await expect(world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'stopped', input: JSON.stringify({ persona }) }))).rejects.toMatchObject({ name: 'ExecutionAlreadyExists' });
+  });
+});
+
+describe('a batch, planning its personas\u2019 names', () => {
+  it('runs a persona as its next attempt when its name is taken in Step Functions by a run that left no record', async () => {
+    const world = await startTestEnvironment({ stepFunctions: {}, latencyMs: 500, env: batchVariables });
+    const request = parseRunRequest(JSON.parse(personaLine('taken')));
+    const name = executionName(request);
+    const stateMachineArn = world.deps.settings.stateMachineArn!;
+    // Stopped before it wrote anything but its working files: no manifest, no failure record.
+    const { executionArn: arn } = await world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn, name, input: JSON.stringify(request) }));
+    await world.deps.sfn.send(new StopExecutionCommand({ executionArn: arn }));
+    expect(await keysUnder(world, 'avatars/taken/failures/')).toEqual([]);
+
+    await world.deps.store.put('batches/again/personas.jsonl', `${personaLine('taken')}\n${personaLine('fresh')}\n`, 'application/x-ndjson');
+    await world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn: world.deps.settings.batchStateMachineArn!, name: 'again', input: JSON.stringify({ personasKey: 'batches/again/personas.jsonl' }) }));
+    await world.stepFunctions!.settled();
+    const report = JSON.parse(await world.deps.store.getText('batches/again/report.json'));
+    expect(report.personas.map((p: { personaId: string; status: string; name: string }) => [p.personaId, p.status, p.name])).toEqual([
+      ['taken', 'SUCCEEDED', `${name}-2`],
+      ['fresh', 'SUCCEEDED', executionName(parseRunRequest(JSON.parse(personaLine('fresh'))))],
+    ]);
+    // The child execution names its batch, so the console shows it under the batch.
+    const child = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(stateMachineArn, `${name}-2`) }));
+    expect(JSON.parse(child.input!).AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID).toBe(executionArn(world.deps.settings.batchStateMachineArn!, 'again'));
   });
 });

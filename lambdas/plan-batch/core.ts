@@ -7,6 +7,7 @@
  * coarse schedule: the account-wide governor (shared/governor.ts) keeps every image call under
  * the limit, whatever else runs and however late the schedule is (README: Batches).
  */
+import { DescribeExecutionCommand, ExecutionDoesNotExist, type SFNClient } from '@aws-sdk/client-sfn';
 import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { estimateImageCallCost } from '../shared/models.ts';
 import type { Settings } from '../shared/settings.ts';
@@ -16,6 +17,7 @@ import { IMAGES_PER_GRID, type RunRequest } from '../shared/persona.ts';
 import { inPool } from '../shared/pool.ts';
 import { readPersonaLines } from '../shared/run-input.ts';
 import { attemptName, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
+import { executionArn } from '../shared/sfn.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
 export interface PlanBatchEvent {
@@ -25,6 +27,8 @@ export interface PlanBatchEvent {
   batchId: string;
   /** The batch execution's input: `{ personasKey, budgetUsd? }`. */
   input?: { budgetUsd?: unknown };
+  /** The batch execution's ARN: its child executions name it, so the console links them to it. */
+  executionId?: string;
 }
 
 /** One persona the batch runs: a line of items.jsonl, read by the Distributed Map. */
@@ -33,7 +37,7 @@ export interface BatchItem {
   line: number;
   /** The per-persona execution's name. */
   name: string;
-  input: RunRequest;
+  input: RunRequest & { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID?: string };
   /** Its turn (ISO 8601): the child execution starts no earlier. */
   notBefore: string;
 }
@@ -106,24 +110,55 @@ function imageCallsOf(request: RunRequest, defaultImages: number): number {
   return 1 + (request.mode === 'separate' ? images : Math.ceil(images / IMAGES_PER_GRID));
 }
 
-type Attempt = { run: string } | { published: string; avatars: Avatar[] } | { exhausted: true };
+type Attempt = { run: string } | { published: string; avatars: Avatar[] } | { running: string } | { exhausted: true };
 
 interface RunManifest {
+  manifestKey?: string;
   images?: Avatar[];
 }
 
+/** Where attempts are looked up: the bucket, and Step Functions when it knows the persona workflow. */
+export interface AttemptLookup {
+  store: StageDeps<'store'>['store'];
+  sfn?: SFNClient;
+  /** The persona workflow whose execution names the attempts take. */
+  stateMachineArn?: string;
+}
+
+/** How Step Functions says an attempt's execution ended; undefined when there is none by that name. */
+async function describedAttempt(lookup: AttemptLookup, runId: string): Promise<{ status: string; output?: string } | undefined> {
+  if (!lookup.sfn || !lookup.stateMachineArn) return undefined;
+  try {
+    const described = await lookup.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(lookup.stateMachineArn, runId) }));
+    return { status: described.status ?? 'RUNNING', ...(described.output ? { output: described.output } : {}) };
+  } catch (error) {
+    if (error instanceof ExecutionDoesNotExist) return undefined;
+    throw error;
+  }
+}
+
 /**
- * What the bucket says of a request's attempts: the first that published, else the first that
- * has neither published nor failed (the name to run under).
+ * A request's attempts, as the bucket and then Step Functions know them: the first that published,
+ * else the first name no execution has taken (the name to run under). A name the bucket knows
+ * nothing of may still be taken for 90 days by a run that failed without a record (States.Runtime,
+ * a throttled RecordFailure): Step Functions would refuse it, so an attempt that ended without
+ * succeeding is stepped past, as `avatars start` does.
  */
-async function nextAttempt(deps: Pick<StageDeps<'store'>, 'store'>, personaId: string, name: string): Promise<Attempt> {
+async function nextAttempt(lookup: AttemptLookup, personaId: string, name: string): Promise<Attempt> {
   const keys = avatarKeys(personaId);
   for (let n = 1; n <= MAX_ATTEMPTS; n++) {
     const runId = attemptName(name, n);
     const manifestKey = keys.run(runId).manifest;
-    const [manifest, failure] = await Promise.all([deps.store.getJsonIfExists<RunManifest>(manifestKey), deps.store.getJsonIfExists(keys.failure(runId))]);
+    const [manifest, failure] = await Promise.all([lookup.store.getJsonIfExists<RunManifest>(manifestKey), lookup.store.getJsonIfExists(keys.failure(runId))]);
     if (manifest) return { published: manifestKey, avatars: (manifest.images ?? []).map(({ key }) => ({ key })) };
-    if (!failure) return { run: runId };
+    if (failure) continue;
+    const execution = await describedAttempt(lookup, runId);
+    if (!execution) return { run: runId };
+    if (execution.status === 'RUNNING' || execution.status === 'PENDING_REDRIVE') return { running: runId };
+    if (execution.status === 'SUCCEEDED') {
+      const output = JSON.parse(execution.output ?? '{}') as RunManifest;
+      return { published: output.manifestKey ?? manifestKey, avatars: (output.images ?? []).map(({ key }) => ({ key })) };
+    }
   }
   return { exhausted: true };
 }
@@ -135,7 +170,7 @@ async function nextAttempt(deps: Pick<StageDeps<'store'>, 'store'>, personaId: s
  */
 export async function triageLines(
   lines: AsyncIterable<string> | Iterable<string>,
-  deps: Pick<StageDeps<'store'>, 'store'>,
+  lookup: AttemptLookup,
   { untilOneRuns = false } = {},
 ): Promise<{ toRun: { line: number; request: RunRequest; name: string }[]; skipped: SkippedLine[] }> {
   const skipped: SkippedLine[] = [];
@@ -160,12 +195,14 @@ export async function triageLines(
   const chunk = untilOneRuns ? LOOKUP_CONCURRENCY : candidates.length;
   for (let from = 0; from < candidates.length && !(untilOneRuns && toRun.length > 0); from += chunk) {
     const some = candidates.slice(from, from + chunk);
-    const attempts = await inPool(some, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(deps, request.persona.id, executionName(request)));
+    const attempts = await inPool(some, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(lookup, request.persona.id, executionName(request)));
     some.forEach(({ line, request }, i) => {
       const attempt = attempts[i]!;
       const personaId = request.persona.id;
       if ('published' in attempt) {
         skipped.push({ line, personaId, status: 'SKIPPED', reason: 'already published with the same request', manifestKey: attempt.published, avatars: attempt.avatars });
+      } else if ('running' in attempt) {
+        skipped.push({ line, personaId, status: 'SKIPPED', reason: `running already as execution ${attempt.running} (an upload, avatars start or another batch started it); its avatars are published when it ends` });
       } else if ('exhausted' in attempt) {
         skipped.push({ line, personaId, status: 'SKIPPED', reason: `${MAX_ATTEMPTS} attempts of this request have failed: fix the cause their failure records name, then change the request (or start it with avatars start --name)` });
       } else {
@@ -187,9 +224,10 @@ function batchBudget(event: PlanBatchEvent, fallback: number | undefined): numbe
   return given;
 }
 
-export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>): Promise<BatchPlan> {
+export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' | 'sfn'>): Promise<BatchPlan> {
   const keys = batchKeys(event.batchId);
-  const { toRun, skipped } = await triageLines(deps.store.lines(event.personasKey), deps);
+  const lookup = { store: deps.store, sfn: deps.sfn, stateMachineArn: deps.settings.stateMachineArn };
+  const { toRun, skipped } = await triageLines(deps.store.lines(event.personasKey), lookup);
   const { imagesPerMinute, defaultImages } = deps.settings;
   const budgetUsd = batchBudget(event, deps.settings.batchBudgetUsd);
   const items: BatchItem[] = [];
@@ -216,7 +254,12 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store'>)
     }
     // Each persona's turn comes once the image calls of those before it fit in the limit.
     const notBefore = new Date(start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
-    const input = budgetUsd === undefined ? request : { ...request, budget: { batchId: event.batchId, usd: budgetUsd } };
+    const input = {
+      ...request,
+      ...(budgetUsd === undefined ? {} : { budget: { batchId: event.batchId, usd: budgetUsd } }),
+      // Step Functions' own key: the console shows the child under its batch.
+      ...(event.executionId ? { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: event.executionId } : {}),
+    };
     items.push({ personaId: request.persona.id, line, name, input, notBefore });
     imageCalls += imageCallsOf(request, defaultImages);
   }

@@ -20,6 +20,8 @@ export interface FailureRecord {
   error: string;
   cause: string;
   failureKey: string;
+  /** A record was there already (the workflow's own, before its status event): it is kept. */
+  alreadyRecorded?: boolean;
 }
 
 function parseOrKeep(text: string): unknown {
@@ -33,7 +35,11 @@ function parseOrKeep(text: string): unknown {
 /** Persona ids that cannot be trusted in a key are filed under this one. */
 export const UNKNOWN_PERSONA = '_invalid';
 
-/** Writes why the run failed next to where its images would have gone, so no failure is silent. */
+/**
+ * Writes why the run failed next to where its images would have gone, so no failure is silent.
+ * Once per run: a failed run is recorded by its workflow's Catch and again from its status event,
+ * and the first record, the one with the stage's own error, is the one kept.
+ */
 export async function recordFailure(event: RecordFailureEvent, deps: StageDeps<'store'>): Promise<FailureRecord> {
   const input = typeof event.input === 'string' ? parseOrKeep(event.input) : event.input;
   // An execution input names its persona, or is the persona itself.
@@ -41,13 +47,14 @@ export async function recordFailure(event: RecordFailureEvent, deps: StageDeps<'
   const personaId = id && PERSONA_ID_PATTERN.test(id) ? id : UNKNOWN_PERSONA;
   const failureKey = avatarKeys(personaId).failure(safeRunId(event.runId));
   const cause = causeMessage(event.error.Cause);
-  await deps.store.putJson(failureKey, {
+  const record = {
     personaId: id ?? null,
     runId: event.runId,
     failedAt: new Date().toISOString(),
     error: event.error.Error,
     cause,
     retry: 'fix what the cause names, then upload the persona again or run `avatars start` with it: a failed run is started again as a new attempt',
-  });
-  return { error: event.error.Error, cause, failureKey };
+  };
+  const written = await deps.store.putNew(failureKey, `${JSON.stringify(record, null, 2)}\n`, 'application/json');
+  return { error: event.error.Error, cause, failureKey, ...(written ? {} : { alreadyRecorded: true }) };
 }

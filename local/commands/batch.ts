@@ -12,7 +12,7 @@ import type { ObjectStore } from '../../lambdas/shared/store.ts';
 import { nothingToRun, readBatchFile } from '../batch-file.ts';
 import { startLocalEnvironment, UNLIMITED_IMAGES_PER_MINUTE } from '../environment.ts';
 import { parseFaults } from '../faults.ts';
-import { runLocally, type ChildExecutions, type ProgressEvent } from '../runner.ts';
+import { runLocally, type ProgressEvent } from '../runner.ts';
 import { UsageError } from './common.ts';
 import type { RunFlags } from './run.ts';
 
@@ -101,11 +101,15 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     process.stderr.write(`✗ ${file}: no valid personas: nothing to run\n`);
     return 1;
   }
+  const progress = new BatchProgress();
   const env = await startLocalEnvironment({
+    // Child executions run here, in a local Step Functions that keeps names as the service does.
+    env: { ...process.env, STATE_MACHINE_ARN: undefined, BATCH_STATE_MACHINE_ARN: undefined },
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
     latencyMs: flags.latency,
     ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
+    stepFunctions: { retryDelayMs: flags.retryDelay, onProgress: (execution, event) => (execution.machine === 'persona' ? progress.onPersonaEvent(event) : undefined) },
   });
   try {
     const { store } = env.deps;
@@ -126,11 +130,6 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     );
     for (const note of env.notes) log(`⚠ ${note}`);
 
-    const progress = new BatchProgress();
-    const children: ChildExecutions = {
-      run: (_arn, name, input) =>
-        runLocally({ input, deps: env.deps, runId: name, retryDelayMs: flags.retryDelay, onProgress: (event) => progress.onPersonaEvent(event) }),
-    };
     const live = process.stderr.isTTY && !flags.quiet;
     const show = () => (live ? process.stderr.write(`\r\x1b[K${progress.line()}`) : log(progress.line()));
     const ticker = setInterval(show, live ? 500 : 10_000);
@@ -140,7 +139,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
       runId: batchId,
       deps: env.deps,
       retryDelayMs: flags.retryDelay,
-      children,
+      children: env.stepFunctions!.children,
       onProgress: (event) => {
         progress.onBatchEvent(event);
         if (event.state === 'PlanBatch' && event.kind === 'exited') {
@@ -149,7 +148,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
       },
     }).finally(() => clearInterval(ticker));
     if (live) process.stderr.write('\r\x1b[K');
-    if (outcome.status === 'FAILED') {
+    if (outcome.status !== 'SUCCEEDED') {
       process.stderr.write(`✗ batch ${batchId} failed: ${outcome.error}: ${outcome.cause}\n`);
       return 1;
     }

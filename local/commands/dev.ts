@@ -34,7 +34,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
       },
       onEnd: async (execution) => {
         const ended = execution.outcome!;
-        if (ended.status === 'FAILED') {
+        if (ended.status !== 'SUCCEEDED') {
           log(`✗ [${execution.name}] failed: ${ended.error}: ${ended.cause}`);
           return;
         }

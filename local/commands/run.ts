@@ -49,7 +49,7 @@ export async function runCommand(personaFile: string, flags: RunFlags): Promise<
     log(`persona-avatars: S3 ${env.s3 === 'embedded' ? `embedded (${join(flags.data, 's3')})` : env.s3}, images ${env.images === 'offline' ? 'offline backend' : 'OpenAI'}, ${settings.imageModel} ${settings.imageSize} ${settings.imageQuality}`);
     for (const warning of [...env.notes, ...checkImageSettings(settings).warnings]) log(`⚠ ${warning}`);
     const outcome = await runLocally({ input, deps: env.deps, retryDelayMs: flags.retryDelay, onProgress: (event) => log(describe(event)) });
-    if (outcome.status === 'FAILED') {
+    if (outcome.status !== 'SUCCEEDED') {
       if (flags.json) process.stdout.write(`${JSON.stringify({ status: outcome.status, runId: outcome.runId, error: outcome.error, cause: outcome.cause }, null, 2)}\n`);
       process.stderr.write(`\n✗ run ${outcome.runId} failed: ${outcome.error}: ${outcome.cause}\n`);
       return 1;
