@@ -350,11 +350,8 @@ async function markingBench(): Promise<void> {
   out();
 }
 
-await workflowBench();
-await splitBench();
-bundleBench();
-identityBench();
-await cliBench();
-await batchBench();
-await reportBench();
-await markingBench();
+// `npm run bench -- report marking` runs those sections only.
+const sections: Record<string, () => unknown> = { workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, report: reportBench, marking: markingBench };
+const chosen = process.argv.slice(2);
+for (const name of chosen) if (!sections[name]) throw new Error(`no bench section ${name}: ${Object.keys(sections).join(', ')}`);
+for (const [name, section] of Object.entries(sections)) if (chosen.length === 0 || chosen.includes(name)) await section();

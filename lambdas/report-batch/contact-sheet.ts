@@ -1,20 +1,13 @@
 import type { Avatar } from '../plan-batch/core.ts';
-import type { BatchReport } from './core.ts';
+import type { BatchReport, ReportEntry } from './core.ts';
 
 export const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
-/** A page of the whole batch: a row of avatars per persona, and each failure or skip with its reason. */
-export function contactSheet(report: BatchReport, src: (avatar: Avatar) => string = (avatar) => avatar.url ?? avatar.key): string {
-  const rows = report.personas
-    .map((p) => {
-      const who = `<th>${escape(p.personaId ?? `line ${p.line}`)}<small>line ${p.line} · ${p.status}</small></th>`;
-      const body =
-        p.status === 'FAILED'
-          ? `<td class="failed">${escape(`${p.error}: ${p.cause}`)}</td>`
-          : `<td>${(p.avatars ?? []).map((a, i) => `<img src="${escape(src(a))}" alt="avatar ${i + 1}" loading="lazy">`).join('')}${p.reason ? `<p>${escape(p.reason)}</p>` : ''}</td>`;
-      return `<tr class="${p.status.toLowerCase()}">${who}${body}</tr>`;
-    })
-    .join('\n');
+type Src = (avatar: Avatar) => string;
+const byUrl: Src = (avatar) => avatar.url ?? avatar.key;
+
+/** The page's top: title and counts. */
+function head(report: Omit<BatchReport, 'personas'>): string {
   const { counts } = report;
   return `<!doctype html>
 <meta charset="utf-8">
@@ -28,7 +21,29 @@ th small{display:block;color:#999;font-weight:normal}img{width:96px;height:96px;
 <h1>Batch ${escape(report.batchId)}</h1>
 <p>${counts.total} personas: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped · ${escape(report.personasKey)} · ${escape(report.finishedAt)}</p>
 <table>
-${rows}
-</table>
 `;
+}
+
+/** A persona's row: its avatars, or its failure or skip with the reason. */
+function row(p: ReportEntry, src: Src): string {
+  const who = `<th>${escape(p.personaId ?? `line ${p.line}`)}<small>line ${p.line} · ${p.status}</small></th>`;
+  const body =
+    p.status === 'FAILED'
+      ? `<td class="failed">${escape(`${p.error}: ${p.cause}`)}</td>`
+      : `<td>${(p.avatars ?? []).map((a, i) => `<img src="${escape(src(a))}" alt="avatar ${i + 1}" loading="lazy">`).join('')}${p.reason ? `<p>${escape(p.reason)}</p>` : ''}</td>`;
+  return `<tr class="${p.status.toLowerCase()}">${who}${body}</tr>\n`;
+}
+
+const FOOT = '</table>\n';
+
+/** The page as it is written, a row at a time: memory holds one persona, not the batch. */
+export async function* contactSheetChunks(report: Omit<BatchReport, 'personas'>, personas: AsyncIterable<ReportEntry>, src: Src = byUrl): AsyncGenerator<string> {
+  yield head(report);
+  for await (const p of personas) yield row(p, src);
+  yield FOOT;
+}
+
+/** A page of the whole batch: a row of avatars per persona, and each failure or skip with its reason. */
+export function contactSheet(report: BatchReport, src: Src = byUrl): string {
+  return `${head(report)}${report.personas.map((p) => row(p, src)).join('')}${FOOT}`;
 }

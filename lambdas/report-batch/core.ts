@@ -2,14 +2,17 @@
  * The last state of a batch: one entry per line of its file, from the plan (what was skipped and
  * why) and the Map Run's results as Step Functions' ResultWriter stored them, written as
  * batches/{batchId}/report.json and a contact sheet, index.html. A persona the Map never ran
- * (the batch stopped, say) is reported failed, never left out.
+ * (the batch stopped, say) is reported failed, never left out. Both files are streamed to S3 a
+ * persona at a time, URLs made as each is written: memory holds the batch's keys, not its report.
  */
+import { Readable } from 'node:stream';
+import { Upload } from '@aws-sdk/lib-storage';
 import { batchKeys } from '../shared/keys.ts';
 import type { Avatar, BatchItem, BatchPlan, SkippedLine } from '../plan-batch/core.ts';
-import { inPool } from '../shared/pool.ts';
+import type { ObjectStore } from '../shared/store.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
-import { contactSheet } from './contact-sheet.ts';
+import { contactSheetChunks } from './contact-sheet.ts';
 
 /** What the Distributed Map answers when its results were written to S3. */
 export interface MapRunResults {
@@ -54,8 +57,6 @@ export interface BatchSummary {
   counts: BatchReport['counts'];
 }
 
-const URL_CONCURRENCY = 16;
-
 /** What each child workflow of the Map returns (infra/batch-workflow.ts). */
 interface ItemOutcome {
   personaId: string;
@@ -97,10 +98,35 @@ function personaFailure(error: string, cause: string): { error: string; cause: s
   return { error, cause };
 }
 
-function entryOf(result: ItemOutcome): ReportEntry {
+/** Avatar keys as two strings: what they share, and the rest of each, a line each. */
+interface PackedKeys {
+  prefix: string;
+  rest: string;
+}
+
+/**
+ * A report entry as it is held until written, its avatars' keys packed: 10,000 personas of 40
+ * avatars are 400,000 keys, a few MiB packed, not the hundred or so as strings of their own.
+ */
+type HeldEntry = Omit<ReportEntry, 'avatars'> & { keys?: PackedKeys };
+
+function pack(keys: string[]): PackedKeys {
+  let shared = keys[0] ?? '';
+  for (const key of keys) while (!key.startsWith(shared)) shared = shared.slice(0, -1);
+  return { prefix: shared, rest: keys.map((key) => key.slice(shared.length)).join('\n') };
+}
+
+// No key is empty: an empty prefix and rest are no keys at all.
+const unpack = ({ prefix, rest }: PackedKeys): string[] => (prefix === '' && rest === '' ? [] : rest.split('\n').map((tail) => prefix + tail));
+
+function held({ avatars, ...entry }: ReportEntry): HeldEntry {
+  return avatars ? { ...entry, keys: pack(avatars.map(({ key }) => key)) } : entry;
+}
+
+function entryOf(result: ItemOutcome): HeldEntry {
   const base = { line: result.line, personaId: result.personaId, name: result.name };
   const o = result.outcome;
-  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, avatars: o.images.map((key) => ({ key })) };
+  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, keys: pack(o.images) };
   return { ...base, status: 'FAILED', ...personaFailure(o.error, o.cause) };
 }
 
@@ -110,8 +136,8 @@ function entryOf(result: ItemOutcome): ReportEntry {
  * (COMPACT), or a child with its metadata (a failed one, or results written without WriterConfig:
  * a JSON array on one line).
  */
-async function mapResults(deps: StageDeps<'store'>, manifestKey: string): Promise<Map<number, ReportEntry>> {
-  const entries = new Map<number, ReportEntry>();
+async function mapResults(deps: StageDeps<'store'>, manifestKey: string): Promise<Map<number, HeldEntry>> {
+  const entries = new Map<number, HeldEntry>();
   const manifest = JSON.parse(await deps.store.getText(manifestKey)) as ResultManifest;
   for (const file of [...(manifest.ResultFiles.SUCCEEDED ?? []), ...(manifest.ResultFiles.FAILED ?? [])]) {
     for await (const text of deps.store.lines(file.Key)) {
@@ -123,7 +149,7 @@ async function mapResults(deps: StageDeps<'store'>, manifestKey: string): Promis
   return entries;
 }
 
-function addResult(entries: Map<number, ReportEntry>, record: ItemOutcome | ChildResult): void {
+function addResult(entries: Map<number, HeldEntry>, record: ItemOutcome | ChildResult): void {
   if ('outcome' in record) {
     entries.set(record.line, entryOf(record));
     return;
@@ -142,12 +168,12 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   const { plan } = event;
   const keys = batchKeys(plan.batchId);
   const written = event.map?.ResultWriterDetails;
-  const results = written ? await mapResults(deps, written.Key) : new Map<number, ReportEntry>();
+  const results = written ? await mapResults(deps, written.Key) : new Map<number, HeldEntry>();
   const mapError = event.map?.Error;
   const notRun = mapError
     ? { error: mapError, cause: `the batch's Map failed before this persona's result was written (${mapError}: ${event.map?.Cause ?? ''}); run the batch again: what was published is not run again` }
     : { error: 'NotRun', cause: 'the batch ended before this persona ran; run the batch again to run it' };
-  const personas: ReportEntry[] = [];
+  const personas: HeldEntry[] = [];
   for await (const line of plan.toRun > 0 ? deps.store.lines(plan.itemsKey) : []) {
     if (!line.trim()) continue;
     const item = JSON.parse(line) as BatchItem;
@@ -156,22 +182,40 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
     );
   }
   const { skippedLines, refusedLines = [] } = JSON.parse(await deps.store.getText(plan.planKey)) as { skippedLines: SkippedLine[]; refusedLines?: ReportEntry[] };
-  personas.push(...skippedLines, ...refusedLines);
+  personas.push(...skippedLines.map(held), ...refusedLines.map(held));
   personas.sort((a, b) => a.line - b.line);
-  // URLs made now, as publish makes them: presigned ones live a week at most.
-  await inPool(personas, URL_CONCURRENCY, async (p) => {
-    if (p.avatars) p.avatars = await Promise.all(p.avatars.map(async ({ key }) => ({ key, url: await objectUrl(deps, key) })));
-  });
   const count = (status: PersonaStatus) => personas.filter((p) => p.status === status).length;
-  const report: BatchReport = {
+  const head: Omit<BatchReport, 'personas'> = {
     batchId: plan.batchId,
     personasKey: plan.personasKey,
     finishedAt: new Date().toISOString(),
     counts: { total: personas.length, SUCCEEDED: count('SUCCEEDED'), FAILED: count('FAILED'), SKIPPED: count('SKIPPED') },
-    personas,
   };
-  await deps.store.putJson(keys.report, report);
-  await deps.store.put(keys.index, contactSheet(report), 'text/html; charset=utf-8');
-  deps.logger.info('batch reported', { batchId: plan.batchId, ...report.counts });
-  return { batchId: plan.batchId, reportKey: keys.report, indexKey: keys.index, counts: report.counts };
+  // URLs made as each persona is written, as publish makes them: presigned ones live a week at most.
+  async function* withUrls(): AsyncGenerator<ReportEntry> {
+    for (const { keys, ...p } of personas) yield keys ? { ...p, avatars: await Promise.all(unpack(keys).map(async (key) => ({ key, url: await objectUrl(deps, key) }))) } : p;
+  }
+  await putStreamed(deps.store, keys.report, reportJson(head, withUrls()), 'application/json');
+  await putStreamed(deps.store, keys.index, contactSheetChunks(head, withUrls()), 'text/html; charset=utf-8');
+  deps.logger.info('batch reported', { batchId: plan.batchId, ...head.counts });
+  return { batchId: plan.batchId, reportKey: keys.report, indexKey: keys.index, counts: head.counts };
+}
+
+/** A BatchReport's JSON, a persona a line, as it is written. */
+async function* reportJson(head: Omit<BatchReport, 'personas'>, personas: AsyncIterable<ReportEntry>): AsyncGenerator<string> {
+  yield `${JSON.stringify(head, null, 2).slice(0, -2)},\n  "personas": [`;
+  let first = true;
+  for await (const p of personas) {
+    yield `${first ? '' : ','}\n    ${JSON.stringify(p)}`;
+    first = false;
+  }
+  yield `${first ? '' : '\n  '}]\n}\n`;
+}
+
+/**
+ * Writes what `chunks` yields as it comes (a multipart upload once past one part), never all of it
+ * at once; one part in flight, one file at a time: the report is written in seconds either way.
+ */
+async function putStreamed(store: ObjectStore, key: string, chunks: AsyncIterable<string>, contentType: string): Promise<void> {
+  await new Upload({ client: store.s3, queueSize: 1, params: { Bucket: store.bucket, Key: key, Body: Readable.from(chunks), ContentType: contentType } }).done();
 }
