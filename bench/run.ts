@@ -32,7 +32,9 @@ import { issueSigningCertificate } from '../local/certificates.ts';
 import { PNG_OPTIONS } from '../lambdas/shared/keys.ts';
 import { splitEqually, splitGrid } from '../lambdas/split-grid/split.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, portraits, random, seedOf } from '../local/avatar-art.ts';
-import { startLocalEnvironment } from '../local/environment.ts';
+import { startLocalEnvironment, type LocalEnvironment } from '../local/environment.ts';
+import { startOfflineBackend, type OfflineBackend } from '../local/offline-openai.ts';
+import { startDynaliteServer } from '../test/dynamodb.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
@@ -223,24 +225,36 @@ function identityBench(): void {
 
 const BATCH = { personas: 24, imagesPerMinute: 120, latencyMs: 1000 };
 
+const teamLines = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => JSON.stringify({ persona: { ...persona, id: `${prefix}-${i + 1}` } })).join('\n');
+
+/** One batch run here, its file put where its input says. */
+async function runBenchBatch(env: LocalEnvironment, lines: string, batchId: string): Promise<{ published: number; ms: number }> {
+  const personasKey = `batches/${batchId}/personas.jsonl`;
+  await env.deps.store.put(personasKey, lines, 'application/x-ndjson');
+  const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey }, runId: batchId, deps: env.deps, children: env.stepFunctions?.children });
+  if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
+  return { published: outcome.output.counts.SUCCEEDED, ms: outcome.ms };
+}
+
+/** What the API saw: image calls drawn a minute against its limit, 429s per published image, wall time against the ideal. */
+function pacingReport(backend: OfflineBackend, limit: number, personas: number, published: number, wallMs: number): void {
+  const calls = backend.requests.filter((r) => r.route === 'generations' || r.route === 'edits');
+  const drawn = calls.filter((c) => !c.rateLimited);
+  const perMinute = ((drawn.length - 1) * 60_000) / (drawn.at(-1)!.at - drawn[0]!.at);
+  const idealMs = (drawn.length * 60_000) / limit;
+  out(`  published ${published}/${personas}; ${drawn.length} image calls at ${perMinute.toFixed(1)}/min from first to last: ${((perMinute / limit) * 100).toFixed(0)}% of the limit`);
+  out(`  429s: ${calls.length - drawn.length} (${((calls.length - drawn.length) / (published * 4)).toFixed(2)} per published image)`);
+  out(`  wall ${(wallMs / 1000).toFixed(1)} s against an ideal of ${(idealMs / 1000).toFixed(1)} s (image calls / limit): ${(wallMs / idealMs).toFixed(2)}x`);
+}
+
 async function batchBench(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-'));
   const limit = String(BATCH.imagesPerMinute);
   const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGES_PER_MINUTE: limit }, latencyMs: BATCH.latencyMs, imagesPerMinute: BATCH.imagesPerMinute });
   try {
-    const lines = Array.from({ length: BATCH.personas }, (_, i) => JSON.stringify({ persona: { ...persona, id: `bench-${i + 1}` } }));
-    await env.deps.store.put('batches/bench/personas.jsonl', lines.join('\n'), 'application/x-ndjson');
-    const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey: 'batches/bench/personas.jsonl' }, runId: 'bench', deps: env.deps });
-    if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
-    const calls = env.backend!.requests.filter((r) => r.route === 'generations' || r.route === 'edits');
-    const drawn = calls.filter((c) => !c.rateLimited);
-    const perMinute = ((drawn.length - 1) * 60_000) / (drawn.at(-1)!.at - drawn[0]!.at);
-    const idealMs = (drawn.length * 60_000) / BATCH.imagesPerMinute;
-    const images = outcome.output.counts.SUCCEEDED * 4;
     out(`A batch: ${BATCH.personas} personas, API limited to ${BATCH.imagesPerMinute} images/min, ${BATCH.latencyMs} ms per image call`);
-    out(`  published ${outcome.output.counts.SUCCEEDED}/${BATCH.personas}; ${drawn.length} image calls at ${perMinute.toFixed(1)}/min from first to last: ${((perMinute / BATCH.imagesPerMinute) * 100).toFixed(0)}% of the limit`);
-    out(`  429s: ${calls.length - drawn.length} (${((calls.length - drawn.length) / images).toFixed(2)} per published image)`);
-    out(`  wall ${(outcome.ms / 1000).toFixed(1)} s against an ideal of ${(idealMs / 1000).toFixed(1)} s (image calls / limit): ${(outcome.ms / idealMs).toFixed(2)}x`);
+    const { published, ms } = await runBenchBatch(env, teamLines(BATCH.personas, 'bench'), 'bench');
+    pacingReport(env.backend!, BATCH.imagesPerMinute, BATCH.personas, published, ms);
   } finally {
     await env.close();
     rmSync(dir, { recursive: true, force: true });
@@ -265,6 +279,51 @@ async function batchBench(): Promise<void> {
   const { valid, peakMb } = JSON.parse(result.stdout.trim()) as { valid: number; peakMb: number };
   out(`  checking a 10,000-line file (${(statSync(file).size / 2 ** 20).toFixed(1)} MiB): ${valid} valid, heap at most ${peakMb.toFixed(1)} MiB above its start`);
   rmSync(dir, { recursive: true, force: true });
+  out();
+}
+
+const SHARED = { personas: 12, imagesPerMinute: 60, latencyMs: 1000 };
+
+/**
+ * Two batches started together, as two uploads would be, each planned against the whole limit:
+ * two processes' worth of stages (an S3 each) sharing one image budget table and one API.
+ */
+async function twoBatchesBench(): Promise<void> {
+  const backend = await startOfflineBackend({ imagesPerMinute: SHARED.imagesPerMinute, latencyMs: SHARED.latencyMs });
+  const db = await startDynaliteServer();
+  // The SDK's standard chain reads credentials from this process's environment, as a Lambda's does.
+  Object.assign(process.env, db.env);
+  const dirs = ['a', 'b'].map((name) => mkdtempSync(join(tmpdir(), `avatars-bench-${name}-`)));
+  const variables = { ...process.env, OPENAI_API_KEY: 'sk-bench', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IMAGES_PER_MINUTE: String(SHARED.imagesPerMinute), IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
+  const envs = await Promise.all(dirs.map((dataDir) => startLocalEnvironment({ dataDir, env: variables, stepFunctions: {} })));
+  try {
+    out(`Two batches started together: ${SHARED.personas} personas each, both planned at ${SHARED.imagesPerMinute} images/min, one image budget table, an API limited to ${SHARED.imagesPerMinute} images/min, ${SHARED.latencyMs} ms per call`);
+    const runs = await Promise.all(envs.map((env, i) => runBenchBatch(env, teamLines(SHARED.personas, `shared-${i}`), `shared-${i}`)));
+    pacingReport(backend, SHARED.imagesPerMinute, 2 * SHARED.personas, runs[0]!.published + runs[1]!.published, Math.max(...runs.map((r) => r.ms)));
+  } finally {
+    for (const env of envs) await env.close();
+    await db.close();
+    await backend.close();
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  }
+  out();
+}
+
+const STALE_MINUTES = 10;
+
+/** A batch whose plan is stale: planned ten minutes before its Map starts, every persona's turn has passed. */
+async function stalePlanBench(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-stale-'));
+  const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGES_PER_MINUTE: String(BATCH.imagesPerMinute) }, latencyMs: BATCH.latencyMs, imagesPerMinute: BATCH.imagesPerMinute });
+  try {
+    out(`A batch planned ${STALE_MINUTES} minutes before it runs: ${BATCH.personas} personas whose turns have all passed, API limited to ${BATCH.imagesPerMinute} images/min, ${BATCH.latencyMs} ms per call`);
+    const late = { ...env, deps: { ...env.deps, clock: { now: () => new Date(Date.now() - STALE_MINUTES * 60_000) } } };
+    const { published, ms } = await runBenchBatch(late, teamLines(BATCH.personas, 'stale'), 'stale');
+    pacingReport(env.backend!, BATCH.imagesPerMinute, BATCH.personas, published, ms);
+  } finally {
+    await env.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
   out();
 }
 
@@ -351,7 +410,7 @@ async function markingBench(): Promise<void> {
 }
 
 // `npm run bench -- report marking` runs those sections only.
-const sections: Record<string, () => unknown> = { workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, report: reportBench, marking: markingBench };
+const sections: Record<string, () => unknown> = { workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, report: reportBench, marking: markingBench };
 const chosen = process.argv.slice(2);
 for (const name of chosen) if (!sections[name]) throw new Error(`no bench section ${name}: ${Object.keys(sections).join(', ')}`);
 for (const [name, section] of Object.entries(sections)) if (chosen.length === 0 || chosen.includes(name)) await section();

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { GetObjectTaggingCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, StopExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { planBatch } from '../lambdas/plan-batch/core.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
@@ -497,4 +498,16 @@ describe('a batch, planning its personas\u2019 names', () => {
     const child = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(stateMachineArn, `${name}-2`) }));
     expect(JSON.parse(child.input!).AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID).toBe(executionArn(world.deps.settings.batchStateMachineArn!, 'again'));
   });
+
+  it('skips a persona whose run is still going, started by an upload or avatars start, instead of starting it twice', async () => {
+    const world = await startTestEnvironment({ stepFunctions: {}, latencyMs: 1_000 });
+    const request = parseRunRequest(JSON.parse(personaLine('busy')));
+    await world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn: world.deps.settings.stateMachineArn!, name: executionName(request), input: JSON.stringify(request) }));
+    await world.deps.store.put('batches/busy/personas.jsonl', `${personaLine('busy')}\n`, 'application/x-ndjson');
+    const plan = await planBatch({ personasKey: 'batches/busy/personas.jsonl', batchId: 'busy' }, world.deps);
+    expect(plan).toMatchObject({ toRun: 0, skipped: 1 });
+    const { skippedLines } = JSON.parse(await world.deps.store.getText(plan.planKey));
+    expect(skippedLines[0].reason).toContain(`running already as execution ${executionName(request)}`);
+  });
 });
+

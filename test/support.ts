@@ -3,10 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { AddressInfo } from 'node:net';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import dynalite from 'dynalite';
 import { afterAll, onTestFinished } from 'vitest';
+import { startDynaliteServer, type DynamoDbServer } from './dynamodb.ts';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import type { RecordedRequest } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
@@ -126,19 +124,8 @@ export function holdsC2paWhereExpected(image: Buffer, format: TileFormat): boole
 }
 
 /** dynalite, a DynamoDB-compatible server, on loopback for the calling test (in memory). */
-export async function startDynamoDb(): Promise<{ endpoint: string; client: DynamoDBClient; env: Record<string, string>; close(): Promise<void> }> {
-  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const env = { AWS_ENDPOINT_URL_DYNAMODB: endpoint, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'local', AWS_SECRET_ACCESS_KEY: 'local' };
-  const client = new DynamoDBClient({ endpoint, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
-  let closed: Promise<void> | undefined;
-  const close = () =>
-    (closed ??= new Promise<void>((resolve) => {
-      client.destroy();
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }));
-  onTestFinished(close);
-  return { endpoint, client, env, close };
+export async function startDynamoDb(): Promise<DynamoDbServer> {
+  const server = await startDynaliteServer();
+  onTestFinished(server.close);
+  return server;
 }

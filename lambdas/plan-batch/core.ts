@@ -224,7 +224,7 @@ function batchBudget(event: PlanBatchEvent, fallback: number | undefined): numbe
   return given;
 }
 
-export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' | 'sfn'>): Promise<BatchPlan> {
+export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' | 'sfn' | 'clock'>): Promise<BatchPlan> {
   const keys = batchKeys(event.batchId);
   const lookup = { store: deps.store, sfn: deps.sfn, stateMachineArn: deps.settings.stateMachineArn };
   const { toRun, skipped } = await triageLines(deps.store.lines(event.personasKey), lookup);
@@ -235,7 +235,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
   const refused: ReportEntry[] = [];
   let committedUsd = 0;
   let imageCalls = 0;
-  const start = Date.now();
+  const start = deps.clock.now().getTime();
   for (const { line, request, name } of toRun) {
     if (budgetUsd !== undefined) {
       const usd = estimatedCost(request, deps.settings);

@@ -29,6 +29,8 @@ export interface Deps {
   faces: FaceFinder;
   /** Who signs the avatars' C2PA manifests (publish only). */
   signing: Signing;
+  /** What time it is for the stages that plan by it (a batch's turns). */
+  clock: Clock;
   /** Timeouts for one call, kept below what is left of the Lambda's own time. */
   imageTimeoutMs: number;
   textTimeoutMs: number;
@@ -88,6 +90,7 @@ export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFacto
     settings,
     logger,
     fetch: globalThis.fetch,
+    clock,
     imageTimeoutMs: settings.imageTimeoutMs,
     textTimeoutMs: settings.textTimeoutMs,
     ...Object.assign({}, ...built),
