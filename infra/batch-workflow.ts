@@ -27,7 +27,7 @@ import {
 } from 'aws-cdk-lib/aws-stepfunctions';
 import { StepFunctionsStartExecution, type StepFunctionsStartExecutionProps } from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
-import { plainStageRetries, retryStartExecution } from './error-policy.ts';
+import { apiStageRetries, plainStageRetries, retryStartExecution } from './error-policy.ts';
 import { stageTask } from './workflow.ts';
 
 export interface AvatarBatchProps {
@@ -36,6 +36,9 @@ export interface AvatarBatchProps {
   personaWorkflow: IStateMachine;
   planBatch: LambdaFunction;
   reportBatch: IFunction;
+  /** Batch mode's rounds: an OpenAI batch sent, then read once it is done. */
+  submitRound: IFunction;
+  collectRound: IFunction;
   logRetentionDays: number;
 }
 
@@ -69,7 +72,8 @@ class StartChildExecution extends StepFunctionsStartExecution {
  * The batch workflow: thousands of personas from one JSON Lines file, as child executions of
  * the per-persona workflow, paced to the account's image rate limit.
  *
- *   PlanBatch ─► AnythingToRun? ─► RunPersonas (Distributed Map over batches/{id}/items.jsonl):
+ *   PlanBatch ─► AnythingToRun? ─► (batch mode) SubmitRound ⇄ WaitForRound ⇄ CollectRound (OpenAI's Batch API) ─┐
+ *                     │         ─► RunPersonas (Distributed Map over batches/{id}/items.jsonl): ◄─────────────────┘
  *                     │               WaitTurn (until the item's turn) ─► RunPersona (startExecution.sync:2)
  *                     │                 ─► PersonaDone | (any error) PersonaFailed
  *                     │             results ─► batches/{id}/results/ (ResultWriter, JSON Lines)
@@ -139,9 +143,37 @@ export class AvatarBatch extends Construct {
     });
     // The items file unreadable or the results unwritable: the report still comes, every persona in it.
     runPersonas.addCatch(reportBatch, { errors: ['States.ALL'], resultPath: '$.map' });
+    runPersonas.next(reportBatch);
+
+    // Batch mode: the images are drawn by OpenAI's Batch API in rounds before the personas run, and
+    // Step Functions does the waiting: SubmitRound ─► WaitForRound ─► CollectRound ─► (not done) WaitForRound
+    // ─► (another round due) SubmitRound ─► … ─► RunPersonas, whose workflows take the drawn images.
+    const submitRound = stageTask(this, 'SubmitRound', { stage: 'submit-round', fn: props.submitRound, payload: { plan: JsonPath.objectAt('$.plan') }, retries: apiStageRetries, resultPath: '$.round' });
+    const waitForRound = new Wait(this, 'WaitForRound', { time: WaitTime.secondsPath('$.round.waitSeconds') });
+    const collectRound = stageTask(this, 'CollectRound', {
+      stage: 'collect-round',
+      fn: props.collectRound,
+      payload: { plan: JsonPath.objectAt('$.plan'), round: JsonPath.objectAt('$.round') },
+      retries: apiStageRetries,
+      resultPath: '$.round',
+    });
+    // Rounds that cannot go on leave the rest undrawn: each persona's run then fails with why.
+    for (const round of [submitRound, collectRound]) round.addCatch(runPersonas, { errors: ['States.ALL'], resultPath: '$.roundError' });
+    submitRound.next(
+      new Choice(this, 'RoundSent')
+        .when(Condition.stringEquals('$.round.status', 'nothing'), runPersonas)
+        .otherwise(waitForRound.next(collectRound).next(
+          new Choice(this, 'RoundDone')
+            .when(Condition.stringEquals('$.round.status', 'pending'), waitForRound)
+            .when(Condition.stringEquals('$.round.next', 'submit'), submitRound)
+            .otherwise(runPersonas),
+        )),
+    );
+
     const nothingToRun = new Pass(this, 'NothingToRun', { result: Result.fromObject({}), resultPath: '$.map' });
     const anythingToRun = new Choice(this, 'AnythingToRun')
-      .when(Condition.numberGreaterThan('$.plan.toRun', 0), runPersonas.next(reportBatch))
+      .when(Condition.and(Condition.numberGreaterThan('$.plan.toRun', 0), Condition.stringEquals('$.plan.apiMode', 'batch')), submitRound)
+      .when(Condition.numberGreaterThan('$.plan.toRun', 0), runPersonas)
       .otherwise(nothingToRun.next(reportBatch));
 
     const logs = new LogGroup(this, 'ExecutionLogs', { retention: props.logRetentionDays, removalPolicy: RemovalPolicy.DESTROY });

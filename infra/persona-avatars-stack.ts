@@ -51,6 +51,8 @@ export class PersonaAvatarsStack extends Stack {
       personaWorkflow: this.workflow.stateMachine,
       planBatch: this.stages.functions['plan-batch'],
       reportBatch: this.stages.functions['report-batch'],
+      submitRound: this.stages.functions['submit-round'],
+      collectRound: this.stages.functions['collect-round'],
       logRetentionDays: props.logRetentionDays,
     });
     const uploads = new UploadTrigger(this, 'UploadTrigger', {

@@ -80,6 +80,9 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   // A batch's first and last states (batch-workflow.ts): they read a file of any length as it streams.
   'plan-batch': { reads: [personas, batches, runManifests, failures], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   'report-batch': { reads: [batches], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
+  // Batch mode's rounds (batch-workflow.ts): prompts, OpenAI batch files in and out, images to the runs.
+  'submit-round': { reads: [batches, runs], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
+  'collect-round': { reads: [batches, runs], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
 };
 
 /** sharp's native parts for one Linux architecture, as npm installed them (no network needed). */

@@ -105,7 +105,8 @@ export class AvatarWorkflow extends Construct {
     const planRun = task('PlanRun', 'plan-run', { input: JsonPath.executionInput, runId: JsonPath.executionName }, plainStageRetries);
 
     // 2. Prompt and base selfie side by side; a refused base gets one safer prompt.
-    const withPersona = { ...RUN, persona: JsonPath.objectAt('$.persona') };
+    // In batch mode the images were drawn by OpenAI's Batch API before the run: the stages take them.
+    const withPersona = { ...RUN, persona: JsonPath.objectAt('$.persona'), imageApi: JsonPath.stringAt('$.imageApi') };
     // Image calls are paid from the batch's budget, when a batch runs the persona.
     const withBudget = { ...withPersona, budget: JsonPath.objectAt('$.budget') };
     /**
@@ -145,9 +146,10 @@ export class AvatarWorkflow extends Construct {
       promptKey: JsonPath.stringAt('$.generated.prompt.promptKey'),
       baseKey: JsonPath.stringAt('$.generated.base.baseKey'),
       budget: JsonPath.objectAt('$.budget'),
+      imageApi: JsonPath.stringAt('$.imageApi'),
     };
     const fromItem = (...keys: string[]) => Object.fromEntries(keys.map((k) => [k, JsonPath.stringAt(`$.${k}`)]));
-    const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey'), grid: JsonPath.objectAt('$.grid'), budget: JsonPath.objectAt('$.budget') };
+    const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey', 'imageApi'), grid: JsonPath.objectAt('$.grid'), budget: JsonPath.objectAt('$.budget') };
     const { first: generateGrid, safer: generateGridSafer } = withSaferRetry('Grid', 'generate-grid', gridPayload, '$.promptKey', '$.generated');
     const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries, '$.split');
     // Every avatar must show the base's person: a grid with a stranger is drawn again.

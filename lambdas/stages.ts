@@ -1,4 +1,5 @@
 import { checkIdentity } from './check-identity/core.ts';
+import { collectRound } from './collect-round/core.ts';
 import { generateBase } from './generate-base/core.ts';
 import { generateGrid } from './generate-grid/core.ts';
 import { planBatch } from './plan-batch/core.ts';
@@ -8,6 +9,7 @@ import { recordFailure } from './record-failure/core.ts';
 import { reportBatch } from './report-batch/core.ts';
 import { splitGrid } from './split-grid/core.ts';
 import { startFromUpload } from './start-from-upload/core.ts';
+import { submitRound } from './submit-round/core.ts';
 import { writePrompt } from './write-prompt/core.ts';
 
 /**
@@ -26,6 +28,8 @@ export const stages = {
   'start-from-upload': startFromUpload,
   'plan-batch': planBatch,
   'report-batch': reportBatch,
+  'submit-round': submitRound,
+  'collect-round': collectRound,
 } satisfies Record<string, (event: never, deps: never) => Promise<unknown>>;
 
 export type StageName = keyof typeof stages;

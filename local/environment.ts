@@ -15,7 +15,7 @@ import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/
 import { sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
 import { signingClient } from '../lambdas/publish/signer.ts';
-import { budgetTableClient, ensureBudgetTable } from '../lambdas/shared/governor.ts';
+import { budgetTableClient, ensureBudgetTable, governorClient } from '../lambdas/shared/governor.ts';
 import { devSigningFiles } from './certificates.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { localFaceFinder } from './face-worker.ts';
@@ -119,6 +119,8 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}),
     });
     closers.push(backend.close);
+    // Its batches are done in seconds: looked at every second, not every minute.
+    if (!userSet('OPENAI_BATCH_POLL_SECONDS', 'openAiBatchPollSeconds')) env.OPENAI_BATCH_POLL_SECONDS = '1';
     // The offline backend only draws; the prompt comes from the built-in template. Its rate limit
     // is --rpm's, or none: the account's default limit does not apply unless set.
     Object.assign(env, {
@@ -142,7 +144,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       await ensureBudgetTable(client, env.IMAGE_BUDGET_TABLE).finally(() => client.destroy());
     }
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
-    const deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient], clock);
+    const deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient, governorClient], clock);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {

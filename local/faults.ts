@@ -4,7 +4,7 @@
  */
 import { UsageError } from './usage-error.ts';
 
-export const ROUTES = ['generations', 'edits', 'chat', 'moderations'] as const;
+export const ROUTES = ['generations', 'edits', 'chat', 'moderations', 'batches'] as const;
 export type Route = (typeof ROUTES)[number];
 
 const IMAGES: Route[] = ['generations', 'edits'];
@@ -19,6 +19,7 @@ export const FAULT_KINDS = {
   corrupt: { routes: IMAGES, does: 'a truncated image' },
   flagged: { routes: ['moderations'], does: 'the moderation check flags the prompt' },
   impostor: { routes: ['edits'], does: "another person in a grid's second panel" },
+  expire: { routes: ['batches'], does: 'an OpenAI batch expires half done: what it drew is kept, the rest is never drawn' },
 } satisfies Record<string, { routes: Route[]; does: string }>;
 
 export type FaultKind = keyof typeof FAULT_KINDS;

@@ -18,6 +18,8 @@ import { pemSigner } from '../lambdas/publish/signer.ts';
 import { issueSigningCertificate } from './certificates.ts';
 import { routesOf, type Fault, type Route } from './faults.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
+import { batchEndpoints } from './offline-batches.ts';
+import type { BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
 export type { Fault, FaultKind, Route } from './faults.ts';
@@ -54,6 +56,8 @@ export interface OfflineBackendOptions {
    * (default); false answers plain images, as a compatible server without provenance does.
    */
   c2pa?: boolean;
+  /** How long an OpenAI batch stays in each status before it moves on (default 200 ms). */
+  batchStepMs?: number;
 }
 
 export interface OfflineBackend {
@@ -61,6 +65,8 @@ export interface OfflineBackend {
   /** The CA of the generator certificate its images are signed with: a C2PA reader's trust anchor. */
   generatorCaPem: string | undefined;
   requests: RecordedRequest[];
+  /** Every request line of every OpenAI batch created, as uploaded. */
+  batchLines: BatchRequestLine[];
   close(): Promise<void>;
 }
 
@@ -69,6 +75,17 @@ const ACCEPTED_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
 function apiError(res: ServerResponse, status: number, error: Record<string, unknown>, headers?: Record<string, string>): void {
   sendJson(res, status, { error: { param: null, ...error } }, headers);
 }
+
+/** An answer of the API: what the HTTP handler sends, and what a batch's output line holds. */
+export interface Reply {
+  status: number;
+  body: unknown;
+  headers?: Record<string, string>;
+}
+
+export const errorReply = (status: number, error: Record<string, unknown>, headers?: Record<string, string>): Reply => ({ status, body: { error: { param: null, ...error } }, ...(headers ? { headers } : {}) });
+
+const modelGone = (model: string) => errorReply(404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   return JSON.parse((await readBody(req)) || '{}') as Record<string, unknown>;
@@ -209,119 +226,39 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     return fault;
   };
 
-  const answerFault = (res: ServerResponse, fault: Fault, model: string): boolean => {
+  /** What a fault answers instead of an image: a reply, `hang` (no answer at all), or undefined (it changes the image). */
+  const faultReply = (fault: Fault, model: string): Reply | 'hang' | undefined => {
     switch (fault.kind) {
       case 'rate-limit':
-        apiError(res, 429, { message: `Rate limit reached for ${model} on images per min. Please try again in 1s.`, type: 'requests', code: 'rate_limit_exceeded' }, { 'retry-after': '1' });
-        return true;
+        return errorReply(429, { message: `Rate limit reached for ${model} on images per min. Please try again in 1s.`, type: 'requests', code: 'rate_limit_exceeded' }, { 'retry-after': '1' });
       case 'server-error':
-        apiError(res, 500, { message: 'The server had an error while processing your request.', type: 'server_error', code: null });
-        return true;
+        return errorReply(500, { message: 'The server had an error while processing your request.', type: 'server_error', code: null });
       case 'hang':
-        return true;
+        return 'hang';
       case 'policy':
-        apiError(res, 400, {
+        return errorReply(400, {
           message: 'Your request was rejected by the safety system. Your request may contain content that is not allowed by our safety system.',
           type: 'image_generation_user_error',
           code: 'moderation_blocked',
           moderation_details: { categories: ['offline-injected'] },
         });
-        return true;
       case 'model-gone':
-        apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
-        return true;
+        return modelGone(model);
       case 'layout':
       case 'corrupt':
       case 'flagged':
       case 'impostor':
-        return false;
+      case 'expire':
+        return undefined;
     }
   };
 
-  const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '').split('?')[0]!.replace(/^\/v1/, '');
-    const route: Route | undefined =
-      path === '/images/generations'
-        ? 'generations'
-        : path === '/images/edits'
-          ? 'edits'
-          : path === '/chat/completions'
-            ? 'chat'
-            : path === '/moderations'
-              ? 'moderations'
-              : undefined;
-    if (req.method !== 'POST' || !route) {
-      apiError(res, 404, { message: `Unknown request URL: ${req.method} ${req.url}`, type: 'invalid_request_error', code: 'unknown_url' });
-      return;
-    }
-    const form = route === 'edits' ? await readMultipart(req) : { fields: {}, files: [] };
-    const body = route === 'edits' ? form.fields : await readJson(req);
+  /** An image call's answer: its images drawn (of the reference's person, for an edit), or why not. */
+  const imageReply = async (route: 'generations' | 'edits', body: Record<string, unknown>, reference: { data: Buffer; mimeType: string } | undefined, fault: Fault | undefined): Promise<Reply> => {
     const model = String(body.model ?? '');
-    const prompt = route === 'chat' ? JSON.stringify(body.messages ?? []) : String(body.prompt ?? body.input ?? '');
+    const prompt = String(body.prompt ?? '');
     const size = String(body.size ?? '1024x1024');
     const n = Number(body.n ?? 1);
-    const { model: _m, prompt: _p, n: _n, size: _s, messages: _messages, ...rest } = body;
-    const recorded: RecordedRequest = {
-      route,
-      model,
-      prompt,
-      n,
-      size,
-      options: rest,
-      files: form.files.map(({ field, filename, mimeType }) => ({ field, filename, mimeType })),
-      authorization: req.headers.authorization,
-      at: Date.now(),
-      rateLimited: false,
-    };
-    requests.push(recorded);
-    if (isRetired(model)) {
-      apiError(res, 404, { message: `The model \`${model}\` does not exist or you do not have access to it.`, type: 'invalid_request_error', code: 'model_not_found' });
-      return;
-    }
-    const invalid = route === 'chat' || route === 'moderations' ? undefined : invalidRequest(model, body, route === 'edits');
-    const waitMs = invalid || route === 'chat' || route === 'moderations' ? 0 : limiter.take(n);
-    if (waitMs > 0) {
-      recorded.rateLimited = true;
-      apiError(
-        res,
-        429,
-        { message: `Rate limit reached for ${model} on images per min: Limit ${options.imagesPerMinute}. Please try again in ${(waitMs / 1000).toFixed(1)}s.`, type: 'images', code: 'rate_limit_exceeded' },
-        { 'retry-after-ms': String(waitMs), 'retry-after': String(Math.ceil(waitMs / 1000)) },
-      );
-      return;
-    }
-    if (invalid) {
-      apiError(res, 400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
-      return;
-    }
-    const fault = takeFault(route);
-    if (fault && answerFault(res, fault, model)) return;
-    if (options.latencyMs && (route === 'generations' || route === 'edits')) await new Promise((r) => setTimeout(r, options.latencyMs));
-
-    if (route === 'moderations') {
-      const flagged = fault?.kind === 'flagged';
-      sendJson(res, 200, {
-        id: `modr-offline-${++counter}`,
-        model,
-        results: [{ flagged, categories: { violence: flagged, harassment: false }, category_scores: { violence: flagged ? 0.93 : 0.001, harassment: 0.001 }, category_applied_input_types: { violence: ['text'], harassment: ['text'] } }],
-      });
-      return;
-    }
-
-    if (route === 'chat') {
-      const question = String((body.messages as { content?: string }[] | undefined)?.at(-1)?.content ?? '');
-      const content = `Offline prompt. Four photos of this person: at a sunny park, at their desk, doing their favourite hobby, at dinner with friends. (${question.split('\n')[0]})`;
-      sendJson(res, 200, {
-        id: `chatcmpl-offline-${++counter}`,
-        object: 'chat.completion',
-        created: Math.floor(Date.now() / 1000),
-        model,
-        choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: 'stop' }],
-        usage: { prompt_tokens: Math.ceil(question.length / 4), completion_tokens: Math.ceil(content.length / 4), total_tokens: Math.ceil((question.length + content.length) / 4) },
-      });
-      return;
-    }
-
     const [width, height] = dimensions(size);
     let images: Buffer[];
     if (route === 'generations') {
@@ -329,21 +266,16 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       const image = await drawAvatar(look, width, height);
       images = [withLook(image, look)];
     } else {
-      const file = form.files.find((f) => f.field === 'image' || f.field === 'image[]');
-      if (!file) {
-        apiError(res, 400, { message: "Missing required parameter: 'image'.", type: 'invalid_request_error', param: 'image', code: 'missing_required_parameter' });
-        return;
-      }
-      if (!ACCEPTED_IMAGE_TYPES.has(file.mimeType)) {
-        apiError(res, 400, {
-          message: `Invalid file 'image': unsupported mimetype ('${file.mimeType}'). Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'.`,
+      if (!reference) return errorReply(400, { message: "Missing required parameter: 'image'.", type: 'invalid_request_error', param: 'image', code: 'missing_required_parameter' });
+      if (!ACCEPTED_IMAGE_TYPES.has(reference.mimeType)) {
+        return errorReply(400, {
+          message: `Invalid file 'image': unsupported mimetype ('${reference.mimeType}'). Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'.`,
           type: 'invalid_request_error',
           param: 'image',
           code: 'unsupported_file_mimetype',
         });
-        return;
       }
-      const look = lookIn(file.data) ?? lookFor(file.data.toString('base64'));
+      const look = lookIn(reference.data) ?? lookFor(reference.data.toString('base64'));
       // Each further edit of the same person moves on to new scenes, as a second grid would.
       const lookKey = JSON.stringify(look);
       const round = edits.get(lookKey) ?? 0;
@@ -372,19 +304,129 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     // A truncated answer, as a dropped connection behind a proxy can leave one.
     if (fault?.kind === 'corrupt') images = images.map((image) => image.subarray(0, Math.floor(image.length / 2)));
     const quality = String(body.quality ?? 'auto');
-    sendJson(res, 200, {
-      created: Math.floor(Date.now() / 1000),
-      background: 'opaque',
-      output_format: format,
-      quality,
-      size,
-      data: images.map((image) => ({ b64_json: image.toString('base64') })),
-      usage: usage(model, quality, [width, height], prompt, route === 'edits' ? 1 : 0, images.length),
-    });
+    return {
+      status: 200,
+      body: {
+        created: Math.floor(Date.now() / 1000),
+        background: 'opaque',
+        output_format: format,
+        quality,
+        size,
+        data: images.map((image) => ({ b64_json: image.toString('base64') })),
+        usage: usage(model, quality, [width, height], prompt, route === 'edits' ? 1 : 0, images.length),
+      },
+    };
+  };
+
+  /** What the API checks before drawing: the model exists, the options fit it. */
+  const refusal = (route: 'generations' | 'edits', body: Record<string, unknown>): Reply | undefined => {
+    const model = String(body.model ?? '');
+    if (isRetired(model)) return modelGone(model);
+    const invalid = invalidRequest(model, body, route === 'edits');
+    return invalid && errorReply(400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
+  };
+
+  const batchApi = batchEndpoints({ clock, stepMs: options.batchStepMs ?? 200, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '').split('?')[0]!.replace(/^\/v1/, '');
+    if (await batchApi.handle(req, res, path)) return;
+    const route: Route | undefined =
+      path === '/images/generations'
+        ? 'generations'
+        : path === '/images/edits'
+          ? 'edits'
+          : path === '/chat/completions'
+            ? 'chat'
+            : path === '/moderations'
+              ? 'moderations'
+              : undefined;
+    if (req.method !== 'POST' || !route) {
+      apiError(res, 404, { message: `Unknown request URL: ${req.method} ${req.url}`, type: 'invalid_request_error', code: 'unknown_url' });
+      return;
+    }
+    const form = route === 'edits' ? await readMultipart(req) : { fields: {}, files: [] };
+    const body = route === 'edits' ? form.fields : await readJson(req);
+    const model = String(body.model ?? '');
+    const prompt = route === 'chat' ? JSON.stringify(body.messages ?? []) : String(body.prompt ?? body.input ?? '');
+    const n = Number(body.n ?? 1);
+    const { model: _m, prompt: _p, n: _n, size: _s, messages: _messages, ...rest } = body;
+    const recorded: RecordedRequest = {
+      route,
+      model,
+      prompt,
+      n,
+      size: String(body.size ?? '1024x1024'),
+      options: rest,
+      files: form.files.map(({ field, filename, mimeType }) => ({ field, filename, mimeType })),
+      authorization: req.headers.authorization,
+      at: Date.now(),
+      rateLimited: false,
+    };
+    requests.push(recorded);
+    const send = (reply: Reply) => sendJson(res, reply.status, reply.body, reply.headers);
+    if (route === 'generations' || route === 'edits') {
+      const refused = refusal(route, body);
+      const waitMs = refused ? 0 : limiter.take(n);
+      if (waitMs > 0) {
+        recorded.rateLimited = true;
+        apiError(
+          res,
+          429,
+          { message: `Rate limit reached for ${model} on images per min: Limit ${options.imagesPerMinute}. Please try again in ${(waitMs / 1000).toFixed(1)}s.`, type: 'images', code: 'rate_limit_exceeded' },
+          { 'retry-after-ms': String(waitMs), 'retry-after': String(Math.ceil(waitMs / 1000)) },
+        );
+        return;
+      }
+      if (refused) return send(refused);
+    } else if (isRetired(model)) {
+      return send(modelGone(model));
+    }
+    const fault = takeFault(route);
+    const faulted = fault && faultReply(fault, model);
+    if (faulted === 'hang') return;
+    if (faulted) return send(faulted);
+    if (options.latencyMs && (route === 'generations' || route === 'edits')) await new Promise((r) => setTimeout(r, options.latencyMs));
+
+    if (route === 'moderations') {
+      const flagged = fault?.kind === 'flagged';
+      sendJson(res, 200, {
+        id: `modr-offline-${++counter}`,
+        model,
+        results: [{ flagged, categories: { violence: flagged, harassment: false }, category_scores: { violence: flagged ? 0.93 : 0.001, harassment: 0.001 }, category_applied_input_types: { violence: ['text'], harassment: ['text'] } }],
+      });
+      return;
+    }
+
+    if (route === 'chat') {
+      const question = String((body.messages as { content?: string }[] | undefined)?.at(-1)?.content ?? '');
+      const content = `Offline prompt. Four photos of this person: at a sunny park, at their desk, doing their favourite hobby, at dinner with friends. (${question.split('\n')[0]})`;
+      sendJson(res, 200, {
+        id: `chatcmpl-offline-${++counter}`,
+        object: 'chat.completion',
+        created: Math.floor(Date.now() / 1000),
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: 'stop' }],
+        usage: { prompt_tokens: Math.ceil(question.length / 4), completion_tokens: Math.ceil(content.length / 4), total_tokens: Math.ceil((question.length + content.length) / 4) },
+      });
+      return;
+    }
+    if (route !== 'generations' && route !== 'edits') return;
+    const file = form.files.find((f) => f.field === 'image' || f.field === 'image[]');
+    send(await imageReply(route, body, file, fault));
   };
 
   const server = await listenOnLoopback(handle, (res, error) =>
     apiError(res, 500, { message: `offline backend: ${error.message}`, type: 'server_error', code: null }),
   );
-  return { baseUrl: `http://127.0.0.1:${server.port}/v1`, requests, generatorCaPem: generator?.caPem, close: server.close };
+  return {
+    baseUrl: `http://127.0.0.1:${server.port}/v1`,
+    requests,
+    batchLines: batchApi.lines,
+    generatorCaPem: generator?.caPem,
+    close: async () => {
+      await batchApi.settled();
+      await server.close();
+    },
+  };
 }

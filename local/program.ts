@@ -57,7 +57,8 @@ export function program(): Command {
     .addOption(imagesOption)
     .addOption(modeOption)
     .option('--out <dir>', 'where to save the report, contact sheet and avatars (default: out/batches/<batch id>)')
-    .option('--budget-usd <usd>', 'what the batch\u2019s image calls may spend, in US dollars: a call past it is refused before it is paid for (default: BATCH_BUDGET_USD, else none)', usd('--budget-usd'));
+    .option('--budget-usd <usd>', 'what the batch\u2019s image calls may spend, in US dollars: a call past it is refused before it is paid for (default: BATCH_BUDGET_USD, else none)', usd('--budget-usd'))
+    .option('--openai-batch', 'draw through OpenAI\u2019s Batch API in rounds, at half the price, outside the images-per-minute limit (default: IMAGE_API_MODE)');
   localRun(batch).action(action(async () => (await import('./commands/batch.ts')).batchCommand));
   cli
     .command('invoke')

@@ -11,6 +11,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { avatarKeys, batchKeys, runKeys } from '../lambdas/shared/keys.ts';
+import type { DrawnRecord } from '../lambdas/shared/rounds.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
 import { synthesizeWorkflows, type SynthesizedWorkflows } from './definition.ts';
@@ -137,9 +138,15 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     if (manifest) return ended({ output: { personaId, runId: name, manifestKey, images: manifest.images, currentManifestKey: keys.manifest } });
     const failure = await store.getJsonIfExists<{ error: string; cause: string }>(keys.failure(name));
     if (failure) return ended({ error: failure.error, cause: failure.cause });
-    const folders = [runKeys(personaId, name).folder, published.folder];
-    const listed = await Promise.all(folders.map((Prefix) => store.s3.send(new ListObjectsV2Command({ Bucket: store.bucket, Prefix, MaxKeys: 1 }))));
-    if (listed.some((l) => (l.KeyCount ?? 0) > 0)) return ended({ error: 'States.Runtime', cause: `run ${name} left files but neither published nor recorded a failure: its process ended early` });
+    // Files a batch's OpenAI rounds wrote for the run before it started are not the run's own.
+    const working = runKeys(personaId, name);
+    const drawn = await store.getJsonIfExists<DrawnRecord>(working.drawnInBatch);
+    const beforeRun = new Set(drawn ? [working.drawnInBatch, working.basePrompt, working.prompt, working.saferPrompt('base'), working.saferPrompt('grid'), ...Object.values(drawn.calls).flatMap((d) => d.keys)] : []);
+    // Listed whole (a run folder holds a few dozen files): s3rver fails a listing cut short by MaxKeys.
+    const listed = await Promise.all([working.folder, published.folder].map((Prefix) => store.s3.send(new ListObjectsV2Command({ Bucket: store.bucket, Prefix }))));
+    if (listed.some((l) => (l.Contents ?? []).some((o) => !beforeRun.has(o.Key!)))) {
+      return ended({ error: 'States.Runtime', cause: `run ${name} left files but neither published nor recorded a failure: its process ended early` });
+    }
     return undefined;
   }
 

@@ -1,6 +1,7 @@
 import type { BatchBudget } from '../shared/governor.ts';
 import type { TokenUsage } from '../shared/models.ts';
 import { runKeys } from '../shared/keys.ts';
+import { drawnInBatch, type Drawn } from '../shared/rounds.ts';
 import { primaryBio, type Persona } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
@@ -12,6 +13,8 @@ export interface GenerateBaseEvent {
   promptKey?: string;
   /** The batch budget that pays for it, if any. */
   budget?: BatchBudget | null;
+  /** `batch`: OpenAI's Batch API drew it already (a batch in batch mode); no image endpoint is called. */
+  imageApi?: 'sync' | 'batch' | null;
 }
 
 /** What one image call made, as every image stage reports it for the manifest. */
@@ -21,6 +24,14 @@ export interface Generation {
   estimatedCostUsd: number | null;
   warnings: string[];
   ms: number;
+  /** Drawn through OpenAI's Batch API, at batch price, by this OpenAI batch. */
+  api?: 'batch';
+  openAiBatchId?: string;
+}
+
+/** A call's Generation when OpenAI's Batch API drew it. */
+export function batchGeneration(drawn: Drawn, started: number): Generation {
+  return { model: drawn.model, ...(drawn.usage ? { usage: drawn.usage } : {}), estimatedCostUsd: drawn.estimatedCostUsd, warnings: [], ms: Date.now() - started, api: 'batch', openAiBatchId: drawn.batchId };
 }
 
 export interface BaseResult extends Generation {
@@ -41,6 +52,11 @@ export function basePrompt(persona: Persona): string {
 export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<BaseResult> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
+  const what = `base image for persona ${event.personaId}`;
+  if (event.imageApi === 'batch') {
+    const drawn = await drawnInBatch(deps.store, event.personaId, event.runId, 'base', what);
+    return { baseKey: drawn.keys[0]!, ...batchGeneration(drawn, started) };
+  }
   let prompt: string;
   if (event.promptKey) {
     prompt = await deps.store.getText(event.promptKey);
@@ -49,7 +65,6 @@ export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'st
     // Kept so a refusal can be rewritten from what was actually sent.
     await deps.store.put(keys.basePrompt, prompt, 'text/plain; charset=utf-8');
   }
-  const what = `base image for persona ${event.personaId}`;
   if (deps.settings.moderationCheck === 'on') await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
   // PNG: the base is the reference of every edit, so it stays lossless.
   const result = await deps.images.generate({ what, prompt, n: 1, format: 'png', timeoutMs: deps.imageTimeoutMs, budget: event.budget ?? null });

@@ -2,7 +2,8 @@ import type { BatchBudget } from '../shared/governor.ts';
 import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { GenerationMode } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
-import type { Generation } from '../generate-base/core.ts';
+import { batchGeneration, type Generation } from '../generate-base/core.ts';
+import { drawnInBatch, gridCallId } from '../shared/rounds.ts';
 import type { GridPlan } from '../plan-run/core.ts';
 
 export interface GenerateGridEvent {
@@ -14,6 +15,8 @@ export interface GenerateGridEvent {
   baseKey: string;
   /** The batch budget that pays for it, if any. */
   budget?: BatchBudget | null;
+  /** `batch`: OpenAI's Batch API drew it already; no image endpoint is called. */
+  imageApi?: 'sync' | 'batch' | null;
 }
 
 export interface GridResult extends Generation {
@@ -46,9 +49,14 @@ export function separatePrompt(scenes: string): string {
 export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<GridResult> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
+  const separate = event.mode === 'separate';
+  const grid = { gridIndex: event.grid.index, mode: event.mode, count: event.grid.count };
+  if (event.imageApi === 'batch') {
+    const drawn = await drawnInBatch(deps.store, event.personaId, event.runId, gridCallId(event.grid.index), `grid ${event.grid.index} for persona ${event.personaId}`);
+    return { ...grid, ...batchGeneration(drawn, started), ...(separate ? { imageKeys: drawn.keys } : { gridKey: drawn.keys[0]! }) };
+  }
   const [reference, scenes] = await Promise.all([deps.store.getBytes(event.baseKey), deps.store.getText(event.promptKey)]);
   const what = `grid ${event.grid.index} for persona ${event.personaId}`;
-  const separate = event.mode === 'separate';
   const prompt = separate ? separatePrompt(scenes) : gridPrompt(scenes);
   if (deps.settings.moderationCheck === 'on') await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
   const result = await deps.images.edit({
@@ -62,7 +70,7 @@ export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'st
     budget: event.budget ?? null,
   });
   const { model, usage, estimatedCostUsd, warnings } = result;
-  const common = { gridIndex: event.grid.index, mode: event.mode, count: event.grid.count, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings };
+  const common = { ...grid, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings };
   if (separate) {
     const imageKeys = result.images.map((_, i) => keys.tile(event.grid.index, i, result.format));
     await Promise.all(result.images.map((image, i) => deps.store.put(imageKeys[i]!, image, contentTypes[result.format])));

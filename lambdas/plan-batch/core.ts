@@ -9,8 +9,10 @@
  */
 import { DescribeExecutionCommand, ExecutionDoesNotExist, type SFNClient } from '@aws-sdk/client-sfn';
 import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
-import { estimateImageCallCost } from '../shared/models.ts';
+import { BATCH_API_PRICE, estimateImageCallCost } from '../shared/models.ts';
 import type { Settings } from '../shared/settings.ts';
+
+export type ImageApiMode = Settings['imageApiMode'];
 import type { ReportEntry } from '../report-batch/core.ts';
 import { avatarKeys, batchKeys } from '../shared/keys.ts';
 import { IMAGES_PER_GRID, type RunRequest } from '../shared/persona.ts';
@@ -25,8 +27,8 @@ export interface PlanBatchEvent {
   personasKey: string;
   /** The batch execution's name. */
   batchId: string;
-  /** The batch execution's input: `{ personasKey, budgetUsd? }`. */
-  input?: { budgetUsd?: unknown };
+  /** The batch execution's input: `{ personasKey, budgetUsd?, openAiBatch? }`. */
+  input?: { budgetUsd?: unknown; openAiBatch?: unknown };
   /** The batch execution's ARN: its child executions name it, so the console links them to it. */
   executionId?: string;
 }
@@ -38,6 +40,8 @@ export interface BatchItem {
   /** The per-persona execution's name. */
   name: string;
   input: RunRequest & { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID?: string };
+  /** Batch mode: the names of the request's earlier attempts, whose drawn images it takes over. */
+  earlier?: string[];
   /** Its turn (ISO 8601): the child execution starts no earlier. */
   notBefore: string;
 }
@@ -70,6 +74,8 @@ export interface BatchPlan {
   /** Personas the batch's budget could not pay for: reported failed with BudgetExhausted, nothing paid. */
   refused: number;
   imagesPerMinute: number;
+  /** `batch`: the image calls go through OpenAI's Batch API in rounds, at half the price. */
+  apiMode: ImageApiMode;
   /** What the batch's image calls may spend, in USD; none when undefined. */
   budgetUsd?: number;
   /** Image calls the batch is planned to make (a redrawn grid adds one). */
@@ -94,11 +100,12 @@ const LOOKUP_CONCURRENCY = 16;
 /** A prompt's length for estimates made before it is written. */
 const PROMPT_CHARS = 1_200;
 
-/** What a persona's image calls are estimated to cost before any is made (the model table's prices); 0 when unpriced. */
-function estimatedCost(request: RunRequest, settings: Settings): number {
+/** What a persona's image calls are estimated to cost before any is made (the model table's prices, halved in batch mode); 0 when unpriced. */
+export function estimatedCost(request: RunRequest, settings: Settings, apiMode: ImageApiMode): number {
   const images = request.images ?? settings.defaultImages;
+  const price = apiMode === 'batch' ? BATCH_API_PRICE : 1;
   const call = (n: number, edit: boolean) =>
-    estimateImageCallCost(settings.imageModel, { size: settings.imageSize, quality: settings.imageQuality, n, promptChars: PROMPT_CHARS, edit }) ?? 0;
+    price * (estimateImageCallCost(settings.imageModel, { size: settings.imageSize, quality: settings.imageQuality, n, promptChars: PROMPT_CHARS, edit }) ?? 0);
   let usd = call(1, false);
   for (let first = 0; first < images; first += IMAGES_PER_GRID) usd += request.mode === 'separate' ? call(Math.min(IMAGES_PER_GRID, images - first), true) : call(1, true);
   return usd;
@@ -214,6 +221,22 @@ export async function triageLines(
   return { toRun, skipped };
 }
 
+/** How the batch draws: its input's `openAiBatch`, else IMAGE_API_MODE. */
+function apiModeOf(event: PlanBatchEvent, fallback: ImageApiMode): ImageApiMode {
+  const given = event.input?.openAiBatch;
+  if (given === undefined || given === null) return fallback;
+  if (typeof given !== 'boolean') throw new ConfigurationError(`batch ${event.batchId}: openAiBatch must be true or false, got ${JSON.stringify(given)}`);
+  return given ? 'batch' : 'sync';
+}
+
+/** The names of a request's attempts before `name`. */
+function earlierAttempts(request: RunRequest, name: string): string[] {
+  const first = executionName(request);
+  const earlier: string[] = [];
+  for (let n = 1; n <= MAX_ATTEMPTS && attemptName(first, n) !== name; n++) earlier.push(attemptName(first, n));
+  return earlier;
+}
+
 /** The batch's budget: its input's `budgetUsd`, else the deployment's default. */
 function batchBudget(event: PlanBatchEvent, fallback: number | undefined): number | undefined {
   const given = event.input?.budgetUsd;
@@ -230,6 +253,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
   const { toRun, skipped } = await triageLines(deps.store.lines(event.personasKey), lookup);
   const { imagesPerMinute, defaultImages } = deps.settings;
   const budgetUsd = batchBudget(event, deps.settings.batchBudgetUsd);
+  const apiMode = apiModeOf(event, deps.settings.imageApiMode);
   const items: BatchItem[] = [];
   // Personas the budget cannot pay for, in line order: refused before anything is paid.
   const refused: ReportEntry[] = [];
@@ -238,7 +262,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
   const start = deps.clock.now().getTime();
   for (const { line, request, name } of toRun) {
     if (budgetUsd !== undefined) {
-      const usd = estimatedCost(request, deps.settings);
+      const usd = estimatedCost(request, deps.settings, apiMode);
       if (committedUsd + usd > budgetUsd) {
         refused.push({
           line,
@@ -252,15 +276,17 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
       }
       committedUsd += usd;
     }
-    // Each persona's turn comes once the image calls of those before it fit in the limit.
-    const notBefore = new Date(start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
+    // Each persona's turn comes once the image calls of those before it fit in the limit; in
+    // batch mode its images are drawn before the Map starts, outside the limit.
+    const notBefore = new Date(apiMode === 'batch' ? start : start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
     const input = {
       ...request,
+      ...(apiMode === 'batch' ? { imageApi: apiMode } : {}),
       ...(budgetUsd === undefined ? {} : { budget: { batchId: event.batchId, usd: budgetUsd } }),
       // Step Functions' own key: the console shows the child under its batch.
       ...(event.executionId ? { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: event.executionId } : {}),
     };
-    items.push({ personaId: request.persona.id, line, name, input, notBefore });
+    items.push({ personaId: request.persona.id, line, name, input, notBefore, ...(apiMode === 'batch' ? { earlier: earlierAttempts(request, name) } : {}) });
     imageCalls += imageCallsOf(request, defaultImages);
   }
 
@@ -276,6 +302,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
     skipped: skipped.length,
     refused: refused.length,
     imagesPerMinute,
+    apiMode,
     ...(budgetUsd !== undefined ? { budgetUsd } : {}),
     imageCalls,
     lastTurn: items.at(-1)?.notBefore ?? new Date(start).toISOString(),

@@ -24,6 +24,8 @@ export interface RunPlan {
   grids: GridPlan[];
   /** The batch budget its image calls are paid from, if a batch runs it. */
   budget: BatchBudget | null;
+  /** `batch`: its images were drawn by OpenAI's Batch API before it started. */
+  imageApi: 'sync' | 'batch';
 }
 
 /** Execution names may hold characters that are awkward in keys; keep a safe, recognisable id. */
@@ -48,5 +50,6 @@ export async function planRun(event: PlanRunEvent, deps: StageDeps): Promise<Run
     mode: request.mode,
     grids,
     budget: request.budget ?? null,
+    imageApi: request.imageApi ?? 'sync',
   };
 }

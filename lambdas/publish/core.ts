@@ -58,6 +58,9 @@ interface UsageLine {
   model: string | undefined;
   usage: TokenUsage | undefined;
   estimatedCostUsd: number | null;
+  /** Drawn through OpenAI's Batch API (at batch price), by this OpenAI batch. */
+  api?: 'batch';
+  openAiBatchId?: string;
 }
 
 interface CurrentManifest {
@@ -154,11 +157,12 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
       };
     }),
   );
-  const line = (stage: string, g: { model?: string; usage?: TokenUsage; estimatedCostUsd: number | null }): UsageLine => ({
+  const line = (stage: string, g: { model?: string; usage?: TokenUsage; estimatedCostUsd: number | null; api?: 'batch'; openAiBatchId?: string }): UsageLine => ({
     stage,
     model: g.model,
     usage: g.usage,
     estimatedCostUsd: g.estimatedCostUsd,
+    ...(g.api ? { api: g.api, openAiBatchId: g.openAiBatchId } : {}),
   });
   const usage: UsageLine[] = [
     line('write-prompt', event.prompt),

@@ -20,7 +20,7 @@ th small{display:block;color:#999;font-weight:normal}img{width:96px;height:96px;
 </style>
 <h1>Batch ${escape(report.batchId)}</h1>
 <p>${counts.total} personas: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped · ${escape(report.personasKey)} · ${escape(report.finishedAt)}</p>
-<table>
+${report.openAiBatch ? `<p>OpenAI Batch API: ${report.openAiBatch.batches.length} batches in ${report.openAiBatch.rounds} rounds, images $${report.openAiBatch.costUsd.toFixed(2)} (sync mode: $${report.openAiBatch.syncCostUsd.toFixed(2)})</p>\n` : ''}<table>
 `;
 }
 

@@ -8,6 +8,7 @@
 import { Readable } from 'node:stream';
 import { Upload } from '@aws-sdk/lib-storage';
 import { batchKeys } from '../shared/keys.ts';
+import { loadRounds } from '../shared/rounds.ts';
 import type { Avatar, BatchItem, BatchPlan, SkippedLine } from '../plan-batch/core.ts';
 import type { ObjectStore } from '../shared/store.ts';
 import type { StageDeps } from '../shared/stage.ts';
@@ -47,6 +48,8 @@ export interface BatchReport {
   personasKey: string;
   finishedAt: string;
   counts: Record<PersonaStatus, number> & { total: number };
+  /** Batch mode: the OpenAI batches of its rounds, what their images cost, and what sync mode would have. */
+  openAiBatch?: { rounds: number; batches: string[]; costUsd: number; syncCostUsd: number };
   personas: ReportEntry[];
 }
 
@@ -185,11 +188,15 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   personas.push(...skippedLines.map(held), ...refusedLines.map(held));
   personas.sort((a, b) => a.line - b.line);
   const count = (status: PersonaStatus) => personas.filter((p) => p.status === status).length;
+  const rounds = plan.apiMode === 'batch' ? await loadRounds(deps.store, plan.batchId) : undefined;
   const head: Omit<BatchReport, 'personas'> = {
     batchId: plan.batchId,
     personasKey: plan.personasKey,
     finishedAt: new Date().toISOString(),
     counts: { total: personas.length, SUCCEEDED: count('SUCCEEDED'), FAILED: count('FAILED'), SKIPPED: count('SKIPPED') },
+    ...(rounds
+      ? { openAiBatch: { rounds: rounds.rounds.length, batches: rounds.rounds.flatMap((r) => r.batchIds), costUsd: round6(rounds.costUsd), syncCostUsd: round6(rounds.syncCostUsd) } }
+      : {}),
   };
   // URLs made as each persona is written, as publish makes them: presigned ones live a week at most.
   async function* withUrls(): AsyncGenerator<ReportEntry> {
@@ -200,6 +207,8 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   deps.logger.info('batch reported', { batchId: plan.batchId, ...head.counts });
   return { batchId: plan.batchId, reportKey: keys.report, indexKey: keys.index, counts: head.counts };
 }
+
+const round6 = (usd: number) => Math.round(usd * 1e6) / 1e6;
 
 /** A BatchReport's JSON, a persona a line, as it is written. */
 async function* reportJson(head: Omit<BatchReport, 'personas'>, personas: AsyncIterable<ReportEntry>): AsyncGenerator<string> {

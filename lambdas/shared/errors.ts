@@ -15,6 +15,7 @@ export const ErrorNames = {
   RunAlreadyPublished: 'RunAlreadyPublished',
   ImageTurnLater: 'ImageTurnLater',
   BudgetExhausted: 'BudgetExhausted',
+  NotDrawnInBatch: 'NotDrawnInBatch',
 } as const;
 
 export type ErrorName = (typeof ErrorNames)[keyof typeof ErrorNames];
@@ -97,6 +98,17 @@ export class ImageTurnLater extends AvatarError {
 export class BudgetExhausted extends AvatarError {
   constructor(message: string) {
     super(ErrorNames.BudgetExhausted, message);
+  }
+}
+
+/**
+ * Batch mode: an image the persona's run needs was not drawn by OpenAI's Batch API (its batch
+ * expired or failed, every try of its line failed): never drawn synchronously instead, never
+ * retried; running the batch file again draws only what is missing.
+ */
+export class NotDrawnInBatch extends AvatarError {
+  constructor(message: string) {
+    super(ErrorNames.NotDrawnInBatch, message);
   }
 }
 

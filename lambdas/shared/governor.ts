@@ -59,6 +59,19 @@ export interface Ticket {
 export interface ImageGovernor {
   /** Waits for the call's turn (up to `maxWaitMs`, else ImageTurnLater) after reserving its cost (else BudgetExhausted). */
   take(call: ImageCall, maxWaitMs: number): Promise<Ticket>;
+  /**
+   * Reserves a call's cost without a turn (else BudgetExhausted): a line of an OpenAI batch,
+   * drawn outside the images-per-minute limit. The reservation is plain data, settled later,
+   * by whichever process reads the answer.
+   */
+  reserve(call: ImageCall): Promise<Reservation>;
+  settle(reservation: Reservation, usd: number | null): Promise<void>;
+}
+
+/** What a call reserved, and where: kept with the call until its answer is read. */
+export interface Reservation {
+  usd: number;
+  keys: string[];
 }
 
 export interface GovernorLimits {
@@ -86,47 +99,57 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
   const intervalMs = (60_000 / limits.imagesPerMinute) * HEADROOM;
   // A second's worth of images may go at once, as the API's own bucket allows.
   const earlyMs = Math.max(0, limits.imagesPerMinute / 60 - 1) * intervalMs;
-  return {
-    async take(call, maxWaitMs) {
-      const usd = round(call.estimatedUsd ?? 0);
-      const day = dayOf(clock);
-      const expiresAt = Math.floor(clock.now().getTime() / 1000) + SPEND_KEPT_S;
-      const added: string[] = [];
-      const undo = () => Promise.all(added.map((key) => store.add(key, -usd)));
-      if (!(await store.add(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt))) {
-        const spent = (await store.amounts(spendKeys.day(day))).find((a) => a.key === spendKeys.day(day))?.usd ?? 0;
+  const adjust = async (keys: string[], delta: number) => {
+    if (delta !== 0) await Promise.all(keys.map((key) => store.add(key, round(delta))));
+  };
+
+  async function reserve(call: ImageCall): Promise<Reservation> {
+    const usd = round(call.estimatedUsd ?? 0);
+    const day = dayOf(clock);
+    const expiresAt = Math.floor(clock.now().getTime() / 1000) + SPEND_KEPT_S;
+    const added: string[] = [];
+    if (!(await store.add(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt))) {
+      const spent = (await store.amounts(spendKeys.day(day))).find((a) => a.key === spendKeys.day(day))?.usd ?? 0;
+      throw new BudgetExhausted(
+        `${call.what}: refused before paying: MAX_SPEND_USD_PER_DAY is ${cents(limits.maxSpendUsdPerDay!)} and ${cents(spent)} is spent or reserved today (UTC); this call is estimated at ${cents(usd)}. Raise the cap, or run again tomorrow`,
+      );
+    }
+    added.push(spendKeys.day(day));
+    if (call.budget) {
+      const { batchId, usd: budget } = call.budget;
+      if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
+        await adjust(added, -usd);
+        const spent = (await store.amounts(spendKeys.batch(batchId))).find((a) => a.key === spendKeys.batch(batchId))?.usd ?? 0;
         throw new BudgetExhausted(
-          `${call.what}: refused before paying: MAX_SPEND_USD_PER_DAY is ${cents(limits.maxSpendUsdPerDay!)} and ${cents(spent)} is spent or reserved today (UTC); this call is estimated at ${cents(usd)}. Raise the cap, or run again tomorrow`,
+          `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
         );
       }
-      added.push(spendKeys.day(day));
-      if (call.budget) {
-        const { batchId, usd: budget } = call.budget;
-        if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
-          await undo();
-          const spent = (await store.amounts(spendKeys.batch(batchId))).find((a) => a.key === spendKeys.batch(batchId))?.usd ?? 0;
-          throw new BudgetExhausted(
-            `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
-          );
-        }
-        added.push(spendKeys.batch(batchId));
-        await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt);
-        added.push(spendKeys.dayOfBatch(day, batchId));
-      }
+      added.push(spendKeys.batch(batchId));
+      await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt);
+      added.push(spendKeys.dayOfBatch(day, batchId));
+    }
+    return { usd, keys: added };
+  }
+
+  return {
+    reserve,
+    settle: (reservation, actual) => adjust(reservation.keys, (actual ?? reservation.usd) - reservation.usd),
+    async take(call, maxWaitMs) {
+      const reservation = await reserve(call);
       // Turns are real time, as the API counts them; the clock says which day's spending this is.
       const wait = await store.turn(`rate#${call.model}`, call.images, intervalMs, earlyMs, maxWaitMs, Date.now());
       if (wait > maxWaitMs) {
-        await undo();
+        await adjust(reservation.keys, -reservation.usd);
         throw new ImageTurnLater(`${call.what}: the account's next image turn at ${limits.imagesPerMinute} images a minute is ${Math.ceil(wait / 1000)} s away; Step Functions waits and tries again`);
       }
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       let open = true;
-      const adjust = async (delta: number) => {
+      const once = async (delta: number) => {
         if (!open) return;
         open = false;
-        if (delta !== 0) await Promise.all(added.map((key) => store.add(key, round(delta))));
+        await adjust(reservation.keys, delta);
       };
-      return { settle: (actual) => adjust((actual ?? usd) - usd), release: () => adjust(-usd) };
+      return { settle: (actual) => once((actual ?? reservation.usd) - reservation.usd), release: () => once(-reservation.usd) };
     },
   };
 }
@@ -262,4 +285,9 @@ let processStore: BudgetStore | undefined;
 export function budgetStoreFromEnv(env: Env): BudgetStore {
   const table = env.IMAGE_BUDGET_TABLE;
   return table ? dynamoStore(budgetTableClient(env), table) : (processStore ??= memoryStore());
+}
+
+/** For the batch round stages, which reserve and settle OpenAI batch calls themselves. */
+export function governorClient(env: Env, settings: GovernorLimits, _logger: unknown, clock: Clock): { governor: ImageGovernor } {
+  return { governor: governor(budgetStoreFromEnv(env), settings, clock) };
 }

@@ -50,6 +50,8 @@ export function runKeys(personaId: string, runId: string) {
     saferPrompt: (target: 'base' | 'grid') => `${root}/${target}-prompt-safer.txt`,
     basePrompt: `${root}/base-prompt.txt`,
     base: `${root}/base.png`,
+    /** What OpenAI's Batch API drew for the run (a batch in batch mode): each image's key, batch and usage. */
+    drawnInBatch: `${root}/openai-batch.json`,
     grid: (gridIndex: number) => `${root}/grid_${gridIndex}.png`,
     tile: (gridIndex: number, tileIndex: number, format: TileFormat = 'png') =>
       `${root}/tiles/grid_${gridIndex}_${tileIndex}.${extensionOf(format)}`,
@@ -88,5 +90,7 @@ export function batchKeys(batchId: string) {
     results: `${root}/results`,
     report: `${root}/report.json`,
     index: `${root}/index.html`,
+    /** Batch mode: each round's OpenAI batches and what every persona's image calls came to. */
+    rounds: `${root}/openai-rounds.json`,
   };
 }

@@ -252,6 +252,9 @@ const REFERENCE_IMAGE_TOKENS = 1_000;
  * Estimated USD of an image call before it is made (what the budget reserves): its prompt, an
  * edit's reference image, and `n` images at this size and quality; null when unpriced.
  */
+/** OpenAI's Batch API charges this share of the synchronous price. */
+export const BATCH_API_PRICE = 0.5;
+
 export function estimateImageCallCost(model: string, call: { size: string; quality: string; n: number; promptChars: number; edit: boolean }): number | null {
   const per1024 = IMAGE_MODELS[model]?.outputTokens1024?.[call.quality];
   if (per1024 === undefined) return null;

@@ -13,6 +13,7 @@ import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } fro
 import { imageProblem } from './image-check.ts';
 import { budgetStoreFromEnv, governor, type ImageGovernor, type Ticket } from './governor.ts';
 import { IMAGE_MODELS, estimateImageCallCost, estimateImageCost, modelAdvice, modelChain, parseSize, type TokenUsage } from './models.ts';
+import type { TileFormat } from './keys.ts';
 import type { Settings } from './settings.ts';
 
 type Env = Record<string, string | undefined>;
@@ -122,6 +123,18 @@ export function toAvatarError(error: unknown, what: string, timeoutMs: number, t
   return error instanceof Error ? error : new Error(String(error));
 }
 
+/** The options an image call sends besides model, prompt and n: only those the model table says the model takes. */
+export function imageCallOptions(settings: Settings, model: string, format: TileFormat, edit: boolean): Record<string, unknown> {
+  const spec = IMAGE_MODELS[model];
+  const options: Record<string, unknown> = { size: settings.imageSize, quality: settings.imageQuality };
+  if (!spec) return options;
+  options.output_format = format;
+  if (format !== 'png') options.output_compression = settings.outputCompression;
+  if (spec.moderation) options.moderation = settings.imageModeration;
+  if (edit && spec.inputFidelity.includes(settings.imageInputFidelity)) options.input_fidelity = settings.imageInputFidelity;
+  return options;
+}
+
 type Call = (api: OpenAI, model: string, options: Record<string, unknown>, timeoutMs: number) => Promise<OpenAI.ImagesResponse>;
 
 /** OpenAI's moderation model: free to call. */
@@ -140,16 +153,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
     return new ConfigurationError(`${what}: no image model is left: ${tried.join(', ')} ${tried.length === 1 ? 'does' : 'do'} not exist (retired?); ${modelAdvice(tried, clock)}`);
   };
 
-  const optionsFor = (model: string, request: ImageRequest, edit: boolean): Record<string, unknown> => {
-    const spec = IMAGE_MODELS[model];
-    const options: Record<string, unknown> = { size: settings.imageSize, quality: settings.imageQuality };
-    if (!spec) return options;
-    options.output_format = request.format;
-    if (request.format !== 'png') options.output_compression = settings.outputCompression;
-    if (spec.moderation) options.moderation = settings.imageModeration;
-    if (edit && spec.inputFidelity.includes(settings.imageInputFidelity)) options.input_fidelity = settings.imageInputFidelity;
-    return options;
-  };
+  const optionsFor = (model: string, request: ImageRequest, edit: boolean) => imageCallOptions(settings, model, request.format, edit);
 
   const configured = (what: string): OpenAI => {
     if (!client) throw new ConfigurationError(`${what}: no image API is configured; set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);

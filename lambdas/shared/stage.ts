@@ -5,6 +5,7 @@ import type OpenAI from 'openai';
 import type { FaceFinder } from '../check-identity/faces.ts';
 import type { Signing } from '../publish/signer.ts';
 import { systemClock, type Clock } from './clock.ts';
+import type { ImageGovernor } from './governor.ts';
 import type { ImageProvider } from './image-provider.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
 import type { ObjectStore } from './store.ts';
@@ -27,6 +28,8 @@ export interface Deps {
   sfn: SFNClient;
   /** Faces and their identity embeddings (check-identity only). */
   faces: FaceFinder;
+  /** The account's image spending, reserved and settled by hand (the batch round stages only). */
+  governor: ImageGovernor;
   /** Who signs the avatars' C2PA manifests (publish only). */
   signing: Signing;
   /** What time it is for the stages that plan by it (a batch's turns). */

@@ -11,6 +11,8 @@ export interface WritePromptEvent {
   persona: Persona;
   /** Set when an image call was refused by the content policy: rewrite that prompt, safer. */
   rewrite?: { target: 'base' | 'grid'; reason?: string };
+  /** `batch`: the batch's rounds wrote the prompt before drawing with it; this run reads it back. */
+  imageApi?: 'sync' | 'batch' | null;
 }
 
 export interface PromptResult {
@@ -142,6 +144,11 @@ async function ask(deps: PromptDeps, personaId: string, system: string, question
 export async function writePrompt(event: WritePromptEvent, deps: PromptDeps): Promise<PromptResult> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
+  if (event.imageApi === 'batch' && !event.rewrite) {
+    // Paid for by the round that wrote it; the manifest names the prompt the images were drawn from.
+    await deps.store.getText(keys.prompt);
+    return { promptKey: keys.prompt, provider: provider(deps), estimatedCostUsd: 0, ms: Date.now() - started };
+  }
   let written: Written;
   let key: string;
   if (event.rewrite) {

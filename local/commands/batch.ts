@@ -16,7 +16,7 @@ import { runLocally, type ProgressEvent } from '../runner.ts';
 import { UsageError } from './common.ts';
 import type { RunFlags } from './run.ts';
 
-export type BatchFlags = Omit<RunFlags, 'verbose'> & { budgetUsd?: number };
+export type BatchFlags = Omit<RunFlags, 'verbose'> & { budgetUsd?: number; openaiBatch?: boolean };
 
 /** What the batch is doing, from its events: each persona's state and every image call. */
 class BatchProgress {
@@ -135,7 +135,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     const ticker = setInterval(show, live ? 500 : 10_000);
     const outcome = await runLocally<BatchSummary>({
       machine: 'batch',
-      input: { personasKey, ...(flags.budgetUsd !== undefined ? { budgetUsd: flags.budgetUsd } : {}) },
+      input: { personasKey, ...(flags.budgetUsd !== undefined ? { budgetUsd: flags.budgetUsd } : {}), ...(flags.openaiBatch ? { openAiBatch: true } : {}) },
       runId: batchId,
       deps: env.deps,
       retryDelayMs: flags.retryDelay,
@@ -173,7 +173,9 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
         [
           '',
           `${clean ? '✓' : '✗'} batch ${batchId}: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped, in ${(outcome.ms / 1000).toFixed(1)} s`,
-          `  ${calls.length} image calls${rate > 0 ? `, ${rate.toFixed(1)}/min from first to last${paced ? ` (${((rate / limit) * 100).toFixed(0)}% of the ${limit}/min limit)` : ''}` : ''}`,
+          report.openAiBatch
+            ? `  OpenAI Batch API: ${report.openAiBatch.batches.length} batches in ${report.openAiBatch.rounds} rounds, no call to the image endpoints; images $${report.openAiBatch.costUsd.toFixed(4)}, against $${report.openAiBatch.syncCostUsd.toFixed(4)} in sync mode`
+            : `  ${calls.length} image calls${rate > 0 ? `, ${rate.toFixed(1)}/min from first to last${paced ? ` (${((rate / limit) * 100).toFixed(0)}% of the ${limit}/min limit)` : ''}` : ''}`,
           `  report: ${join(outDir, 'report.json')}; open ${join(outDir, 'index.html')}`,
           ...(refused.length > 0
             ? [`  ${refused.length} not run: the batch budget of $${plan?.budgetUsd?.toFixed(2) ?? '?'} ran out; run the same file again with a larger --budget-usd: published personas are not paid for twice`]

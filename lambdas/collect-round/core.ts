@@ -1,0 +1,143 @@
+/**
+ * Batch mode, a round's second half: asks OpenAI whether the round's batches are done; while any
+ * runs, says how long to wait (Step Functions waits, 1.5x longer each time). Once all are done it
+ * reads their output and error files a line at a time: each image is checked and stored under its
+ * run's keys and its reserved cost settled from its usage at batch price; a failed line or an
+ * unusable image is drawn again next round, a refused prompt from a safer rewrite; what a batch
+ * that failed, expired or was cancelled never drew ends its persona failed, with that cause,
+ * keeping what was drawn. Then says whether another round is due or the personas run.
+ */
+import type OpenAI from 'openai';
+import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
+import { imageProblem } from '../shared/image-check.ts';
+import { formatOf } from '../shared/image-provider.ts';
+import { contentTypes, runKeys } from '../shared/keys.ts';
+import { BATCH_API_PRICE, estimateImageCost, parseSize, type TokenUsage } from '../shared/models.ts';
+import { FINISHED, fileLines, type BatchOutputLine } from '../shared/openai-batch.ts';
+import { inPool } from '../shared/pool.ts';
+import { loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
+import type { StageDeps } from '../shared/stage.ts';
+import type { RoundEvent } from '../submit-round/core.ts';
+
+type CollectDeps = StageDeps<'store' | 'text' | 'governor' | 'imageTimeoutMs'>;
+
+/** The longest wait between two looks at a round. */
+const MAX_WAIT_SECONDS = 900;
+const WRITE_CONCURRENCY = 16;
+const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
+
+interface ImagesBody {
+  data?: { b64_json?: string }[];
+  usage?: TokenUsage;
+  error?: { code?: string; message?: string };
+}
+
+type Sent = { persona: PersonaDraws; call: CallState };
+
+/** Stores a line's images where the run's workflow takes them from; a problem with them when they are unusable. */
+async function store(deps: CollectDeps, { persona, call }: Sent, body: ImagesBody, model: string, batchId: string): Promise<string | undefined> {
+  const images = (body.data ?? []).map((d) => Buffer.from(d.b64_json ?? '', 'base64'));
+  if (images.length < call.count) return `${images.length} image(s) where ${call.count} were asked`;
+  for (const image of images) {
+    const problem = imageProblem(image, parseSize(deps.settings.imageSize));
+    if (problem) return problem;
+  }
+  const format = formatOf(images[0]!) ?? 'png';
+  const keys = runKeys(persona.personaId, persona.runId);
+  const index = call.id === 'base' ? -1 : Number(call.id.slice('grid-'.length));
+  const at = images.map((_, i) => (index < 0 ? keys.base : persona.mode === 'separate' ? keys.tile(index, i, format) : keys.grid(index)));
+  await Promise.all(images.map((image, i) => deps.store.put(at[i]!, image, contentTypes[format])));
+  const sync = estimateImageCost(model, body.usage);
+  const estimatedCostUsd = sync === null ? null : Math.round(sync * BATCH_API_PRICE * 1e6) / 1e6;
+  call.drawn = { keys: at, format, model, ...(body.usage ? { usage: body.usage } : {}), estimatedCostUsd, batchId };
+  return undefined;
+}
+
+export async function collectRound(event: RoundEvent, deps: CollectDeps): Promise<RoundStatus> {
+  const { plan } = event;
+  const round = event.round!;
+  const api: OpenAI | undefined = deps.text;
+  if (!api) throw new ConfigurationError(`batch ${plan.batchId}: OpenAI's Batch API needs OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+  const batches = await Promise.all(round.batchIds.map((id) => api.batches.retrieve(id, { timeout: deps.imageTimeoutMs })));
+  if (batches.some((b) => !FINISHED.has(b.status))) {
+    return { ...round, status: 'pending', waitSeconds: Math.min(MAX_WAIT_SECONDS, Math.ceil(round.waitSeconds * 1.5)) };
+  }
+  const state = (await loadRounds(deps.store, plan.batchId))!;
+  const sent = new Map<string, Sent>();
+  for (const persona of state.personas) for (const call of persona.calls) if (call.pending) sent.set(call.pending.customId, { persona, call });
+  const touched = new Set<PersonaDraws>();
+
+  const answer = async (line: BatchOutputLine, batchId: string) => {
+    const entry = sent.get(line.custom_id);
+    if (!entry) return;
+    sent.delete(line.custom_id);
+    touched.add(entry.persona);
+    const { call } = entry;
+    const { reservation, model } = call.pending!;
+    delete call.pending;
+    const body = (line.response?.body ?? {}) as ImagesBody;
+    const status = line.response?.status_code ?? 0;
+    if (status === 200) {
+      const problem = await store(deps, entry, body, model, batchId);
+      // Paid for either way: an unusable answer is drawn again next round.
+      await deps.governor.settle(reservation, call.drawn?.estimatedCostUsd ?? (estimateImageCost(model, body.usage) ?? 0) * BATCH_API_PRICE);
+      if (call.drawn) {
+        state.costUsd += call.drawn.estimatedCostUsd ?? 0;
+        state.syncCostUsd += (call.drawn.estimatedCostUsd ?? 0) / BATCH_API_PRICE;
+      } else {
+        call.lastError = { error: ErrorNames.UpstreamError, cause: `OpenAI batch ${batchId} sent an unusable image: ${problem}` };
+      }
+      return;
+    }
+    // Refused or failed lines are not charged.
+    await deps.governor.settle(reservation, 0);
+    const error = body.error ?? line.error ?? {};
+    const cause = `OpenAI batch ${batchId}, line ${line.custom_id}: ${status || 'no answer'} ${error.code ?? ''} ${error.message ?? ''}`.replace(/\s+/g, ' ').trim();
+    if (moderationCodes.has(String(error.code))) {
+      if (call.safer) entry.persona.failed = { error: ErrorNames.ContentPolicyViolation, cause: `${cause}; the safer rewrite was refused too` };
+      else {
+        call.safer = true;
+        // The refusal does not count as a try: the rewrite gets its own.
+        call.tries--;
+        call.lastError = { error: ErrorNames.ContentPolicyViolation, cause };
+      }
+      return;
+    }
+    call.lastError = { error: ErrorNames.UpstreamError, cause };
+  };
+
+  for (const batch of batches) {
+    for (const fileId of [batch.output_file_id, batch.error_file_id]) {
+      if (!fileId) continue;
+      for await (const line of fileLines(api, fileId, deps.imageTimeoutMs)) await answer(line, batch.id);
+    }
+  }
+  // Lines with no answer: a batch that ended early keeps what it drew and fails the rest's personas.
+  const endedEarly = batches.find((b) => b.status !== 'completed');
+  for (const [customId, entry] of sent) {
+    const batch = endedEarly ?? batches[0]!;
+    await deps.governor.settle(entry.call.pending!.reservation, 0);
+    delete entry.call.pending;
+    touched.add(entry.persona);
+    const counts = batch.request_counts;
+    const cause = `OpenAI batch ${batch.id} ended ${batch.status} before drawing it (${counts?.completed ?? 0} of ${counts?.total ?? '?'} requests done); run the batch file again: what was drawn is kept and not paid again`;
+    if (batch.status === 'completed') entry.call.lastError = { error: ErrorNames.UpstreamError, cause: `OpenAI batch ${batch.id} answered nothing for line ${customId}` };
+    else entry.persona.failed = { error: ErrorNames.NotDrawnInBatch, cause };
+  }
+  for (const persona of touched) {
+    const spent = persona.calls.find((c) => !c.drawn && !c.pending && c.tries >= MAX_TRIES);
+    if (spent && !persona.failed) persona.failed = { error: spent.lastError?.error ?? ErrorNames.UpstreamError, cause: `drawn ${MAX_TRIES} times in OpenAI batches without a usable image: ${spent.lastError?.cause ?? ''}` };
+  }
+  const more = state.rounds.length < MAX_ROUNDS && readyCalls(state).length > 0;
+  // Rounds that will not come leave what they would have drawn to the persona's failure.
+  if (!more) {
+    for (const persona of state.personas) {
+      const missing = persona.calls.find((c) => !c.drawn);
+      if (missing && !persona.failed) persona.failed = { error: missing.lastError?.error ?? ErrorNames.NotDrawnInBatch, cause: missing.lastError?.cause ?? `${missing.id} was not drawn in ${state.rounds.length} rounds` };
+    }
+  }
+  await inPool(more ? [...touched] : state.personas, WRITE_CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
+  await saveRounds(deps.store, state);
+  deps.logger.info('OpenAI batch round collected', { batchId: plan.batchId, round: round.n, statuses: batches.map((b) => b.status), costUsd: state.costUsd });
+  return { ...round, status: 'collected', next: more ? 'submit' : 'run' };
+}

@@ -1,0 +1,149 @@
+/**
+ * Batch mode's rounds: what every persona's image calls came to across OpenAI batches. The base of
+ * every persona is drawn in one round, then the grids (edits of each base), then what must be drawn
+ * again (failed lines, unusable answers, refused prompts rewritten safer), each call at most
+ * MAX_TRIES times. The state lives in the batch's folder (one object, written by the round stages
+ * only); what each run got is also written beside the run (`openai-batch.json`), where its
+ * persona's workflow takes its images from instead of calling the image API.
+ */
+import type { BatchItem } from '../plan-batch/core.ts';
+import { NotDrawnInBatch } from './errors.ts';
+import { governorClient } from './governor.ts';
+import { openAiClients } from './openai.ts';
+import { storeClient } from './s3.ts';
+import { batchKeys, runKeys, type TileFormat } from './keys.ts';
+import type { Reservation } from './governor.ts';
+import type { TokenUsage } from './models.ts';
+import { IMAGES_PER_GRID, type GenerationMode } from './persona.ts';
+import type { ObjectStore } from './store.ts';
+
+/** A call is sent once, then drawn again at most twice. */
+export const MAX_TRIES = 3;
+/** Bases, grids, and what is drawn again: a bound, whatever happens. */
+export const MAX_ROUNDS = 6;
+
+/** What an image call drew, where it is kept, and what it cost at batch price. */
+export interface Drawn {
+  keys: string[];
+  format: TileFormat;
+  model: string;
+  usage?: TokenUsage;
+  estimatedCostUsd: number | null;
+  /** The OpenAI batch that drew it. */
+  batchId: string;
+}
+
+export interface Failure {
+  error: string;
+  cause: string;
+}
+
+export interface CallState {
+  /** `base`, or `grid-{index}`. */
+  id: string;
+  /** Images it draws: 1, or a separate-mode grid's count. */
+  count: number;
+  tries: number;
+  /** Its prompt was refused: it is drawn from a safer rewrite. */
+  safer?: boolean;
+  /** Sent in the current round, not answered yet. */
+  pending?: { customId: string; reservation: Reservation; model: string };
+  drawn?: Drawn;
+  lastError?: Failure;
+}
+
+export interface PersonaDraws {
+  line: number;
+  personaId: string;
+  runId: string;
+  mode: GenerationMode;
+  calls: CallState[];
+  /** Set when it cannot be drawn in this batch: its workflow fails with this, nothing else is paid. */
+  failed?: Failure;
+}
+
+export interface RoundsState {
+  batchId: string;
+  rounds: { n: number; batchIds: string[] }[];
+  personas: PersonaDraws[];
+  /** What the batches' answers cost, at batch price, and what the same would cost synchronously. */
+  costUsd: number;
+  syncCostUsd: number;
+}
+
+/** What a run's workflow reads instead of calling the image API. */
+export interface DrawnRecord {
+  calls: Record<string, Drawn>;
+  failures: Record<string, Failure>;
+}
+
+/** What the round stages return: the batch state machine's next step is read from it. */
+export interface RoundStatus {
+  n: number;
+  batchIds: string[];
+  /** submitted: wait, then collect; pending: wait again; collected: `next` says; nothing: run the personas. */
+  status: 'submitted' | 'pending' | 'collected' | 'nothing';
+  waitSeconds: number;
+  next?: 'submit' | 'run';
+}
+
+export const gridCallId = (index: number) => `grid-${index}`;
+
+/** A persona's calls from its request: the base, then one per grid of four (or per separate image set). */
+export function personaDraws(item: BatchItem, defaultImages: number): PersonaDraws {
+  const images = item.input.images ?? defaultImages;
+  const calls: CallState[] = [{ id: 'base', count: 1, tries: 0 }];
+  for (let first = 0, index = 0; first < images; first += IMAGES_PER_GRID, index++) {
+    const count = Math.min(IMAGES_PER_GRID, images - first);
+    calls.push({ id: gridCallId(index), count: item.input.mode === 'separate' ? count : 1, tries: 0 });
+  }
+  return { line: item.line, personaId: item.personaId, runId: item.name, mode: item.input.mode, calls };
+}
+
+/** Calls to send in the next round: a base not drawn yet, or a grid whose base is drawn. */
+export function readyCalls(state: RoundsState): { persona: PersonaDraws; call: CallState }[] {
+  const ready: { persona: PersonaDraws; call: CallState }[] = [];
+  for (const persona of state.personas) {
+    if (persona.failed) continue;
+    const baseDrawn = !!persona.calls[0]!.drawn;
+    for (const call of persona.calls) {
+      if (call.drawn || call.pending || call.tries >= MAX_TRIES) continue;
+      if (call.id !== 'base' && !baseDrawn) continue;
+      ready.push({ persona, call });
+    }
+  }
+  return ready;
+}
+
+export const loadRounds = (store: ObjectStore, batchId: string) => store.getJsonIfExists<RoundsState>(batchKeys(batchId).rounds);
+export const saveRounds = (store: ObjectStore, state: RoundsState) => store.putJson(batchKeys(state.batchId).rounds, state);
+
+/** The run's record of what was drawn for it, for its workflow's image stages. */
+export function drawnRecordOf(persona: PersonaDraws): DrawnRecord {
+  const record: DrawnRecord = { calls: {}, failures: {} };
+  for (const call of persona.calls) {
+    if (call.drawn) record.calls[call.id] = call.drawn;
+    else if (persona.failed) record.failures[call.id] = persona.failed;
+  }
+  return record;
+}
+
+export const saveDrawnRecord = (store: ObjectStore, persona: PersonaDraws) => store.putJson(runKeys(persona.personaId, persona.runId).drawnInBatch, drawnRecordOf(persona));
+
+/** The round stages' clients: the bucket, OpenAI (files, batches, moderation, prompts), the budget. */
+export const roundClients = [storeClient, openAiClients, governorClient];
+
+/**
+ * What OpenAI's Batch API drew for a call of this run, for its image stage to use instead of calling
+ * the API; NotDrawnInBatch with the round's cause when it drew nothing usable.
+ */
+export async function drawnInBatch(store: ObjectStore, personaId: string, runId: string, callId: string, what: string): Promise<Drawn> {
+  const record = await store.getJsonIfExists<DrawnRecord>(runKeys(personaId, runId).drawnInBatch);
+  const drawn = record?.calls[callId];
+  if (drawn) return drawn;
+  const failure = record?.failures[callId];
+  throw new NotDrawnInBatch(
+    `${what}: not drawn by OpenAI's Batch API (${failure ? `${failure.error}: ${failure.cause}` : 'no round drew it'}); ` +
+      'in batch mode nothing is drawn synchronously: run the batch file again, and only what is missing is drawn, at batch price',
+  );
+}

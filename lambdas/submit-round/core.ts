@@ -1,0 +1,192 @@
+/**
+ * Batch mode, a round's first half: every image call that is ready (bases, then the grids of drawn
+ * bases, then what must be drawn again) becomes a line of an OpenAI batch. Prompts are written and
+ * checked before the round that uses them; each line's cost is reserved against the budget, at
+ * batch price, before it is sent. What earlier attempts of a persona drew is taken over, never
+ * paid again. Returns at once: Step Functions waits for the batch, not a Lambda.
+ */
+import type OpenAI from 'openai';
+import { toFile } from 'openai';
+import { basePrompt } from '../generate-base/core.ts';
+import { gridPrompt, separatePrompt } from '../generate-grid/core.ts';
+import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
+import { writePrompt } from '../write-prompt/core.ts';
+import { AvatarError, ConfigurationError, ErrorNames } from '../shared/errors.ts';
+import { runKeys } from '../shared/keys.ts';
+import { isMissingObject } from '../shared/store.ts';
+import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
+import { imageCallOptions } from '../shared/openai.ts';
+import { filesOf, submitLines, type BatchRequestLine } from '../shared/openai-batch.ts';
+import { inPool } from '../shared/pool.ts';
+import {
+  loadRounds,
+  MAX_ROUNDS,
+  personaDraws,
+  readyCalls,
+  saveDrawnRecord,
+  saveRounds,
+  type CallState,
+  type PersonaDraws,
+  type RoundStatus,
+} from '../shared/rounds.ts';
+import type { StageDeps } from '../shared/stage.ts';
+
+export interface RoundEvent {
+  plan: BatchPlan;
+  /** The round so far: absent before the first. */
+  round?: RoundStatus;
+}
+
+type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs'>;
+
+/** Personas prepared at once (prompts written, references read). */
+const CONCURRENCY = 16;
+
+/** The batch's personas as the plan wrote them, by line. */
+async function itemsOf(deps: RoundDeps, plan: BatchPlan): Promise<Map<number, BatchItem>> {
+  const items = new Map<number, BatchItem>();
+  for await (const text of deps.store.lines(plan.itemsKey)) {
+    if (!text.trim()) continue;
+    const item = JSON.parse(text) as BatchItem;
+    items.set(item.line, item);
+  }
+  return items;
+}
+
+/** An earlier attempt's drawn images, copied into this run: a persona's base or grids are paid once. */
+async function takeOver(deps: RoundDeps, item: BatchItem, persona: PersonaDraws): Promise<void> {
+  for (const earlier of item.earlier ?? []) {
+    const record = await deps.store.getJsonIfExists<{ calls: Record<string, CallState['drawn']> }>(runKeys(item.personaId, earlier).drawnInBatch);
+    if (!record) continue;
+    const keys = runKeys(item.personaId, item.name);
+    for (const call of persona.calls) {
+      const drawn = record.calls[call.id];
+      if (!drawn || call.drawn) continue;
+      const index = call.id === 'base' ? -1 : Number(call.id.slice('grid-'.length));
+      const moved = drawn.keys.map((_, i) => (index < 0 ? keys.base : persona.mode === 'separate' ? keys.tile(index, i, drawn.format) : keys.grid(index)));
+      await Promise.all(drawn.keys.map(async (from, i) => deps.store.put(moved[i]!, await deps.store.getBytes(from), drawn.format === 'png' ? 'image/png' : `image/${drawn.format}`)));
+      call.drawn = { ...drawn, keys: moved };
+    }
+  }
+}
+
+/** The text at `key`, or undefined when there is none. */
+async function existingText(deps: RoundDeps, key: string): Promise<string | undefined> {
+  try {
+    return await deps.store.getText(key);
+  } catch (error) {
+    if (isMissingObject(error)) return undefined;
+    throw error;
+  }
+}
+
+/** The prompt a call is drawn from: the base's from the bio, a grid's from the written scenes; a safer rewrite after a refusal. */
+async function promptFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState): Promise<string> {
+  const keys = runKeys(item.personaId, item.name);
+  const target = call.id === 'base' ? 'base' : 'grid';
+  const event = { personaId: item.personaId, runId: item.name, persona: item.input.persona };
+  const written = async (key: string, write: () => Promise<{ promptKey: string }>) => (await existingText(deps, key)) ?? deps.store.getText((await write()).promptKey);
+  const scenes = (text: string) => (target === 'base' ? text : persona.mode === 'separate' ? separatePrompt(text) : gridPrompt(text));
+  if (call.safer) return scenes(await written(keys.saferPrompt(target), () => writePrompt({ ...event, rewrite: { target, reason: call.lastError?.cause ?? '' } }, deps)));
+  if (target === 'base') {
+    const prompt = basePrompt(item.input.persona);
+    // Kept so a refusal can be rewritten from what was actually sent.
+    await deps.store.put(keys.basePrompt, prompt, 'text/plain; charset=utf-8');
+    return prompt;
+  }
+  // Written once per run: the persona's workflow reads this same prompt back for its manifest.
+  return scenes(await written(keys.prompt, () => writePrompt(event, deps)));
+}
+
+/** A call's line, its prompt checked and its cost reserved; undefined when it cannot be sent (the persona then fails). */
+async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState, model: string, api: OpenAI, round: number): Promise<BatchRequestLine | undefined> {
+  const what = `${call.id === 'base' ? 'base image' : call.id.replace('-', ' ')} for persona ${item.personaId}`;
+  const edit = call.id !== 'base';
+  try {
+    let prompt = await promptFor(deps, item, persona, call);
+    if (deps.settings.moderationCheck === 'on') {
+      try {
+        await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
+      } catch (error) {
+        if ((error as Error).name !== ErrorNames.ContentPolicyViolation || call.safer) throw error;
+        // Refused before anything is paid: rewritten once, as in sync mode.
+        call.safer = true;
+        call.lastError = { error: (error as Error).name, cause: (error as Error).message };
+        prompt = await promptFor(deps, item, persona, call);
+        await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
+      }
+    }
+    const format = edit && persona.mode === 'separate' ? deps.settings.tileFormat : 'png';
+    const estimate = estimateImageCallCost(model, { size: deps.settings.imageSize, quality: deps.settings.imageQuality, n: call.count, promptChars: prompt.length, edit });
+    const reservation = await deps.governor.reserve({ what, model, images: call.count, estimatedUsd: estimate === null ? null : estimate * BATCH_API_PRICE, budget: item.input.budget ?? null });
+    const body: Record<string, unknown> = { model, prompt, n: call.count, ...imageCallOptions(deps.settings, model, format, edit) };
+    if (edit) body.images = [await referenceOf(deps, api, persona)];
+    call.tries++;
+    const customId = `${item.line}:${call.id}:${call.tries}:r${round}`;
+    call.pending = { customId, reservation, model };
+    return { custom_id: customId, method: 'POST', url: edit ? '/v1/images/edits' : '/v1/images/generations', body };
+  } catch (error) {
+    if (!(error instanceof AvatarError) || error.name === ErrorNames.ConfigurationError) throw error;
+    persona.failed = { error: error.name, cause: error.message };
+    return undefined;
+  }
+}
+
+/** The reference of a persona's edits: its base, in the line (a data URL) or uploaded once (a file id). */
+async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws): Promise<Record<string, string>> {
+  const base = persona.calls[0]!.drawn!;
+  const bytes = await deps.store.getBytes(base.keys[0]!);
+  if (deps.settings.openAiBatchImageInput === 'data-url') return { image_url: `data:image/${base.format};base64,${bytes.toString('base64')}` };
+  const file = await api.files.create({ file: await toFile(bytes, `base.${base.format}`, { type: `image/${base.format}` }), purpose: 'vision' }, { timeout: deps.imageTimeoutMs });
+  return { file_id: file.id };
+}
+
+export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<RoundStatus> {
+  const { plan } = event;
+  const api = deps.text;
+  if (!api) throw new ConfigurationError(`batch ${plan.batchId}: OpenAI's Batch API needs OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
+  const items = await itemsOf(deps, plan);
+  let state = await loadRounds(deps.store, plan.batchId);
+  if (!state) {
+    state = { batchId: plan.batchId, rounds: [], personas: [...items.values()].map((item) => personaDraws(item, deps.settings.defaultImages)), costUsd: 0, syncCostUsd: 0 };
+    await inPool(state.personas, CONCURRENCY, (persona) => takeOver(deps, items.get(persona.line)!, persona));
+  }
+  const n = state.rounds.length + 1;
+  const nothing: RoundStatus = { n: n - 1, batchIds: [], status: 'nothing', waitSeconds: 0 };
+  const ready = n > MAX_ROUNDS ? [] : readyCalls(state);
+  const model = modelChain(deps.settings)[0]!;
+  const built = await inPool(ready, CONCURRENCY, async ({ persona, call }) => {
+    const line = persona.failed ? undefined : await lineFor(deps, items.get(persona.line)!, persona, call, model, api, n);
+    return line && { line, persona, call };
+  });
+  const entries = built.filter((e) => !!e);
+  const unsend = async ({ call }: { call: CallState }, why?: { error: string; cause: string }) => {
+    await deps.governor.settle(call.pending!.reservation, 0);
+    delete call.pending;
+    if (why) call.lastError = why;
+  };
+  // A persona refused before its round (its budget, its prompt) sends none of its lines.
+  for (const entry of entries.filter((e) => e.persona.failed)) await unsend(entry);
+  const sending = entries.filter((e) => !e.persona.failed);
+  const batchIds: string[] = [];
+  let failure: Error | undefined;
+  for (const file of filesOf(sending.map((e) => e.line))) {
+    const inFile = new Set(file.body.split('\n').filter(Boolean).map((text) => (JSON.parse(text) as BatchRequestLine).custom_id));
+    const mine = sending.filter((e) => inFile.has(e.line.custom_id));
+    try {
+      const ids = await submitLines(api, file.endpoint, file.body, { persona_avatars_batch: plan.batchId, round: String(n) }, deps.imageTimeoutMs);
+      batchIds.push(...ids);
+    } catch (error) {
+      // Not sent, not paid: drawn again next round, or the stage is retried when nothing went.
+      failure = error as Error;
+      for (const entry of mine) await unsend(entry, { error: failure.name, cause: failure.message });
+    }
+  }
+  if (batchIds.length === 0 && failure) throw failure;
+  const status: RoundStatus = batchIds.length === 0 ? nothing : { n, batchIds, status: 'submitted', waitSeconds: deps.settings.openAiBatchPollSeconds };
+  if (batchIds.length > 0) state.rounds.push({ n, batchIds });
+  await inPool(state.personas.filter((p) => p.failed), CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
+  await saveRounds(deps.store, state);
+  deps.logger.info('OpenAI batch round submitted', { batchId: plan.batchId, round: n, lines: sending.length, openAiBatches: batchIds });
+  return status;
+}

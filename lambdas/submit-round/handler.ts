@@ -1,0 +1,5 @@
+import { roundClients } from '../shared/rounds.ts';
+import { lambdaHandler } from '../shared/stage.ts';
+import { submitRound } from './core.ts';
+
+export const handler = lambdaHandler('submit-round', submitRound, roundClients);

@@ -1,0 +1,213 @@
+/**
+ * The offline backend's Batch API: /v1/files (upload, content), /v1/batches (create, retrieve,
+ * cancel), in OpenAI's shapes. A batch moves on over time (validating, in_progress, finalizing,
+ * completed, a step each `stepMs`), draws each line as the image endpoints would (the same
+ * checks, faults and drawing, outside the images-per-minute limit), and writes an output file of
+ * the lines answered 200 and an error file of the rest. The `expire` fault ends a batch half done.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Clock } from '../lambdas/shared/clock.ts';
+import type { BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
+import type { Fault, Route } from './faults.ts';
+import { sendJson } from './loopback-server.ts';
+import type { RecordedRequest, Reply } from './offline-openai.ts';
+
+interface StoredFile {
+  id: string;
+  filename: string;
+  purpose: string;
+  bytes: Buffer;
+  created_at: number;
+}
+
+interface Batch {
+  id: string;
+  object: 'batch';
+  endpoint: string;
+  input_file_id: string;
+  completion_window: string;
+  status: 'validating' | 'failed' | 'in_progress' | 'finalizing' | 'completed' | 'expired' | 'cancelling' | 'cancelled';
+  output_file_id: string | null;
+  error_file_id: string | null;
+  errors: { data: { code: string; message: string; line: number | null }[] } | null;
+  created_at: number;
+  in_progress_at: number | null;
+  finalizing_at: number | null;
+  completed_at: number | null;
+  expired_at: number | null;
+  cancelled_at: number | null;
+  expires_at: number;
+  request_counts: { total: number; completed: number; failed: number };
+  metadata: Record<string, string> | null;
+}
+
+export interface BatchEndpointsDeps {
+  clock: Clock;
+  stepMs: number;
+  requests: RecordedRequest[];
+  refusal(route: 'generations' | 'edits', body: Record<string, unknown>): Reply | undefined;
+  takeFault(route: Route): Fault | undefined;
+  faultReply(fault: Fault, model: string): Reply | 'hang' | undefined;
+  imageReply(route: 'generations' | 'edits', body: Record<string, unknown>, reference: { data: Buffer; mimeType: string } | undefined, fault: Fault | undefined): Promise<Reply>;
+  readJson(req: IncomingMessage): Promise<Record<string, unknown>>;
+  readMultipart(req: IncomingMessage): Promise<{ fields: Record<string, string>; files: { field: string; filename: string; mimeType: string; data: Buffer }[] }>;
+}
+
+const ENDPOINTS: Record<string, 'generations' | 'edits'> = { '/v1/images/generations': 'generations', '/v1/images/edits': 'edits' };
+const statusOf = (batch: Batch): Batch['status'] => batch.status;
+const seconds = (clock: Clock) => Math.floor(clock.now().getTime() / 1000);
+
+function notFound(res: ServerResponse, what: string): void {
+  sendJson(res, 404, { error: { message: `No such ${what}`, type: 'invalid_request_error', param: null, code: null } });
+}
+
+export function batchEndpoints(deps: BatchEndpointsDeps) {
+  const files = new Map<string, StoredFile>();
+  const batches = new Map<string, Batch>();
+  const lines: BatchRequestLine[] = [];
+  const running = new Set<Promise<void>>();
+  let counter = 0;
+  const pause = () => new Promise((resolve) => setTimeout(resolve, deps.stepMs));
+
+  const storeFile = (filename: string, purpose: string, bytes: Buffer): StoredFile => {
+    const file = { id: `file-offline${++counter}`, filename, purpose, bytes, created_at: seconds(deps.clock) };
+    files.set(file.id, file);
+    return file;
+  };
+  const fileObject = ({ bytes, ...file }: StoredFile) => ({ ...file, object: 'file', bytes: bytes.length, status: 'processed' });
+
+  /** A JSON edit's reference: a base64 data URL in the line, or a file uploaded before. */
+  function referenceOf(body: Record<string, unknown>): { data: Buffer; mimeType: string } | undefined {
+    const image = (body.images as { image_url?: string; file_id?: string }[] | undefined)?.[0];
+    if (image?.image_url) {
+      const match = /^data:([\w/+.-]+);base64,(.*)$/s.exec(image.image_url);
+      return match ? { mimeType: match[1]!, data: Buffer.from(match[2]!, 'base64') } : undefined;
+    }
+    const file = image?.file_id ? files.get(image.file_id) : undefined;
+    return file && { data: file.bytes, mimeType: file.filename.endsWith('.webp') ? 'image/webp' : file.filename.endsWith('.jpeg') || file.filename.endsWith('.jpg') ? 'image/jpeg' : 'image/png' };
+  }
+
+  /** One request line drawn as the endpoint would answer it. */
+  async function answer(line: BatchRequestLine): Promise<Reply> {
+    const route = ENDPOINTS[line.url]!;
+    const refused = deps.refusal(route, line.body);
+    if (refused) return refused;
+    const fault = deps.takeFault(route);
+    const faulted = fault && deps.faultReply(fault, String(line.body.model ?? ''));
+    if (faulted === 'hang') return { status: 500, body: { error: { message: 'The request timed out.', type: 'server_error', param: null, code: 'timeout' } } };
+    if (faulted) return faulted;
+    return deps.imageReply(route, line.body, route === 'edits' ? referenceOf(line.body) : undefined, fault);
+  }
+
+  async function run(batch: Batch, requests: BatchRequestLine[]): Promise<void> {
+    const expire = deps.takeFault('batches')?.kind === 'expire';
+    await pause();
+    if (batch.status !== 'validating') return;
+    Object.assign(batch, { status: 'in_progress', in_progress_at: seconds(deps.clock) });
+    const output: string[] = [];
+    const errors: string[] = [];
+    const upTo = expire ? Math.floor(requests.length / 2) : requests.length;
+    for (const request of requests.slice(0, upTo)) {
+      // A cancel may have come in meanwhile.
+      if (statusOf(batch) !== 'in_progress') break;
+      const reply = await answer(request);
+      const line = JSON.stringify({ id: `batch_req_${++counter}`, custom_id: request.custom_id, response: { status_code: reply.status, request_id: `req_${counter}`, body: reply.body }, error: null });
+      (reply.status === 200 ? output : errors).push(`${line}\n`);
+      batch.request_counts[reply.status === 200 ? 'completed' : 'failed']++;
+    }
+    Object.assign(batch, { status: 'finalizing', finalizing_at: seconds(deps.clock) });
+    await pause();
+    if (output.length > 0) batch.output_file_id = storeFile('batch_output.jsonl', 'batch_output', Buffer.from(output.join(''))).id;
+    if (errors.length > 0) batch.error_file_id = storeFile('batch_errors.jsonl', 'batch_output', Buffer.from(errors.join(''))).id;
+    const now = seconds(deps.clock);
+    if (statusOf(batch) === 'cancelling') Object.assign(batch, { status: 'cancelled', cancelled_at: now });
+    else if (expire) Object.assign(batch, { status: 'expired', expired_at: now });
+    else Object.assign(batch, { status: 'completed', completed_at: now });
+  }
+
+  async function createBatch(body: Record<string, unknown>, res: ServerResponse): Promise<void> {
+    const input = files.get(String(body.input_file_id));
+    const endpoint = String(body.endpoint);
+    if (!input || input.purpose !== 'batch') return notFound(res, `file: ${String(body.input_file_id)}`);
+    if (!ENDPOINTS[endpoint]) {
+      sendJson(res, 400, { error: { message: `Invalid endpoint '${endpoint}' for images in this server`, type: 'invalid_request_error', param: 'endpoint', code: 'invalid_value' } });
+      return;
+    }
+    const requests = input.bytes.toString('utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as BatchRequestLine);
+    const wrong = requests.findIndex((r) => r.url !== endpoint || r.method !== 'POST' || !r.custom_id);
+    const now = seconds(deps.clock);
+    const batch: Batch = {
+      id: `batch_offline${++counter}`,
+      object: 'batch',
+      endpoint,
+      input_file_id: input.id,
+      completion_window: String(body.completion_window ?? '24h'),
+      status: wrong >= 0 ? 'failed' : 'validating',
+      output_file_id: null,
+      error_file_id: null,
+      errors: wrong >= 0 ? { data: [{ code: 'invalid_request', message: `line ${wrong + 1}: each line needs a custom_id, method POST and url ${endpoint}`, line: wrong + 1 }] } : null,
+      created_at: now,
+      in_progress_at: null,
+      finalizing_at: null,
+      completed_at: null,
+      expired_at: null,
+      cancelled_at: null,
+      expires_at: now + 24 * 3600,
+      request_counts: { total: requests.length, completed: 0, failed: 0 },
+      metadata: (body.metadata as Record<string, string> | undefined) ?? null,
+    };
+    batches.set(batch.id, batch);
+    if (wrong < 0) {
+      lines.push(...requests);
+      const job = run(batch, requests).finally(() => running.delete(job));
+      running.add(job);
+    }
+    sendJson(res, 200, batch);
+  }
+
+  return {
+    lines,
+    /** Waits for the batches still running. */
+    settled: async () => {
+      while (running.size > 0) await Promise.all([...running]);
+    },
+    /** Answers a Batch API request; false when the path is not one. */
+    async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
+      const record = (route: 'batches') => deps.requests.push({ route, model: '', prompt: '', n: 0, size: '', options: {}, files: [], authorization: req.headers.authorization, at: Date.now(), rateLimited: false });
+      if (path === '/files' && req.method === 'POST') {
+        const form = await deps.readMultipart(req);
+        const upload = form.files.find((f) => f.field === 'file');
+        if (!upload) {
+          sendJson(res, 400, { error: { message: "Missing required parameter: 'file'.", type: 'invalid_request_error', param: 'file', code: null } });
+          return true;
+        }
+        sendJson(res, 200, fileObject(storeFile(upload.filename, form.fields.purpose ?? '', upload.data)));
+        return true;
+      }
+      const file = /^\/files\/([\w-]+)(\/content)?$/.exec(path);
+      if (file && req.method === 'GET') {
+        const stored = files.get(file[1]!);
+        if (!stored) notFound(res, `file: ${file[1]}`);
+        else if (file[2]) {
+          res.writeHead(200, { 'content-type': 'application/octet-stream' });
+          res.end(stored.bytes);
+        } else sendJson(res, 200, fileObject(stored));
+        return true;
+      }
+      if (path === '/batches' && req.method === 'POST') {
+        record('batches');
+        await createBatch(await deps.readJson(req), res);
+        return true;
+      }
+      const batch = /^\/batches\/([\w-]+)(\/cancel)?$/.exec(path);
+      if (!batch) return false;
+      const found = batches.get(batch[1]!);
+      if (!found) notFound(res, `batch: ${batch[1]}`);
+      else if (batch[2] && req.method === 'POST') {
+        if (found.status === 'validating' || found.status === 'in_progress') Object.assign(found, { status: 'cancelling' });
+        sendJson(res, 200, found);
+      } else sendJson(res, 200, found);
+      return true;
+    },
+  };
+}
