@@ -39,7 +39,7 @@ import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
 import { runLocally } from '../local/runner.ts';
-import type { BatchSummary } from '../lambdas/report-batch/core.ts';
+import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 const LATENCY_MS = 1500;
@@ -327,6 +327,40 @@ async function stalePlanBench(): Promise<void> {
   out();
 }
 
+const MODES = { personas: 12, imagesPerMinute: 120, latencyMs: 1000 };
+
+/**
+ * One batch in both modes against the offline backend: sync, paced to the limit; batch mode, its
+ * images as lines of OpenAI batches (drawn by the backend without the per-call latency: OpenAI
+ * takes up to 24 h, so wall time here is the machinery's own).
+ */
+async function apiModesBench(): Promise<void> {
+  out(`One batch of ${MODES.personas} personas in both modes: sync (API limited to ${MODES.imagesPerMinute} images/min, ${MODES.latencyMs} ms per call), then OpenAI's Batch API`);
+  for (const mode of ['sync', 'batch'] as const) {
+    const dir = mkdtempSync(join(tmpdir(), `avatars-bench-${mode}-`));
+    const env = await startLocalEnvironment({ dataDir: dir, env: { IMAGES_PER_MINUTE: String(MODES.imagesPerMinute) }, latencyMs: MODES.latencyMs, imagesPerMinute: MODES.imagesPerMinute });
+    try {
+      const personasKey = `batches/${mode}/personas.jsonl`;
+      await env.deps.store.put(personasKey, teamLines(MODES.personas, mode), 'application/x-ndjson');
+      const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey, openAiBatch: mode === 'batch' }, runId: mode, deps: env.deps });
+      if (outcome.status !== 'SUCCEEDED') throw new Error(`${outcome.error}: ${outcome.cause}`);
+      const report = JSON.parse(await env.deps.store.getText(outcome.output.reportKey)) as BatchReport;
+      const manifests = await Promise.all(report.personas.map((p) => env.deps.store.getJsonIfExists<{ estimatedCostUsd: number | null }>(p.manifestKey!)));
+      const cost = manifests.reduce((sum, m) => sum + (m?.estimatedCostUsd ?? 0), 0);
+      const sync = env.backend!.requests.filter((r) => r.route === 'generations' || r.route === 'edits').length;
+      const lines = env.backend!.batchLines.length;
+      out(
+        `  ${mode.padEnd(5)}: published ${outcome.output.counts.SUCCEEDED}/${MODES.personas}; ${sync} calls to the image endpoints, ${lines} batch lines; ` +
+          `images estimated at $${cost.toFixed(4)}${report.openAiBatch ? ` (sync mode: $${report.openAiBatch.syncCostUsd.toFixed(4)})` : ''}; wall ${(outcome.ms / 1000).toFixed(1)} s`,
+      );
+    } finally {
+      await env.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  out();
+}
+
 /** ReportBatch on a batch of 10,000 personas of 40 avatars each, in a process of its own: its peak memory. */
 async function reportBench(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-report-'));
@@ -410,7 +444,7 @@ async function markingBench(): Promise<void> {
 }
 
 // `npm run bench -- report marking` runs those sections only.
-const sections: Record<string, () => unknown> = { workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, report: reportBench, marking: markingBench };
+const sections: Record<string, () => unknown> = { workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench };
 const chosen = process.argv.slice(2);
 for (const name of chosen) if (!sections[name]) throw new Error(`no bench section ${name}: ${Object.keys(sections).join(', ')}`);
 for (const [name, section] of Object.entries(sections)) if (chosen.length === 0 || chosen.includes(name)) await section();

@@ -88,7 +88,8 @@ describe('the synthesized stack', () => {
     const tableId = Object.keys(template.findResources('AWS::DynamoDB::Table'))[0]!;
     expect(template.toJSON().Outputs.ImageBudgetTable.Value).toEqual({ Ref: tableId });
     for (const [stage, fn] of Object.entries(stageFunctions())) {
-      const draws = stage === 'generate-base' || stage === 'generate-grid';
+      // The image stages, and batch mode's rounds, which reserve and settle OpenAI batch lines.
+      const draws = ['generate-base', 'generate-grid', 'submit-round', 'collect-round'].includes(stage);
       expect(fn.Properties.Environment.Variables.IMAGE_BUDGET_TABLE, stage).toEqual(draws ? { Ref: tableId } : undefined);
       const actions = statementsOf(stage).filter((s) => JSON.stringify(s.Resource).includes(tableId)).flatMap((s) => [s.Action].flat());
       expect(actions.sort(), stage).toEqual(draws ? ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'] : []);
@@ -376,7 +377,25 @@ describe('the synthesized batch workflow', () => {
     expect(map.ResultWriter).toMatchObject({ Resource: 'arn:aws:states:::s3:putObject', Parameters: { 'Prefix.$': '$.plan.resultsPrefix' } });
     expect(map.MaxConcurrencyPath).toBe('$.plan.concurrency');
     expect(map.Next).toBe('ReportBatch');
-    expect(batch.taskStages).toEqual({ PlanBatch: 'plan-batch', ReportBatch: 'report-batch' });
+    expect(batch.taskStages).toEqual({ PlanBatch: 'plan-batch', ReportBatch: 'report-batch', SubmitRound: 'submit-round', CollectRound: 'collect-round' });
+  });
+
+  it('draws a batch in OpenAI\u2019s Batch API in rounds: submit, a Wait-based poll, collect, again or on to the personas', () => {
+    expect(batchStates.AnythingToRun!.Choices).toEqual(
+      expect.arrayContaining([{ And: [{ Variable: '$.plan.toRun', NumericGreaterThan: 0 }, { Variable: '$.plan.apiMode', StringEquals: 'batch' }], Next: 'SubmitRound' }]),
+    );
+    expect(batchStates.SubmitRound).toMatchObject({ Type: 'Task', ResultPath: '$.round', Next: 'RoundSent' });
+    expect(batchStates.RoundSent!.Choices).toEqual([{ Variable: '$.round.status', StringEquals: 'nothing', Next: 'RunPersonas' }]);
+    expect(batchStates.RoundSent!.Default).toBe('WaitForRound');
+    // Step Functions waits, not a Lambda: the stages return at once, the wait grows each time.
+    expect(batchStates.WaitForRound).toEqual({ Type: 'Wait', SecondsPath: '$.round.waitSeconds', Next: 'CollectRound' });
+    expect(batchStates.CollectRound).toMatchObject({ Type: 'Task', ResultPath: '$.round', Next: 'RoundDone' });
+    expect(batchStates.RoundDone!.Choices).toEqual([
+      { Variable: '$.round.status', StringEquals: 'pending', Next: 'WaitForRound' },
+      { Variable: '$.round.next', StringEquals: 'submit', Next: 'SubmitRound' },
+    ]);
+    expect(batchStates.RoundDone!.Default).toBe('RunPersonas');
+    for (const round of ['SubmitRound', 'CollectRound']) expect(caughtOn(batchStates[round]!)).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'RunPersonas' })]);
   });
 });
 

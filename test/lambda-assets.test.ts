@@ -94,6 +94,8 @@ describe('the bundled Lambda assets', () => {
       'start-from-upload': ['s3', 'sfn'],
       'plan-batch': ['s3', 'sfn'],
       'report-batch': ['s3'],
+      'submit-round': ['s3', 'openai', 'secrets'],
+      'collect-round': ['s3', 'openai', 'secrets'],
     };
     for (const stage of stageNames) {
       const code = readFileSync(join(assetOf(stage), 'index.js'), 'utf8');

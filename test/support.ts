@@ -78,10 +78,10 @@ export const personaLine = (id: string, extra: Record<string, unknown> = {}) => 
 export const team = (n: number, prefix = 'member') => Array.from({ length: n }, (_, i) => personaLine(`${prefix}-${i + 1}`));
 
 /** A batch of these JSON lines run locally as the batch state machine runs it; its report. */
-export async function runBatch(w: LocalEnvironment, lines: string[], batchId: string): Promise<BatchReport> {
+export async function runBatch(w: LocalEnvironment, lines: string[], batchId: string, input: Record<string, unknown> = {}): Promise<BatchReport> {
   const personasKey = `batches/${batchId}/personas.jsonl`;
   await w.deps.store.put(personasKey, `${lines.join('\n')}\n`, 'application/x-ndjson');
-  const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey }, runId: batchId, deps: w.deps });
+  const outcome = await runLocally<BatchSummary>({ machine: 'batch', input: { personasKey, ...input }, runId: batchId, deps: w.deps });
   if (outcome.status !== 'SUCCEEDED') throw new Error(`batch ${batchId} failed: ${outcome.error}: ${outcome.cause}`);
   return JSON.parse(await w.deps.store.getText(outcome.output.reportKey)) as BatchReport;
 }

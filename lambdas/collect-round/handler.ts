@@ -1,4 +1,4 @@
-import { roundClients } from '../shared/rounds.ts';
+import { roundClients } from '../shared/round-clients.ts';
 import { lambdaHandler } from '../shared/stage.ts';
 import { collectRound } from './core.ts';
 

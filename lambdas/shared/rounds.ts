@@ -8,9 +8,6 @@
  */
 import type { BatchItem } from '../plan-batch/core.ts';
 import { NotDrawnInBatch } from './errors.ts';
-import { governorClient } from './governor.ts';
-import { openAiClients } from './openai.ts';
-import { storeClient } from './s3.ts';
 import { batchKeys, runKeys, type TileFormat } from './keys.ts';
 import type { Reservation } from './governor.ts';
 import type { TokenUsage } from './models.ts';
@@ -129,9 +126,6 @@ export function drawnRecordOf(persona: PersonaDraws): DrawnRecord {
 }
 
 export const saveDrawnRecord = (store: ObjectStore, persona: PersonaDraws) => store.putJson(runKeys(persona.personaId, persona.runId).drawnInBatch, drawnRecordOf(persona));
-
-/** The round stages' clients: the bucket, OpenAI (files, batches, moderation, prompts), the budget. */
-export const roundClients = [storeClient, openAiClients, governorClient];
 
 /**
  * What OpenAI's Batch API drew for a call of this run, for its image stage to use instead of calling

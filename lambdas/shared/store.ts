@@ -66,14 +66,20 @@ export class ObjectStore {
     return (await this.getBytes(key)).toString('utf8');
   }
 
-  /** The JSON at `key`, or undefined when there is none. */
-  async getJsonIfExists<T>(key: string): Promise<T | undefined> {
+  /** The text at `key`, or undefined when there is none. */
+  async getTextIfExists(key: string): Promise<string | undefined> {
     try {
-      return JSON.parse(await this.getText(key)) as T;
+      return await this.getText(key);
     } catch (error) {
       if (isMissingObject(error)) return undefined;
       throw error;
     }
+  }
+
+  /** The JSON at `key`, or undefined when there is none. */
+  async getJsonIfExists<T>(key: string): Promise<T | undefined> {
+    const text = await this.getTextIfExists(key);
+    return text === undefined ? undefined : (JSON.parse(text) as T);
   }
 
   /** Replaces the object's tags (lifecycle rules select objects by tag). */

@@ -13,7 +13,6 @@ import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
 import { writePrompt } from '../write-prompt/core.ts';
 import { AvatarError, ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { runKeys } from '../shared/keys.ts';
-import { isMissingObject } from '../shared/store.ts';
 import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
 import { imageCallOptions } from '../shared/openai.ts';
 import { filesOf, submitLines, type BatchRequestLine } from '../shared/openai-batch.ts';
@@ -70,22 +69,12 @@ async function takeOver(deps: RoundDeps, item: BatchItem, persona: PersonaDraws)
   }
 }
 
-/** The text at `key`, or undefined when there is none. */
-async function existingText(deps: RoundDeps, key: string): Promise<string | undefined> {
-  try {
-    return await deps.store.getText(key);
-  } catch (error) {
-    if (isMissingObject(error)) return undefined;
-    throw error;
-  }
-}
-
 /** The prompt a call is drawn from: the base's from the bio, a grid's from the written scenes; a safer rewrite after a refusal. */
 async function promptFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState): Promise<string> {
   const keys = runKeys(item.personaId, item.name);
   const target = call.id === 'base' ? 'base' : 'grid';
   const event = { personaId: item.personaId, runId: item.name, persona: item.input.persona };
-  const written = async (key: string, write: () => Promise<{ promptKey: string }>) => (await existingText(deps, key)) ?? deps.store.getText((await write()).promptKey);
+  const written = async (key: string, write: () => Promise<{ promptKey: string }>) => (await deps.store.getTextIfExists(key)) ?? deps.store.getText((await write()).promptKey);
   const scenes = (text: string) => (target === 'base' ? text : persona.mode === 'separate' ? separatePrompt(text) : gridPrompt(text));
   if (call.safer) return scenes(await written(keys.saferPrompt(target), () => writePrompt({ ...event, rewrite: { target, reason: call.lastError?.cause ?? '' } }, deps)));
   if (target === 'base') {

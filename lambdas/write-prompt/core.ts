@@ -1,4 +1,5 @@
 import { runKeys } from '../shared/keys.ts';
+import { drawnInBatch, gridCallId } from '../shared/rounds.ts';
 import { primaryBio, type Persona } from '../shared/persona.ts';
 import { UpstreamError, causeMessage } from '../shared/errors.ts';
 import { estimateTextCost } from '../shared/models.ts';
@@ -145,9 +146,10 @@ export async function writePrompt(event: WritePromptEvent, deps: PromptDeps): Pr
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
   if (event.imageApi === 'batch' && !event.rewrite) {
-    // Paid for by the round that wrote it; the manifest names the prompt the images were drawn from.
-    await deps.store.getText(keys.prompt);
-    return { promptKey: keys.prompt, provider: provider(deps), estimatedCostUsd: 0, ms: Date.now() - started };
+    // Written, and paid for, by the round that drew the grids: the manifest names the prompt they were drawn from.
+    if ((await deps.store.getTextIfExists(keys.prompt)) !== undefined) return { promptKey: keys.prompt, provider: provider(deps), estimatedCostUsd: 0, ms: Date.now() - started };
+    // No grid round came for this run: why not is its first grid's failure.
+    await drawnInBatch(deps.store, event.personaId, event.runId, gridCallId(0), `prompt for persona ${event.personaId}`);
   }
   let written: Written;
   let key: string;

@@ -1,0 +1,87 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { estimatedCost } from '../lambdas/plan-batch/core.ts';
+import { parseRunRequest } from '../lambdas/shared/persona.ts';
+import { settingsFromEnv } from '../lambdas/shared/settings.ts';
+import type { BatchReport } from '../lambdas/report-batch/core.ts';
+import { startOfflineBackend } from '../local/offline-openai.ts';
+import { avatars, imageCalls, personaLine, runBatch, startBatchWorld, team, tempDir } from './support.ts';
+
+const work = tempDir('openai-batch');
+
+/** Each persona's lines over every OpenAI batch: what was asked of the API for it. */
+const linesPer = (lines: { custom_id: string }[], report: BatchReport) =>
+  Object.fromEntries(report.personas.map((p) => [p.personaId, lines.filter((l) => Number(l.custom_id.split(':')[0]) === p.line).map((l) => l.custom_id.split(':')[1])]));
+
+describe('a batch through OpenAI\u2019s Batch API', () => {
+  it('publishes every persona with no call to the image endpoints, each image asked as a line of an uploaded batch file', async () => {
+    const backend = await startOfflineBackend({ batchStepMs: 100 });
+    onTestFinished(backend.close);
+    writeFileSync(join(work, 'six.jsonl'), `${team(5, 'bulk').join('\n')}\n${personaLine('bulk-8', { images: 8 })}\n`);
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', OPENAI_BATCH_POLL_SECONDS: '1' };
+    const run = await avatars(work, ['batch', 'six.jsonl', '--openai-batch', '--json', '--data', 'data-six'], env);
+    expect(run.code, run.stderr).toBe(0);
+    const report = JSON.parse(run.stdout) as BatchReport;
+    expect(report.counts).toMatchObject({ total: 6, SUCCEEDED: 6, FAILED: 0 });
+    expect(report.personas.at(-1)!.avatars).toHaveLength(8);
+    expect(imageCalls(backend)).toEqual([]);
+    // A base per persona, then a grid per four avatars, each a line of OpenAI's batch request shape.
+    expect(Object.values(linesPer(backend.batchLines, report))).toEqual([...Array(5).fill(['base', 'grid-0']), ['base', 'grid-0', 'grid-1']]);
+    for (const line of backend.batchLines) {
+      expect(line).toMatchObject({ custom_id: expect.any(String), method: 'POST', url: expect.stringMatching(/^\/v1\/images\/(generations|edits)$/) });
+      expect(line.body).toMatchObject({ model: 'gpt-image-2', prompt: expect.any(String), n: 1, size: expect.any(String), quality: expect.any(String) });
+      if (line.url === '/v1/images/edits') expect((line.body.images as { image_url: string }[])[0]!.image_url).toMatch(/^data:image\/png;base64,iVBOR/);
+    }
+    expect(report.openAiBatch!.costUsd).toBeGreaterThan(0);
+    expect(report.openAiBatch!.costUsd * 2).toBeCloseTo(report.openAiBatch!.syncCostUsd, 6);
+  }, 120_000);
+
+  it('estimates a persona at half its sync price', () => {
+    const settings = settingsFromEnv({});
+    const request = parseRunRequest(JSON.parse(personaLine('priced', { images: 8 })));
+    expect(estimatedCost(request, settings, 'batch')).toBeCloseTo(estimatedCost(request, settings, 'sync') / 2, 9);
+  });
+
+  it('draws a failed line again in the next round, and publishes every persona', async () => {
+    const world = await startBatchWorld({ faults: [{ kind: 'server-error', times: 1 }] });
+    const report = await runBatch(world, team(3, 'retry'), 'retry', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 3, FAILED: 0 });
+    const lines = linesPer(world.backend!.batchLines, report);
+    // The first line failed: its base was asked again beside the others' grids, then its own grid.
+    expect(lines['retry-1']).toEqual(['base', 'base', 'grid-0']);
+    expect(report.openAiBatch!.rounds).toBe(3);
+  }, 120_000);
+
+  it('keeps what an expired OpenAI batch drew, fails the rest, and the same file again draws only what is missing', async () => {
+    const world = await startBatchWorld({ faults: [{ kind: 'expire', times: 1 }] });
+    const first = await runBatch(world, team(4, 'late'), 'late', { openAiBatch: true });
+    expect(first.personas.map((p) => p.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'FAILED', 'FAILED']);
+    expect(first.personas[2]).toMatchObject({ error: 'NotDrawnInBatch', cause: expect.stringMatching(/OpenAI batch \S+ ended expired before drawing it \(2 of 4 requests done\)/) });
+    const afterFirst = world.backend!.batchLines.length;
+    const again = await runBatch(world, team(4, 'late'), 'late-2', { openAiBatch: true });
+    expect(again.personas.map((p) => p.status)).toEqual(['SKIPPED', 'SKIPPED', 'SUCCEEDED', 'SUCCEEDED']);
+    // Only the two that were never drawn: a base and a grid each, nothing paid twice.
+    expect(world.backend!.batchLines.slice(afterFirst).map((l) => l.custom_id.split(':').slice(0, 2).join(':')).sort()).toEqual(['3:base', '3:grid-0', '4:base', '4:grid-0']);
+  }, 120_000);
+
+  it('gives up on a line after three tries, and the same file again reuses the base it drew, asking only for the grid', async () => {
+    const world = await startBatchWorld({ faults: [{ kind: 'server-error', times: 3, route: 'edits' }] });
+    const first = await runBatch(world, team(1, 'stuck'), 'stuck', { openAiBatch: true });
+    expect(first.personas.map((p) => p.status)).toEqual(['FAILED']);
+    expect(first.personas[0]!.cause).toMatch(/drawn 3 times in OpenAI batches without a usable image: OpenAI batch \S+, line 1:grid-0:3:r4: 500/);
+    const afterFirst = world.backend!.batchLines.length;
+    const again = await runBatch(world, team(1, 'stuck'), 'stuck-2', { openAiBatch: true });
+    expect(again.personas.map((p) => p.status)).toEqual(['SUCCEEDED']);
+    expect(world.backend!.batchLines.slice(afterFirst).map((l) => l.custom_id.split(':').slice(0, 2).join(':'))).toEqual(['1:grid-0']);
+  }, 120_000);
+
+  it('draws a refused line again from a safer rewrite of its prompt, in the next round', async () => {
+    const world = await startBatchWorld({ faults: [{ kind: 'policy', times: 1, route: 'generations' }] });
+    const report = await runBatch(world, team(1, 'refused'), 'refused', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 1 });
+    const [first, second] = world.backend!.batchLines.filter((l) => l.url === '/v1/images/generations');
+    expect(second!.body.prompt).not.toEqual(first!.body.prompt);
+    expect(await world.deps.store.getText(`runs/refused-1/${report.personas[0]!.name}/base-prompt-safer.txt`)).toBe(second!.body.prompt);
+  }, 120_000);
+});
