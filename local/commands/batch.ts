@@ -23,11 +23,15 @@ class BatchProgress {
   readonly personas = new Map<number, 'waiting' | 'running' | 'done' | 'failed'>();
   readonly imageCalls: number[] = [];
   plan: BatchPlan | undefined;
+  /** Batch mode: its images are drawn in OpenAI batch rounds before the personas run. */
+  openAiBatch = false;
+  private rounds = 0;
   /** When each persona's run began, and how long the finished ones took. */
   private readonly runningSince = new Map<number, number>();
   private readonly runMs: number[] = [];
 
   onBatchEvent(event: ProgressEvent): void {
+    if (event.kind === 'entered' && event.state === 'SubmitRound') this.rounds++;
     if (event.kind !== 'entered' || event.index === undefined) return;
     const state = { WaitTurn: 'waiting', RunPersona: 'running', PersonaDone: 'done', PersonaFailed: 'failed' } as const;
     const now = state[event.state as keyof typeof state];
@@ -61,7 +65,9 @@ class BatchProgress {
     // Until the last persona's turn, then about one persona's run.
     const typicalRun = this.runMs.length > 0 ? this.runMs.reduce((a, b) => a + b, 0) / this.runMs.length : 0;
     const left = (Math.max(0, Date.parse(plan.lastTurn) - Date.now()) + typicalRun) / 1000;
+    if (this.openAiBatch && this.personas.size === 0) return `OpenAI batch round ${this.rounds}: waiting for OpenAI to draw`;
     const limit = plan.imagesPerMinute < UNLIMITED_IMAGES_PER_MINUTE ? ` (limit ${plan.imagesPerMinute})` : '';
+    if (this.openAiBatch) return `${this.count('done')} done, ${this.count('failed')} failed, ${this.count('running')} running, drawn in ${this.rounds} OpenAI batch rounds`;
     return `${this.count('done')} done, ${this.count('failed')} failed, ${this.count('running')} running, ${waiting} waiting · ${this.rate().toFixed(0)} images/min${limit} · ${left > 0 ? `about ${Math.ceil(left)} s left` : 'finishing'}`;
   }
 }
@@ -124,9 +130,15 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     const limit = env.deps.settings.imagesPerMinute;
     const paced = limit < UNLIMITED_IMAGES_PER_MINUTE;
     const defaulted = process.env.IMAGES_PER_MINUTE === undefined && projectContext().imagesPerMinute === undefined && env.images === 'openai';
+    const openAiBatch = flags.openaiBatch ?? env.deps.settings.imageApiMode === 'batch';
+    progress.openAiBatch = openAiBatch;
     log(
       `batch ${batchId}: ${batch.personas} personas from ${file}, ` +
-        (paced ? `image calls paced to ${limit}/min (IMAGES_PER_MINUTE${defaulted ? ': the default; set it to your account\u2019s image limit' : ''})` : 'no image rate limit to pace to (the offline backend has none unless --rpm)'),
+        (openAiBatch
+          ? `images drawn through OpenAI\u2019s Batch API in rounds, at half the price, outside IMAGES_PER_MINUTE (within 24 h; looked at every ${env.deps.settings.openAiBatchPollSeconds} s, then less often)`
+          : paced
+            ? `image calls paced to ${limit}/min (IMAGES_PER_MINUTE${defaulted ? ': the default; set it to your account\u2019s image limit' : ''})`
+            : 'no image rate limit to pace to (the offline backend has none unless --rpm)'),
     );
     for (const note of env.notes) log(`⚠ ${note}`);
 
