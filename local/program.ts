@@ -17,6 +17,10 @@ const usd = (name: string) => (value: string) => {
   return n;
 };
 
+/** A batch's budget and how it draws: `avatars batch`, and `avatars start` with a .jsonl file. */
+const budgetOption = new Option('--budget-usd <usd>', 'for a batch: what its image calls may spend, in US dollars; a call past it is refused before it is paid for (default: BATCH_BUDGET_USD, else none)').argParser(usd('--budget-usd'));
+const openAiBatchOption = new Option('--openai-batch', 'for a batch: draw through OpenAI\u2019s Batch API in rounds, at half the price, outside the images-per-minute limit (default: IMAGE_API_MODE)');
+
 /** Runs a command's module and sets the exit code it returns. */
 const action =
   <A extends unknown[]>(load: () => Promise<(...args: A) => Promise<number>>) =>
@@ -57,8 +61,8 @@ export function program(): Command {
     .addOption(imagesOption)
     .addOption(modeOption)
     .option('--out <dir>', 'where to save the report, contact sheet and avatars (default: out/batches/<batch id>)')
-    .option('--budget-usd <usd>', 'what the batch\u2019s image calls may spend, in US dollars: a call past it is refused before it is paid for (default: BATCH_BUDGET_USD, else none)', usd('--budget-usd'))
-    .option('--openai-batch', 'draw through OpenAI\u2019s Batch API in rounds, at half the price, outside the images-per-minute limit (default: IMAGE_API_MODE)');
+    .addOption(budgetOption)
+    .addOption(openAiBatchOption);
   localRun(batch).action(action(async () => (await import('./commands/batch.ts')).batchCommand));
   cli
     .command('invoke')
@@ -79,6 +83,8 @@ export function program(): Command {
     .option('--batch-state-machine-arn <arn>', 'for a .jsonl file: the BatchStateMachineArn output (default: $BATCH_STATE_MACHINE_ARN)')
     .option('--bucket <name>', 'for a .jsonl file: the BucketName output, where the file is put (default: $S3_BUCKET_NAME)')
     .option('--name <name>', 'execution name (default: the persona id and a hash of the input, as uploads get)')
+    .addOption(budgetOption)
+    .addOption(openAiBatchOption)
     .option('--wait', 'follow the execution state by state until it ends; exit 1 if it fails')
     .addOption(pollOption)
     .addOption(jsonOption)

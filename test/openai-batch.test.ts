@@ -53,6 +53,25 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(report.openAiBatch!.rounds).toBe(3);
   }, 120_000);
 
+  it('names the base by file id when OPENAI_BATCH_IMAGE_INPUT=file-id, and asks a separate-mode persona\u2019s images in one edit', async () => {
+    const world = await startBatchWorld({ env: { OPENAI_BATCH_IMAGE_INPUT: 'file-id' } });
+    const report = await runBatch(world, [personaLine('by-id'), personaLine('apart', { mode: 'separate', images: 3 })], 'by-id', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 2 });
+    expect(report.personas[1]!.avatars).toHaveLength(3);
+    const edits = world.backend!.batchLines.filter((l) => l.url === '/v1/images/edits');
+    for (const edit of edits) expect((edit.body.images as { file_id?: string }[])[0]!.file_id).toMatch(/^file-/);
+    expect(edits.map((e) => e.body.n)).toEqual([1, 3]);
+  }, 120_000);
+
+  it('pays for a batch\u2019s personas from its budget at batch price: one that fits three personas at half price runs all three', async () => {
+    const world = await startBatchWorld();
+    // Estimated at about $0.117 a persona in sync mode, $0.0585 in batch mode.
+    const report = await runBatch(world, team(3, 'thrifty'), 'thrifty', { openAiBatch: true, budgetUsd: 0.18 });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 3, FAILED: 0 });
+    const sync = await runBatch(world, team(3, 'costly'), 'costly', { budgetUsd: 0.18 });
+    expect(sync.counts).toMatchObject({ SUCCEEDED: 1, FAILED: 2 });
+  }, 120_000);
+
   it('keeps what an expired OpenAI batch drew, fails the rest, and the same file again draws only what is missing', async () => {
     const world = await startBatchWorld({ faults: [{ kind: 'expire', times: 1 }] });
     const first = await runBatch(world, team(4, 'late'), 'late', { openAiBatch: true });

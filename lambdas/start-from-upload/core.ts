@@ -84,8 +84,8 @@ function batchSettled(store: TriggerDeps['store']): Settled {
 }
 
 /** Starts the batch `name` of the JSON Lines file at `personasKey`, unless it is running or done. */
-export async function startBatch(deps: Pick<TriggerDeps, 'store' | 'sfn'>, batchArn: string, name: string, personasKey: string) {
-  return startOnce(deps.sfn, batchArn, name, { personasKey }, batchSettled(deps.store));
+export async function startBatch(deps: Pick<TriggerDeps, 'store' | 'sfn'>, batchArn: string, name: string, personasKey: string, options: { budgetUsd?: number; openAiBatch?: boolean } = {}) {
+  return startOnce(deps.sfn, batchArn, name, { personasKey, ...options }, batchSettled(deps.store));
 }
 
 /** Problems listed per upload; past this many only their number is kept, so any file fits. */

@@ -25,6 +25,8 @@ export interface StartFlags extends FollowFlags {
   bucket?: string;
   name?: string;
   wait?: boolean;
+  budgetUsd?: number;
+  openaiBatch?: boolean;
 }
 
 const isBatch = (output: unknown): output is BatchSummary => typeof output === 'object' && output !== null && 'counts' in output;
@@ -76,7 +78,8 @@ async function startBatchCommand(file: string, flags: StartFlags): Promise<numbe
   const sfn = sfnClientFromEnv(process.env, batchArn);
   const personasKey = batchKeys(batch.name).personas;
   await store.put(personasKey, batch.body, 'application/x-ndjson');
-  const { executionArn, existing } = await startBatch({ store, sfn }, batchArn, batch.name, personasKey);
+  const options = { ...(flags.budgetUsd !== undefined ? { budgetUsd: flags.budgetUsd } : {}), ...(flags.openaiBatch ? { openAiBatch: true } : {}) };
+  const { executionArn, existing } = await startBatch({ store, sfn }, batchArn, batch.name, personasKey, options);
   const url = consoleUrl(executionArn, !!customSfnEndpoint());
   process.stdout.write(`${existing ? 'batch already running, or done with every persona published' : 'started batch'}: ${executionArn}\n${url ? `console: ${url}\n` : ''}`);
   return flags.wait ? followAndReport(sfn, executionArn, flags) : 0;
