@@ -78,6 +78,8 @@ class StartChildExecution extends StepFunctionsStartExecution {
  *                     │                 ─► PersonaDone | (any error) PersonaFailed
  *                     │             results ─► batches/{id}/results/ (ResultWriter, JSON Lines)
  *                     │             (ItemReader or ResultWriter failed) ─► ReportBatch
+ *                     │         ─► (batch mode) RedrawRound: grids the identity check refused drawn again,
+ *                     │               then WaitForRound … RunPersonas for those personas, under their next attempt (twice at most)
  *                     └──(nothing)──► NothingToRun
  *             ─► ReportBatch (batches/{id}/report.json, index.html)
  *
@@ -143,20 +145,16 @@ export class AvatarBatch extends Construct {
     });
     // The items file unreadable or the results unwritable: the report still comes, every persona in it.
     runPersonas.addCatch(reportBatch, { errors: ['States.ALL'], resultPath: '$.map' });
-    runPersonas.next(reportBatch);
 
     // Batch mode: the images are drawn by OpenAI's Batch API in rounds before the personas run, and
     // Step Functions does the waiting: SubmitRound ─► WaitForRound ─► CollectRound ─► (not done) WaitForRound
     // ─► (another round due) SubmitRound ─► … ─► RunPersonas, whose workflows take the drawn images.
-    const submitRound = stageTask(this, 'SubmitRound', { stage: 'submit-round', fn: props.submitRound, payload: { plan: JsonPath.objectAt('$.plan') }, retries: apiStageRetries, resultPath: '$.round' });
+    // Every round stage answers in $.round, which the states after it read.
+    const roundTask = (name: string, stage: 'submit-round' | 'collect-round', payload: Record<string, unknown>) =>
+      stageTask(this, name, { stage, fn: stage === 'submit-round' ? props.submitRound : props.collectRound, payload, retries: apiStageRetries, resultPath: '$.round' });
+    const submitRound = roundTask('SubmitRound', 'submit-round', { plan: JsonPath.objectAt('$.plan') });
     const waitForRound = new Wait(this, 'WaitForRound', { time: WaitTime.secondsPath('$.round.waitSeconds') });
-    const collectRound = stageTask(this, 'CollectRound', {
-      stage: 'collect-round',
-      fn: props.collectRound,
-      payload: { plan: JsonPath.objectAt('$.plan'), round: JsonPath.objectAt('$.round') },
-      retries: apiStageRetries,
-      resultPath: '$.round',
-    });
+    const collectRound = roundTask('CollectRound', 'collect-round', { plan: JsonPath.objectAt('$.plan'), round: JsonPath.objectAt('$.round') });
     // Rounds that cannot go on leave the rest undrawn: each persona's run then fails with why.
     for (const round of [submitRound, collectRound]) round.addCatch(runPersonas, { errors: ['States.ALL'], resultPath: '$.roundError' });
     submitRound.next(
@@ -169,6 +167,14 @@ export class AvatarBatch extends Construct {
             .otherwise(runPersonas),
         )),
     );
+
+    // After the personas ran, grids the identity check refused are drawn again in a round of their
+    // own, and those personas run again under their next attempt (twice at most).
+    const redrawRound = roundTask('RedrawRound', 'submit-round', { plan: JsonPath.objectAt('$.plan'), map: JsonPath.objectAt('$.map') });
+    redrawRound.addCatch(reportBatch, { errors: ['States.ALL'], resultPath: '$.roundError' });
+    const runAgain = new Pass(this, 'RunRefusedAgain', { parameters: { plan: JsonPath.objectAt('$.round.plan'), round: JsonPath.objectAt('$.round'), map: JsonPath.objectAt('$.map') } });
+    redrawRound.next(new Choice(this, 'AnyRedrawn').when(Condition.stringEquals('$.round.status', 'nothing'), reportBatch).otherwise(runAgain.next(waitForRound)));
+    runPersonas.next(new Choice(this, 'AfterPersonas').when(Condition.stringEquals('$.plan.apiMode', 'batch'), redrawRound).otherwise(reportBatch));
 
     const nothingToRun = new Pass(this, 'NothingToRun', { result: Result.fromObject({}), resultPath: '$.map' });
     const anythingToRun = new Choice(this, 'AnythingToRun')

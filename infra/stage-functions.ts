@@ -71,7 +71,8 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
   // TensorFlow.js on WASM: about 300 MB, and the CPU that memory brings.
-  'check-identity': { reads: [runs], writes: [], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
+  // Writes only its refusal of a grid drawn in an OpenAI batch, for the batch's next round.
+  'check-identity': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
   // Crops every avatar to one size (sharp): the memory buys CPU as well.
   publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, signsAvatars: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },

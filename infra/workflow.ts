@@ -156,7 +156,7 @@ export class AvatarWorkflow extends Construct {
     const checkIdentity = task(
       'CheckIdentity',
       'check-identity',
-      { ...RUN, baseKey: JsonPath.stringAt('$.baseKey'), split: JsonPath.objectAt('$.split') },
+      { ...RUN, baseKey: JsonPath.stringAt('$.baseKey'), split: JsonPath.objectAt('$.split'), imageApi: JsonPath.stringAt('$.imageApi') },
       plainStageRetries,
     );
     splitGrid.next(checkIdentity);

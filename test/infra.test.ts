@@ -376,8 +376,9 @@ describe('the synthesized batch workflow', () => {
     expect(caughtOn(batchStates.RunPersona!)).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'PersonaFailed' })]);
     expect(map.ResultWriter).toMatchObject({ Resource: 'arn:aws:states:::s3:putObject', Parameters: { 'Prefix.$': '$.plan.resultsPrefix' } });
     expect(map.MaxConcurrencyPath).toBe('$.plan.concurrency');
-    expect(map.Next).toBe('ReportBatch');
-    expect(batch.taskStages).toEqual({ PlanBatch: 'plan-batch', ReportBatch: 'report-batch', SubmitRound: 'submit-round', CollectRound: 'collect-round' });
+    expect(map.Next).toBe('AfterPersonas');
+    expect(batchStates.AfterPersonas).toMatchObject({ Choices: [{ Variable: '$.plan.apiMode', StringEquals: 'batch', Next: 'RedrawRound' }], Default: 'ReportBatch' });
+    expect(batch.taskStages).toEqual({ PlanBatch: 'plan-batch', ReportBatch: 'report-batch', SubmitRound: 'submit-round', CollectRound: 'collect-round', RedrawRound: 'submit-round' });
   });
 
   it('draws a batch in OpenAI\u2019s Batch API in rounds: submit, a Wait-based poll, collect, again or on to the personas', () => {
@@ -396,6 +397,13 @@ describe('the synthesized batch workflow', () => {
     ]);
     expect(batchStates.RoundDone!.Default).toBe('RunPersonas');
     for (const round of ['SubmitRound', 'CollectRound']) expect(caughtOn(batchStates[round]!)).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'RunPersonas' })]);
+  });
+
+  it('draws grids the identity check refused in a round after the personas ran, and runs those personas again', () => {
+    expect(batchStates.RedrawRound).toMatchObject({ Type: 'Task', ResultPath: '$.round', Next: 'AnyRedrawn' });
+    expect(batchStates.AnyRedrawn).toMatchObject({ Choices: [{ Variable: '$.round.status', StringEquals: 'nothing', Next: 'ReportBatch' }], Default: 'RunRefusedAgain' });
+    // The personas that run again are the redraw plan's: the Map reads its items.
+    expect(batchStates.RunRefusedAgain).toMatchObject({ Type: 'Pass', Parameters: { 'plan.$': '$.round.plan' }, Next: 'WaitForRound' });
   });
 });
 

@@ -103,4 +103,15 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(second!.body.prompt).not.toEqual(first!.body.prompt);
     expect(await world.deps.store.getText(`runs/refused-1/${report.personas[0]!.name}/base-prompt-safer.txt`)).toBe(second!.body.prompt);
   }, 120_000);
+
+  it('draws a grid the identity check refused again in a later round, and runs its persona again under its next attempt', async () => {
+    const world = await startBatchWorld({ faults: [{ kind: 'impostor', times: 1 }] });
+    const report = await runBatch(world, team(2, 'lookalike'), 'lookalike', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 2, FAILED: 0 });
+    const [first] = report.personas;
+    expect(first!.name).toMatch(/-2$/);
+    // Its base and the other persona's images were drawn once; only the refused grid twice.
+    expect(linesPer(world.backend!.batchLines, report)).toEqual({ 'lookalike-1': ['base', 'grid-0', 'grid-0'], 'lookalike-2': ['base', 'grid-0'] });
+    expect(report.openAiBatch!.rounds).toBe(3);
+  }, 120_000);
 });

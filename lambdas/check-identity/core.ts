@@ -1,4 +1,5 @@
-import { IdentityMismatch } from '../shared/errors.ts';
+import { IdentityMismatch, NotDrawnInBatch } from '../shared/errors.ts';
+import { runKeys } from '../shared/keys.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import { similarity, type Face } from './faces.ts';
@@ -9,6 +10,8 @@ export interface CheckIdentityEvent {
   /** The base selfie: who every avatar must show. */
   baseKey: string;
   split: SplitResult;
+  /** `batch`: the grid came from OpenAI's Batch API; a refused one is drawn again in a later round. */
+  imageApi?: 'sync' | 'batch' | null;
 }
 
 /** One avatar's verdict, as the manifest and the gallery show it. */
@@ -56,10 +59,13 @@ export async function checkIdentity(event: CheckIdentityEvent, deps: StageDeps<'
   );
   const failing = verdicts.map((v, i) => ({ ...v, panel: i + 1 })).filter((v) => !v.pass);
   if (policy === 'redraw' && failing.length > 0) {
-    throw new IdentityMismatch(
-      `grid ${split.gridIndex} for persona ${event.personaId}: ${failing.map((v) => `panel ${v.panel}: ${v.reason}`).join('; ')}; ` +
-        'the workflow draws this grid again, at most twice, then fails the run (IDENTITY_POLICY=flag publishes with verdicts instead)',
-    );
+    const why = `grid ${split.gridIndex} for persona ${event.personaId}: ${failing.map((v) => `panel ${v.panel}: ${v.reason}`).join('; ')}`;
+    if (event.imageApi === 'batch') {
+      // Drawn again in the batch's next OpenAI round, not here: the mark tells the round which grid.
+      await deps.store.putJson(runKeys(event.personaId, event.runId).identityMismatch(split.gridIndex), { reason: why });
+      throw new NotDrawnInBatch(`${why}; in batch mode the grid is drawn again in the batch's next OpenAI batch round (twice at most), under the run's next attempt`);
+    }
+    throw new IdentityMismatch(`${why}; the workflow draws this grid again, at most twice, then fails the run (IDENTITY_POLICY=flag publishes with verdicts instead)`);
   }
   return { ...split, identity: { policy, threshold, verdicts } };
 }

@@ -171,13 +171,17 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   const { plan } = event;
   const keys = batchKeys(plan.batchId);
   const written = event.map?.ResultWriterDetails;
-  const results = written ? await mapResults(deps, written.Key) : new Map<number, HeldEntry>();
+  const rounds = plan.apiMode === 'batch' ? await loadRounds(deps.store, plan.batchId) : undefined;
+  // Batch mode may run personas again (a redraw): later results stand over earlier ones.
+  const results = new Map<number, HeldEntry>();
+  for (const key of [...(rounds?.maps ?? []), ...(written ? [written.Key] : [])]) for (const [line, entry] of await mapResults(deps, key)) results.set(line, entry);
   const mapError = event.map?.Error;
   const notRun = mapError
     ? { error: mapError, cause: `the batch's Map failed before this persona's result was written (${mapError}: ${event.map?.Cause ?? ''}); run the batch again: what was published is not run again` }
     : { error: 'NotRun', cause: 'the batch ended before this persona ran; run the batch again to run it' };
   const personas: HeldEntry[] = [];
-  for await (const line of plan.toRun > 0 ? deps.store.lines(plan.itemsKey) : []) {
+  // Every persona the batch planned: a redraw's plan names only those it ran again.
+  for await (const line of plan.toRun > 0 ? deps.store.lines(keys.items) : []) {
     if (!line.trim()) continue;
     const item = JSON.parse(line) as BatchItem;
     personas.push(
@@ -188,7 +192,6 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   personas.push(...skippedLines.map(held), ...refusedLines.map(held));
   personas.sort((a, b) => a.line - b.line);
   const count = (status: PersonaStatus) => personas.filter((p) => p.status === status).length;
-  const rounds = plan.apiMode === 'batch' ? await loadRounds(deps.store, plan.batchId) : undefined;
   const head: Omit<BatchReport, 'personas'> = {
     batchId: plan.batchId,
     personasKey: plan.personasKey,

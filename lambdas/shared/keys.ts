@@ -52,6 +52,8 @@ export function runKeys(personaId: string, runId: string) {
     base: `${root}/base.png`,
     /** What OpenAI's Batch API drew for the run (a batch in batch mode): each image's key, batch and usage. */
     drawnInBatch: `${root}/openai-batch.json`,
+    /** Batch mode: a grid the identity check refused, drawn again in a later OpenAI batch round. */
+    identityMismatch: (gridIndex: number) => `${root}/identity-mismatch-grid_${gridIndex}.json`,
     grid: (gridIndex: number) => `${root}/grid_${gridIndex}.png`,
     tile: (gridIndex: number, tileIndex: number, format: TileFormat = 'png') =>
       `${root}/tiles/grid_${gridIndex}_${tileIndex}.${extensionOf(format)}`,
@@ -84,6 +86,7 @@ export function rejectedKey(uploadKey: string): string {
 export function batchKeys(batchId: string) {
   const root = `${Prefixes.batches}${batchId}`;
   return {
+    root,
     personas: `${root}/personas.jsonl`,
     items: `${root}/items.jsonl`,
     plan: `${root}/plan.json`,

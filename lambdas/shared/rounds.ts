@@ -6,7 +6,7 @@
  * only); what each run got is also written beside the run (`openai-batch.json`), where its
  * persona's workflow takes its images from instead of calling the image API.
  */
-import type { BatchItem } from '../plan-batch/core.ts';
+import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
 import { NotDrawnInBatch } from './errors.ts';
 import { batchKeys, runKeys, type TileFormat } from './keys.ts';
 import type { Reservation } from './governor.ts';
@@ -18,6 +18,8 @@ import type { ObjectStore } from './store.ts';
 export const MAX_TRIES = 3;
 /** Bases, grids, and what is drawn again: a bound, whatever happens. */
 export const MAX_ROUNDS = 6;
+/** Rounds for grids the identity check refused, after the personas ran. */
+export const MAX_REDRAW_ROUNDS = 2;
 
 /** What an image call drew, where it is kept, and what it cost at batch price. */
 export interface Drawn {
@@ -62,6 +64,10 @@ export interface PersonaDraws {
 export interface RoundsState {
   batchId: string;
   rounds: { n: number; batchIds: string[] }[];
+  /** Rounds for refused grids so far. */
+  redraws: number;
+  /** The results of the Maps before the last (a redraw runs its personas again): the report reads them all. */
+  maps: string[];
   personas: PersonaDraws[];
   /** What the batches' answers cost, at batch price, and what the same would cost synchronously. */
   costUsd: number;
@@ -82,6 +88,8 @@ export interface RoundStatus {
   status: 'submitted' | 'pending' | 'collected' | 'nothing';
   waitSeconds: number;
   next?: 'submit' | 'run';
+  /** A redraw round's plan: the personas that run again, under their next attempts. */
+  plan?: BatchPlan;
 }
 
 export const gridCallId = (index: number) => `grid-${index}`;

@@ -29,8 +29,9 @@ function canonical(value: unknown): string {
  * request is hashed as asked (no deployment default filled in), so every way of starting it agrees.
  */
 export function executionName(request: RunRequest): string {
-  // Who pays (a batch's budget) and how it is drawn are not what is asked: such a run is the same run.
-  const hash = createHash('sha256').update(canonical({ ...request, budget: undefined, imageApi: undefined })).digest('hex').slice(0, HASH_LENGTH);
+  // What is asked, only: who pays (a batch's budget), how it is drawn and who started it do not make another run.
+  const asked = { persona: request.persona, images: request.images, mode: request.mode };
+  const hash = createHash('sha256').update(canonical(asked)).digest('hex').slice(0, HASH_LENGTH);
   const id = request.persona.id.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 80 - HASH_LENGTH - 1 - ATTEMPT_SUFFIX);
   return `${id}-${hash}`;
 }

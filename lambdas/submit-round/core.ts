@@ -12,20 +12,27 @@ import { gridPrompt, separatePrompt } from '../generate-grid/core.ts';
 import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
 import { writePrompt } from '../write-prompt/core.ts';
 import { AvatarError, ConfigurationError, ErrorNames } from '../shared/errors.ts';
-import { runKeys } from '../shared/keys.ts';
+import { avatarKeys, batchKeys, contentTypes, runKeys } from '../shared/keys.ts';
+import { attemptName, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
+import type { MapRunResults } from '../report-batch/core.ts';
 import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
 import { imageCallOptions } from '../shared/openai.ts';
 import { filesOf, submitLines, type BatchRequestLine } from '../shared/openai-batch.ts';
 import { inPool } from '../shared/pool.ts';
 import {
   loadRounds,
+  MAX_REDRAW_ROUNDS,
   MAX_ROUNDS,
+  MAX_TRIES,
   personaDraws,
   readyCalls,
   saveDrawnRecord,
   saveRounds,
   type CallState,
+  type Drawn,
+  type DrawnRecord,
   type PersonaDraws,
+  type RoundsState,
   type RoundStatus,
 } from '../shared/rounds.ts';
 import type { StageDeps } from '../shared/stage.ts';
@@ -34,6 +41,8 @@ export interface RoundEvent {
   plan: BatchPlan;
   /** The round so far: absent before the first. */
   round?: RoundStatus;
+  /** Set after the personas ran: what their Map wrote. Their refused grids are drawn again. */
+  map?: Partial<MapRunResults>;
 }
 
 type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs'>;
@@ -41,10 +50,10 @@ type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 
 /** Personas prepared at once (prompts written, references read). */
 const CONCURRENCY = 16;
 
-/** The batch's personas as the plan wrote them, by line. */
+/** The batch's personas as PlanBatch wrote them, by line. */
 async function itemsOf(deps: RoundDeps, plan: BatchPlan): Promise<Map<number, BatchItem>> {
   const items = new Map<number, BatchItem>();
-  for await (const text of deps.store.lines(plan.itemsKey)) {
+  for await (const text of deps.store.lines(batchKeys(plan.batchId).items)) {
     if (!text.trim()) continue;
     const item = JSON.parse(text) as BatchItem;
     items.set(item.line, item);
@@ -52,28 +61,64 @@ async function itemsOf(deps: RoundDeps, plan: BatchPlan): Promise<Map<number, Ba
   return items;
 }
 
+/** A drawn call's images copied from another run of the persona into its current one. */
+async function moveDrawn(deps: RoundDeps, persona: PersonaDraws, call: CallState, drawn: Drawn): Promise<void> {
+  const keys = runKeys(persona.personaId, persona.runId);
+  const index = call.id === 'base' ? -1 : Number(call.id.slice('grid-'.length));
+  const moved = drawn.keys.map((_, i) => (index < 0 ? keys.base : persona.mode === 'separate' ? keys.tile(index, i, drawn.format) : keys.grid(index)));
+  await Promise.all(drawn.keys.map(async (from, i) => deps.store.put(moved[i]!, await deps.store.getBytes(from), contentTypes[drawn.format])));
+  call.drawn = { ...drawn, keys: moved };
+}
+
 /** An earlier attempt's drawn images, copied into this run: a persona's base or grids are paid once. */
 async function takeOver(deps: RoundDeps, item: BatchItem, persona: PersonaDraws): Promise<void> {
   for (const earlier of item.earlier ?? []) {
-    const record = await deps.store.getJsonIfExists<{ calls: Record<string, CallState['drawn']> }>(runKeys(item.personaId, earlier).drawnInBatch);
-    if (!record) continue;
-    const keys = runKeys(item.personaId, item.name);
+    const record = await deps.store.getJsonIfExists<DrawnRecord>(runKeys(item.personaId, earlier).drawnInBatch);
     for (const call of persona.calls) {
-      const drawn = record.calls[call.id];
-      if (!drawn || call.drawn) continue;
-      const index = call.id === 'base' ? -1 : Number(call.id.slice('grid-'.length));
-      const moved = drawn.keys.map((_, i) => (index < 0 ? keys.base : persona.mode === 'separate' ? keys.tile(index, i, drawn.format) : keys.grid(index)));
-      await Promise.all(drawn.keys.map(async (from, i) => deps.store.put(moved[i]!, await deps.store.getBytes(from), drawn.format === 'png' ? 'image/png' : `image/${drawn.format}`)));
-      call.drawn = { ...drawn, keys: moved };
+      const drawn = record?.calls[call.id];
+      if (drawn && !call.drawn) await moveDrawn(deps, persona, call, drawn);
     }
   }
 }
 
+/**
+ * After the personas ran: those whose run did not publish because the identity check refused a
+ * grid go on under their next attempt, keeping their base and other grids; the refused grids are
+ * drawn again in this round. Returns their items, for the personas' workflows to run again.
+ */
+async function redrawRefused(deps: RoundDeps, state: RoundsState, items: Map<number, BatchItem>): Promise<BatchItem[]> {
+  if (state.redraws >= MAX_REDRAW_ROUNDS) return [];
+  const again: BatchItem[] = [];
+  await inPool(state.personas, CONCURRENCY, async (persona) => {
+    if (persona.failed || (await deps.store.getJsonIfExists(avatarKeys(persona.personaId).run(persona.runId).manifest))) return;
+    const keys = runKeys(persona.personaId, persona.runId);
+    const grids = persona.calls.slice(1);
+    const refusals = await Promise.all(grids.map((_, index) => deps.store.getJsonIfExists<{ reason: string }>(keys.identityMismatch(index))));
+    const refused = grids.filter((call, index) => refusals[index] && call.tries < MAX_TRIES);
+    const item = items.get(persona.line)!;
+    const first = executionName(item.input);
+    const attempt = [...Array(MAX_ATTEMPTS).keys()].map((k) => attemptName(first, k + 1)).indexOf(persona.runId) + 1;
+    if (refused.length === 0 || attempt < 1 || attempt >= MAX_ATTEMPTS) return;
+    const previous = persona.runId;
+    persona.runId = attemptName(first, attempt + 1);
+    for (const call of persona.calls) {
+      const index = grids.indexOf(call);
+      if (refused.includes(call)) {
+        delete call.drawn;
+        call.lastError = { error: ErrorNames.IdentityMismatch, cause: refusals[index]!.reason };
+      } else if (call.drawn) await moveDrawn(deps, persona, call, call.drawn);
+    }
+    again.push({ ...item, name: persona.runId, earlier: [...(item.earlier ?? []), previous] });
+  });
+  if (again.length > 0) state.redraws++;
+  return again.sort((a, b) => a.line - b.line);
+}
+
 /** The prompt a call is drawn from: the base's from the bio, a grid's from the written scenes; a safer rewrite after a refusal. */
 async function promptFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState): Promise<string> {
-  const keys = runKeys(item.personaId, item.name);
+  const keys = runKeys(persona.personaId, persona.runId);
   const target = call.id === 'base' ? 'base' : 'grid';
-  const event = { personaId: item.personaId, runId: item.name, persona: item.input.persona };
+  const event = { personaId: persona.personaId, runId: persona.runId, persona: item.input.persona };
   const written = async (key: string, write: () => Promise<{ promptKey: string }>) => (await deps.store.getTextIfExists(key)) ?? deps.store.getText((await write()).promptKey);
   const scenes = (text: string) => (target === 'base' ? text : persona.mode === 'separate' ? separatePrompt(text) : gridPrompt(text));
   if (call.safer) return scenes(await written(keys.saferPrompt(target), () => writePrompt({ ...event, rewrite: { target, reason: call.lastError?.cause ?? '' } }, deps)));
@@ -116,10 +161,15 @@ async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, 
     return { custom_id: customId, method: 'POST', url: edit ? '/v1/images/edits' : '/v1/images/generations', body };
   } catch (error) {
     if (!(error instanceof AvatarError) || error.name === ErrorNames.ConfigurationError) throw error;
-    persona.failed = { error: error.name, cause: error.message };
+    // A refusal ends the persona here, before anything is paid; a passing failure (the moderation
+    // or text endpoint down) leaves the call for the next round.
+    if (PASSING.has(error.name)) call.lastError = { error: error.name, cause: error.message };
+    else persona.failed = { error: error.name, cause: error.message };
     return undefined;
   }
 }
+
+const PASSING = new Set<string>([ErrorNames.UpstreamError, ErrorNames.RateLimited, ErrorNames.ImageTimeout]);
 
 /** The reference of a persona's edits: its base, in the line (a data URL) or uploaded once (a file id). */
 async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws): Promise<Record<string, string>> {
@@ -137,8 +187,22 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   const items = await itemsOf(deps, plan);
   let state = await loadRounds(deps.store, plan.batchId);
   if (!state) {
-    state = { batchId: plan.batchId, rounds: [], personas: [...items.values()].map((item) => personaDraws(item, deps.settings.defaultImages)), costUsd: 0, syncCostUsd: 0 };
+    state = { batchId: plan.batchId, rounds: [], redraws: 0, maps: [], personas: [...items.values()].map((item) => personaDraws(item, deps.settings.defaultImages)), costUsd: 0, syncCostUsd: 0 };
     await inPool(state.personas, CONCURRENCY, (persona) => takeOver(deps, items.get(persona.line)!, persona));
+  }
+  let next: BatchPlan | undefined;
+  if (event.map) {
+    // The report reads every Map's results; a redraw's Map writes beside the first.
+    if (event.map.ResultWriterDetails) state.maps.push(event.map.ResultWriterDetails.Key);
+    const again = await redrawRefused(deps, state, items);
+    if (again.length === 0) {
+      await saveRounds(deps.store, state);
+      return { n: state.rounds.length, batchIds: [], status: 'nothing', waitSeconds: 0 };
+    }
+    const keys = batchKeys(plan.batchId);
+    const itemsKey = `${keys.root}/items-redraw-${state.redraws}.jsonl`;
+    await deps.store.put(itemsKey, again.map((item) => `${JSON.stringify(item)}\n`).join(''), 'application/x-ndjson');
+    next = { ...plan, itemsKey, resultsPrefix: `${keys.results}/redraw-${state.redraws}`, toRun: again.length, concurrency: Math.min(plan.concurrency, again.length) };
   }
   const n = state.rounds.length + 1;
   const nothing: RoundStatus = { n: n - 1, batchIds: [], status: 'nothing', waitSeconds: 0 };
@@ -149,6 +213,9 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
     return line && { line, persona, call };
   });
   const entries = built.filter((e) => !!e);
+  // Nothing could be sent for a passing cause: Step Functions tries the round again, with backoff.
+  const passing = ready.find(({ persona, call }) => !persona.failed && call.lastError && PASSING.has(call.lastError.error) && !call.pending);
+  if (entries.length === 0 && passing) throw Object.assign(new Error(passing.call.lastError!.cause), { name: passing.call.lastError!.error });
   const unsend = async ({ call }: { call: CallState }, why?: { error: string; cause: string }) => {
     await deps.governor.settle(call.pending!.reservation, 0);
     delete call.pending;
@@ -172,7 +239,7 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
     }
   }
   if (batchIds.length === 0 && failure) throw failure;
-  const status: RoundStatus = batchIds.length === 0 ? nothing : { n, batchIds, status: 'submitted', waitSeconds: deps.settings.openAiBatchPollSeconds };
+  const status: RoundStatus = batchIds.length === 0 ? nothing : { n, batchIds, status: 'submitted', waitSeconds: deps.settings.openAiBatchPollSeconds, ...(next ? { plan: next } : {}) };
   if (batchIds.length > 0) state.rounds.push({ n, batchIds });
   await inPool(state.personas.filter((p) => p.failed), CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
   await saveRounds(deps.store, state);
