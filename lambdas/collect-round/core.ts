@@ -15,6 +15,7 @@ import { contentTypes, runKeys } from '../shared/keys.ts';
 import { BATCH_API_PRICE, estimateImageCost, parseSize, type TokenUsage } from '../shared/models.ts';
 import { FINISHED, fileLines, type BatchOutputLine } from '../shared/openai-batch.ts';
 import { inPool } from '../shared/pool.ts';
+import type { Reservation } from '../shared/governor.ts';
 import { loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { RoundEvent } from '../submit-round/core.ts';
@@ -24,6 +25,7 @@ type CollectDeps = StageDeps<'store' | 'text' | 'governor' | 'imageTimeoutMs'>;
 /** The longest wait between two looks at a round. */
 const MAX_WAIT_SECONDS = 900;
 const WRITE_CONCURRENCY = 16;
+const STORE_CONCURRENCY = 8;
 const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
 
 interface ImagesBody {
@@ -66,6 +68,8 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
   const sent = new Map<string, Sent>();
   for (const persona of state.personas) for (const call of persona.calls) if (call.pending) sent.set(call.pending.customId, { persona, call });
   const touched = new Set<PersonaDraws>();
+  // Settled once the state is saved: a retried collect finds nothing pending and settles nothing twice.
+  const settlements: [Reservation, number][] = [];
 
   const answer = async (line: BatchOutputLine, batchId: string) => {
     const entry = sent.get(line.custom_id);
@@ -80,7 +84,7 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
     if (status === 200) {
       const problem = await store(deps, entry, body, model, batchId);
       // Paid for either way: an unusable answer is drawn again next round.
-      await deps.governor.settle(reservation, call.drawn?.estimatedCostUsd ?? (estimateImageCost(model, body.usage) ?? 0) * BATCH_API_PRICE);
+      settlements.push([reservation, call.drawn?.estimatedCostUsd ?? (estimateImageCost(model, body.usage) ?? 0) * BATCH_API_PRICE]);
       if (call.drawn) {
         state.costUsd += call.drawn.estimatedCostUsd ?? 0;
         state.syncCostUsd += (call.drawn.estimatedCostUsd ?? 0) / BATCH_API_PRICE;
@@ -90,7 +94,7 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
       return;
     }
     // Refused or failed lines are not charged.
-    await deps.governor.settle(reservation, 0);
+    settlements.push([reservation, 0]);
     const error = body.error ?? line.error ?? {};
     const cause = `OpenAI batch ${batchId}, line ${line.custom_id}: ${status || 'no answer'} ${error.code ?? ''} ${error.message ?? ''}`.replace(/\s+/g, ' ').trim();
     if (moderationCodes.has(String(error.code))) {
@@ -109,14 +113,21 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
   for (const batch of batches) {
     for (const fileId of [batch.output_file_id, batch.error_file_id]) {
       if (!fileId) continue;
-      for await (const line of fileLines(api, fileId, deps.imageTimeoutMs)) await answer(line, batch.id);
+      // A few images stored at once: a round of thousands fits in the Lambda's time.
+      const storing = new Set<Promise<void>>();
+      for await (const line of fileLines(api, fileId, deps.imageTimeoutMs)) {
+        const one = answer(line, batch.id).finally(() => storing.delete(one));
+        storing.add(one);
+        if (storing.size >= STORE_CONCURRENCY) await Promise.race(storing);
+      }
+      await Promise.all(storing);
     }
   }
   // Lines with no answer: a batch that ended early keeps what it drew and fails the rest's personas.
   const endedEarly = batches.find((b) => b.status !== 'completed');
   for (const [customId, entry] of sent) {
     const batch = endedEarly ?? batches[0]!;
-    await deps.governor.settle(entry.call.pending!.reservation, 0);
+    settlements.push([entry.call.pending!.reservation, 0]);
     delete entry.call.pending;
     touched.add(entry.persona);
     const counts = batch.request_counts;
@@ -138,6 +149,7 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
   }
   await inPool(more ? [...touched] : state.personas, WRITE_CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
   await saveRounds(deps.store, state);
+  for (const [reservation, usd] of settlements) await deps.governor.settle(reservation, usd);
   deps.logger.info('OpenAI batch round collected', { batchId: plan.batchId, round: round.n, statuses: batches.map((b) => b.status), costUsd: state.costUsd });
   return { ...round, status: 'collected', next: more ? 'submit' : 'run' };
 }
