@@ -3,7 +3,8 @@
  * cancel), in OpenAI's shapes. A batch moves on over time (validating, in_progress, finalizing,
  * completed, a step each `stepMs`), draws each line as the image endpoints would (the same
  * checks, faults and drawing, outside the images-per-minute limit), and writes an output file of
- * the lines answered 200 and an error file of the rest. The `expire` fault ends a batch half done.
+ * the lines answered 200 and an error file of the rest. The `expire` fault ends a batch half done;
+ * `rate-limit@batches` refuses one for the queue limit.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../lambdas/shared/clock.ts';
@@ -99,8 +100,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     return deps.imageReply(route, line.body, route === 'edits' ? referenceOf(line.body) : undefined, fault);
   }
 
-  async function run(batch: Batch, requests: BatchRequestLine[]): Promise<void> {
-    const expire = deps.takeFault('batches')?.kind === 'expire';
+  async function run(batch: Batch, requests: BatchRequestLine[], expire: boolean): Promise<void> {
     await pause();
     if (batch.status !== 'validating') return;
     Object.assign(batch, { status: 'in_progress', in_progress_at: seconds(deps.clock) });
@@ -134,6 +134,12 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
       return;
     }
     const requests = input.bytes.toString('utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as BatchRequestLine);
+    const fault = deps.takeFault('batches');
+    if (fault?.kind === 'rate-limit') {
+      // As the API refuses a batch past the account's queue limit for its model.
+      sendJson(res, 429, { error: { message: `Enqueued token limit reached for this model. Limit: ${requests.length - 1} requests in queue. Try again once some batches have completed.`, type: 'invalid_request_error', param: null, code: 'token_limit_exceeded' } });
+      return;
+    }
     const wrong = requests.findIndex((r) => r.url !== endpoint || r.method !== 'POST' || !r.custom_id);
     const now = seconds(deps.clock);
     const batch: Batch = {
@@ -159,7 +165,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     batches.set(batch.id, batch);
     if (wrong < 0) {
       lines.push(...requests);
-      const job = run(batch, requests).finally(() => running.delete(job));
+      const job = run(batch, requests, fault?.kind === 'expire').finally(() => running.delete(job));
       running.add(job);
     }
     sendJson(res, 200, batch);
@@ -173,7 +179,6 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     },
     /** Answers a Batch API request; false when the path is not one. */
     async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
-      const record = (route: 'batches') => deps.requests.push({ route, model: '', prompt: '', n: 0, size: '', options: {}, files: [], authorization: req.headers.authorization, at: Date.now(), rateLimited: false });
       if (path === '/files' && req.method === 'POST') {
         const form = await deps.readMultipart(req);
         const upload = form.files.find((f) => f.field === 'file');
@@ -195,7 +200,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
         return true;
       }
       if (path === '/batches' && req.method === 'POST') {
-        record('batches');
+        deps.requests.push({ route: 'batches', model: '', prompt: '', n: 0, size: '', options: {}, files: [], authorization: req.headers.authorization, at: Date.now(), rateLimited: false });
         await createBatch(await deps.readJson(req), res);
         return true;
       }

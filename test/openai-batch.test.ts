@@ -114,4 +114,13 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(linesPer(world.backend!.batchLines, report)).toEqual({ 'lookalike-1': ['base', 'grid-0', 'grid-0'], 'lookalike-2': ['base', 'grid-0'] });
     expect(report.openAiBatch!.rounds).toBe(3);
   }, 120_000);
+
+  it('sends a round refused for the account\u2019s queue limit again in halves', async () => {
+    const world = await startBatchWorld({ faults: [{ kind: 'rate-limit', times: 1, route: 'batches' }] });
+    const report = await runBatch(world, team(4, 'queued'), 'queued', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 4 });
+    // The bases' batch, refused whole, went as two of two lines; then one batch of the grids.
+    expect(report.openAiBatch!.batches).toHaveLength(3);
+    expect(world.backend!.batchLines).toHaveLength(8);
+  }, 120_000);
 });

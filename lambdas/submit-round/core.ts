@@ -133,7 +133,7 @@ async function promptFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws
 }
 
 /** A call's line, its prompt checked and its cost reserved; undefined when it cannot be sent (the persona then fails). */
-async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState, model: string, api: OpenAI, round: number): Promise<BatchRequestLine | undefined> {
+async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState, model: string, reference: () => Promise<Record<string, string>>, round: number): Promise<BatchRequestLine | undefined> {
   const what = `${call.id === 'base' ? 'base image' : call.id.replace('-', ' ')} for persona ${item.personaId}`;
   const edit = call.id !== 'base';
   try {
@@ -154,7 +154,7 @@ async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, 
     const estimate = estimateImageCallCost(model, { size: deps.settings.imageSize, quality: deps.settings.imageQuality, n: call.count, promptChars: prompt.length, edit });
     const reservation = await deps.governor.reserve({ what, model, images: call.count, estimatedUsd: estimate === null ? null : estimate * BATCH_API_PRICE, budget: item.input.budget ?? null });
     const body: Record<string, unknown> = { model, prompt, n: call.count, ...imageCallOptions(deps.settings, model, format, edit) };
-    if (edit) body.images = [await referenceOf(deps, api, persona)];
+    if (edit) body.images = [await reference()];
     call.tries++;
     const customId = `${item.line}:${call.id}:${call.tries}:r${round}`;
     call.pending = { customId, reservation, model };
@@ -171,7 +171,7 @@ async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, 
 
 const PASSING = new Set<string>([ErrorNames.UpstreamError, ErrorNames.RateLimited, ErrorNames.ImageTimeout]);
 
-/** The reference of a persona's edits: its base, in the line (a data URL) or uploaded once (a file id). */
+/** The reference of a persona's edits: its base, in the line (a data URL) or uploaded (a file id); made once a round. */
 async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws): Promise<Record<string, string>> {
   const base = persona.calls[0]!.drawn!;
   const bytes = await deps.store.getBytes(base.keys[0]!);
@@ -208,8 +208,11 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   const nothing: RoundStatus = { n: n - 1, batchIds: [], status: 'nothing', waitSeconds: 0 };
   const ready = n > MAX_ROUNDS ? [] : readyCalls(state);
   const model = modelChain(deps.settings)[0]!;
+  // A persona's grids share one reference: its base read (and uploaded) once.
+  const references = new Map<PersonaDraws, Promise<Record<string, string>>>();
+  const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona)).get(persona)!;
   const built = await inPool(ready, CONCURRENCY, async ({ persona, call }) => {
-    const line = persona.failed ? undefined : await lineFor(deps, items.get(persona.line)!, persona, call, model, api, n);
+    const line = persona.failed ? undefined : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n);
     return line && { line, persona, call };
   });
   const entries = built.filter((e) => !!e);
