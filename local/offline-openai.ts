@@ -72,16 +72,14 @@ export interface OfflineBackend {
 
 const ACCEPTED_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
 
-function apiError(res: ServerResponse, status: number, error: Record<string, unknown>, headers?: Record<string, string>): void {
-  sendJson(res, status, { error: { param: null, ...error } }, headers);
-}
-
 /** An answer of the API: what the HTTP handler sends, and what a batch's output line holds. */
 export interface Reply {
   status: number;
   body: unknown;
   headers?: Record<string, string>;
 }
+
+const send = (res: ServerResponse, reply: Reply) => sendJson(res, reply.status, reply.body, reply.headers);
 
 export const errorReply = (status: number, error: Record<string, unknown>, headers?: Record<string, string>): Reply => ({ status, body: { error: { param: null, ...error } }, ...(headers ? { headers } : {}) });
 
@@ -342,7 +340,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
               ? 'moderations'
               : undefined;
     if (req.method !== 'POST' || !route) {
-      apiError(res, 404, { message: `Unknown request URL: ${req.method} ${req.url}`, type: 'invalid_request_error', code: 'unknown_url' });
+      send(res, errorReply(404, { message: `Unknown request URL: ${req.method} ${req.url}`, type: 'invalid_request_error', code: 'unknown_url' }));
       return;
     }
     const form = route === 'edits' ? await readMultipart(req) : { fields: {}, files: [] };
@@ -364,28 +362,28 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       rateLimited: false,
     };
     requests.push(recorded);
-    const send = (reply: Reply) => sendJson(res, reply.status, reply.body, reply.headers);
+    const answer = (reply: Reply) => send(res, reply);
     if (route === 'generations' || route === 'edits') {
       const refused = refusal(route, body);
       const waitMs = refused ? 0 : limiter.take(n);
       if (waitMs > 0) {
         recorded.rateLimited = true;
-        apiError(
-          res,
-          429,
-          { message: `Rate limit reached for ${model} on images per min: Limit ${options.imagesPerMinute}. Please try again in ${(waitMs / 1000).toFixed(1)}s.`, type: 'images', code: 'rate_limit_exceeded' },
-          { 'retry-after-ms': String(waitMs), 'retry-after': String(Math.ceil(waitMs / 1000)) },
+        return answer(
+          errorReply(
+            429,
+            { message: `Rate limit reached for ${model} on images per min: Limit ${options.imagesPerMinute}. Please try again in ${(waitMs / 1000).toFixed(1)}s.`, type: 'images', code: 'rate_limit_exceeded' },
+            { 'retry-after-ms': String(waitMs), 'retry-after': String(Math.ceil(waitMs / 1000)) },
+          ),
         );
-        return;
       }
-      if (refused) return send(refused);
+      if (refused) return answer(refused);
     } else if (isRetired(model)) {
-      return send(modelGone(model));
+      return answer(modelGone(model));
     }
     const fault = takeFault(route);
     const faulted = fault && faultReply(fault, model);
     if (faulted === 'hang') return;
-    if (faulted) return send(faulted);
+    if (faulted) return answer(faulted);
     if (options.latencyMs && (route === 'generations' || route === 'edits')) await new Promise((r) => setTimeout(r, options.latencyMs));
 
     if (route === 'moderations') {
@@ -413,11 +411,11 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     }
     if (route !== 'generations' && route !== 'edits') return;
     const file = form.files.find((f) => f.field === 'image' || f.field === 'image[]');
-    send(await imageReply(route, body, file, fault));
+    answer(await imageReply(route, body, file, fault));
   };
 
   const server = await listenOnLoopback(handle, (res, error) =>
-    apiError(res, 500, { message: `offline backend: ${error.message}`, type: 'server_error', code: null }),
+    send(res, errorReply(500, { message: `offline backend: ${error.message}`, type: 'server_error', code: null })),
   );
   return {
     baseUrl: `http://127.0.0.1:${server.port}/v1`,

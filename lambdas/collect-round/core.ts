@@ -11,12 +11,13 @@ import type OpenAI from 'openai';
 import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { imageProblem } from '../shared/image-check.ts';
 import { formatOf } from '../shared/image-provider.ts';
-import { contentTypes, runKeys } from '../shared/keys.ts';
+import { contentTypes } from '../shared/keys.ts';
+import { moderationCodes } from '../shared/openai.ts';
 import { BATCH_API_PRICE, estimateImageCost, parseSize, type TokenUsage } from '../shared/models.ts';
 import { FINISHED, fileLines, type BatchOutputLine } from '../shared/openai-batch.ts';
 import { inPool } from '../shared/pool.ts';
 import type { Reservation } from '../shared/governor.ts';
-import { loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
+import { drawnKeys, loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { RoundEvent } from '../submit-round/core.ts';
 
@@ -26,7 +27,6 @@ type CollectDeps = StageDeps<'store' | 'text' | 'governor' | 'imageTimeoutMs'>;
 const MAX_WAIT_SECONDS = 900;
 const WRITE_CONCURRENCY = 16;
 const STORE_CONCURRENCY = 8;
-const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
 
 interface ImagesBody {
   data?: { b64_json?: string }[];
@@ -45,9 +45,7 @@ async function store(deps: CollectDeps, { persona, call }: Sent, body: ImagesBod
     if (problem) return problem;
   }
   const format = formatOf(images[0]!) ?? 'png';
-  const keys = runKeys(persona.personaId, persona.runId);
-  const index = call.id === 'base' ? -1 : Number(call.id.slice('grid-'.length));
-  const at = images.map((_, i) => (index < 0 ? keys.base : persona.mode === 'separate' ? keys.tile(index, i, format) : keys.grid(index)));
+  const at = drawnKeys(persona, call.id, images.length, format);
   await Promise.all(images.map((image, i) => deps.store.put(at[i]!, image, contentTypes[format])));
   const sync = estimateImageCost(model, body.usage);
   const estimatedCostUsd = sync === null ? null : Math.round(sync * BATCH_API_PRICE * 1e6) / 1e6;

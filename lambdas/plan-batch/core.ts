@@ -8,19 +8,19 @@
  * the limit, whatever else runs and however late the schedule is (README: Batches).
  */
 import { DescribeExecutionCommand, ExecutionDoesNotExist, type SFNClient } from '@aws-sdk/client-sfn';
-import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
-import { BATCH_API_PRICE, estimateImageCallCost } from '../shared/models.ts';
-import type { Settings } from '../shared/settings.ts';
-
-export type ImageApiMode = Settings['imageApiMode'];
 import type { ReportEntry } from '../report-batch/core.ts';
+import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { avatarKeys, batchKeys } from '../shared/keys.ts';
-import { IMAGES_PER_GRID, type RunRequest } from '../shared/persona.ts';
+import { BATCH_API_PRICE, estimateImageCallCost } from '../shared/models.ts';
+import { gridCounts, type RunRequest } from '../shared/persona.ts';
 import { inPool } from '../shared/pool.ts';
 import { readPersonaLines } from '../shared/run-input.ts';
-import { attemptName, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
+import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
+import type { Settings } from '../shared/settings.ts';
 import { executionArn } from '../shared/sfn.ts';
 import type { StageDeps } from '../shared/stage.ts';
+
+export type ImageApiMode = Settings['imageApiMode'];
 
 export interface PlanBatchEvent {
   /** The batch's JSON Lines file: an upload under personas/, or batches/{batchId}/personas.jsonl. */
@@ -106,15 +106,13 @@ export function estimatedCost(request: RunRequest, settings: Settings, apiMode: 
   const price = apiMode === 'batch' ? BATCH_API_PRICE : 1;
   const call = (n: number, edit: boolean) =>
     price * (estimateImageCallCost(settings.imageModel, { size: settings.imageSize, quality: settings.imageQuality, n, promptChars: PROMPT_CHARS, edit }) ?? 0);
-  let usd = call(1, false);
-  for (let first = 0; first < images; first += IMAGES_PER_GRID) usd += request.mode === 'separate' ? call(Math.min(IMAGES_PER_GRID, images - first), true) : call(1, true);
-  return usd;
+  return gridCounts(images).reduce((usd, count) => usd + call(request.mode === 'separate' ? count : 1, true), call(1, false));
 }
 
 /** Image calls one request makes: the base, then one per grid (or one image per avatar). */
 function imageCallsOf(request: RunRequest, defaultImages: number): number {
   const images = request.images ?? defaultImages;
-  return 1 + (request.mode === 'separate' ? images : Math.ceil(images / IMAGES_PER_GRID));
+  return 1 + (request.mode === 'separate' ? images : gridCounts(images).length);
 }
 
 type Attempt = { run: string } | { published: string; avatars: Avatar[] } | { running: string } | { exhausted: true };
@@ -229,14 +227,6 @@ function apiModeOf(event: PlanBatchEvent, fallback: ImageApiMode): ImageApiMode 
   return given ? 'batch' : 'sync';
 }
 
-/** The names of a request's attempts before `name`. */
-function earlierAttempts(request: RunRequest, name: string): string[] {
-  const first = executionName(request);
-  const earlier: string[] = [];
-  for (let n = 1; n <= MAX_ATTEMPTS && attemptName(first, n) !== name; n++) earlier.push(attemptName(first, n));
-  return earlier;
-}
-
 /** The batch's budget: its input's `budgetUsd`, else the deployment's default. */
 function batchBudget(event: PlanBatchEvent, fallback: number | undefined): number | undefined {
   const given = event.input?.budgetUsd;
@@ -286,7 +276,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
       // Step Functions' own key: the console shows the child under its batch.
       ...(event.executionId ? { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: event.executionId } : {}),
     };
-    items.push({ personaId: request.persona.id, line, name, input, notBefore, ...(apiMode === 'batch' ? { earlier: earlierAttempts(request, name) } : {}) });
+    items.push({ personaId: request.persona.id, line, name, input, notBefore, ...(apiMode === 'batch' ? { earlier: attemptsBefore(executionName(request), name) } : {}) });
     imageCalls += imageCallsOf(request, defaultImages);
   }
 

@@ -1,4 +1,4 @@
-import { IMAGES_PER_GRID, parseRunRequest, type GenerationMode, type Persona } from '../shared/persona.ts';
+import { gridCounts, parseRunRequest, type GenerationMode, type Persona } from '../shared/persona.ts';
 import type { BatchBudget } from '../shared/governor.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
@@ -38,10 +38,7 @@ export function safeRunId(name: string): string {
 export async function planRun(event: PlanRunEvent, deps: StageDeps): Promise<RunPlan> {
   const request = parseRunRequest(event.input);
   const images = request.images ?? deps.settings.defaultImages;
-  const grids: GridPlan[] = [];
-  for (let first = 0; first < images; first += IMAGES_PER_GRID) {
-    grids.push({ index: grids.length, count: Math.min(IMAGES_PER_GRID, images - first) });
-  }
+  const grids: GridPlan[] = gridCounts(images).map((count, index) => ({ index, count }));
   return {
     personaId: request.persona.id,
     runId: safeRunId(event.runId),

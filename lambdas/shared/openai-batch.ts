@@ -34,22 +34,25 @@ export const MAX_BYTES_PER_FILE = 200 * 1024 * 1024;
 /** Statuses after which a batch changes no more. */
 export const FINISHED = new Set(['completed', 'failed', 'expired', 'cancelled']);
 
-/** Lines in files within the API's limits, each file holding one endpoint's lines. */
-export function filesOf(lines: BatchRequestLine[]): { endpoint: ImageEndpoint; body: string; lines: number }[] {
-  const files: { endpoint: ImageEndpoint; body: string; lines: number }[] = [];
+/** Lines in files within the API's limits, each file holding one endpoint's lines: its body, and which lines it holds. */
+export function filesOf(lines: BatchRequestLine[]): { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] {
+  const files: { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] = [];
   for (const endpoint of ['/v1/images/generations', '/v1/images/edits'] as const) {
-    let chunk: string[] = [];
+    let texts: string[] = [];
+    let held: BatchRequestLine[] = [];
     let bytes = 0;
     const flush = () => {
-      if (chunk.length > 0) files.push({ endpoint, body: chunk.join(''), lines: chunk.length });
-      chunk = [];
+      if (held.length > 0) files.push({ endpoint, body: texts.join(''), lines: held });
+      texts = [];
+      held = [];
       bytes = 0;
     };
     for (const line of lines.filter((l) => l.url === endpoint)) {
       const text = `${JSON.stringify(line)}\n`;
       const size = Buffer.byteLength(text);
-      if (chunk.length >= MAX_LINES_PER_FILE || bytes + size > MAX_BYTES_PER_FILE) flush();
-      chunk.push(text);
+      if (held.length >= MAX_LINES_PER_FILE || bytes + size > MAX_BYTES_PER_FILE) flush();
+      texts.push(text);
+      held.push(line);
       bytes += size;
     }
     flush();

@@ -52,7 +52,8 @@ export function openAiClient(apiKey: string, baseURL: string | undefined, timeou
   return new OpenAI({ apiKey, baseURL: baseURL || undefined, maxRetries: 0, timeout: timeoutMs, fetchOptions: { dispatcher } as ClientOptions['fetchOptions'] });
 }
 
-const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
+/** The error codes of a content-policy refusal, on the image endpoints and in a batch's lines. */
+export const moderationCodes = new Set(['moderation_blocked', 'content_policy_violation']);
 
 /** How long a 429 asks to wait, in ms: `retry-after-ms`, else `retry-after` in seconds. */
 function retryAfterMs(headers: Headers | undefined): number | undefined {

@@ -8,6 +8,11 @@ export const PERSONA_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export const MAX_IMAGES = 40;
 export const IMAGES_PER_GRID = 4;
 
+/** How many avatars each grid of a run of `images` gives: fours, the last one what is left. */
+export function gridCounts(images: number): number[] {
+  return Array.from({ length: Math.ceil(images / IMAGES_PER_GRID) }, (_, i) => Math.min(IMAGES_PER_GRID, images - i * IMAGES_PER_GRID));
+}
+
 const bio = z.optional(z.string().check(z.trim(), z.maxLength(4000)));
 
 export const personaSchema = z

@@ -11,7 +11,7 @@ import { NotDrawnInBatch } from './errors.ts';
 import { batchKeys, runKeys, type TileFormat } from './keys.ts';
 import type { Reservation } from './governor.ts';
 import type { TokenUsage } from './models.ts';
-import { IMAGES_PER_GRID, type GenerationMode } from './persona.ts';
+import { gridCounts, type GenerationMode } from './persona.ts';
 import type { ObjectStore } from './store.ts';
 
 /** A call is sent once, then drawn again at most twice. */
@@ -92,16 +92,24 @@ export interface RoundStatus {
   plan?: BatchPlan;
 }
 
-export const gridCallId = (index: number) => `grid-${index}`;
+const GRID_CALL = 'grid-';
+export const gridCallId = (index: number) => `${GRID_CALL}${index}`;
+
+/** Where a call's images are kept in a run: the base, a grid, or a separate-mode grid's images. */
+export function drawnKeys(persona: PersonaDraws, callId: string, images: number, format: TileFormat): string[] {
+  const keys = runKeys(persona.personaId, persona.runId);
+  if (callId === 'base') return [keys.base];
+  const index = Number(callId.slice(GRID_CALL.length));
+  return persona.mode === 'separate' ? Array.from({ length: images }, (_, i) => keys.tile(index, i, format)) : [keys.grid(index)];
+}
 
 /** A persona's calls from its request: the base, then one per grid of four (or per separate image set). */
 export function personaDraws(item: BatchItem, defaultImages: number): PersonaDraws {
   const images = item.input.images ?? defaultImages;
-  const calls: CallState[] = [{ id: 'base', count: 1, tries: 0 }];
-  for (let first = 0, index = 0; first < images; first += IMAGES_PER_GRID, index++) {
-    const count = Math.min(IMAGES_PER_GRID, images - first);
-    calls.push({ id: gridCallId(index), count: item.input.mode === 'separate' ? count : 1, tries: 0 });
-  }
+  const calls: CallState[] = [
+    { id: 'base', count: 1, tries: 0 },
+    ...gridCounts(images).map((count, index) => ({ id: gridCallId(index), count: item.input.mode === 'separate' ? count : 1, tries: 0 })),
+  ];
   return { line: item.line, personaId: item.personaId, runId: item.name, mode: item.input.mode, calls };
 }
 

@@ -43,6 +43,13 @@ export const MAX_ATTEMPTS = 9;
 /** The name of attempt `n` of a request named `name`. */
 export const attemptName = (name: string, n: number) => (n === 1 ? name : `${name}-${n}`);
 
+/** The names of the attempts of the request named `name` before `attempt` (all of them when it is none). */
+export function attemptsBefore(name: string, attempt: string): string[] {
+  const earlier: string[] = [];
+  for (let n = 1; n <= MAX_ATTEMPTS && attemptName(name, n) !== attempt; n++) earlier.push(attemptName(name, n));
+  return earlier;
+}
+
 /** A hash of a JSON Lines file's content, fed line by line; blank lines do not count. */
 export function contentHash(): { add(line: string): void; hex(): string } {
   const hash = createHash('sha256');

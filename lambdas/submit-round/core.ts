@@ -13,7 +13,7 @@ import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
 import { writePrompt } from '../write-prompt/core.ts';
 import { AvatarError, ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { avatarKeys, batchKeys, contentTypes, runKeys } from '../shared/keys.ts';
-import { attemptName, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
+import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
 import type { MapRunResults } from '../report-batch/core.ts';
 import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
 import { imageCallOptions } from '../shared/openai.ts';
@@ -28,6 +28,7 @@ import {
   readyCalls,
   saveDrawnRecord,
   saveRounds,
+  drawnKeys,
   type CallState,
   type Drawn,
   type DrawnRecord,
@@ -63,9 +64,7 @@ async function itemsOf(deps: RoundDeps, plan: BatchPlan): Promise<Map<number, Ba
 
 /** A drawn call's images copied from another run of the persona into its current one. */
 async function moveDrawn(deps: RoundDeps, persona: PersonaDraws, call: CallState, drawn: Drawn): Promise<void> {
-  const keys = runKeys(persona.personaId, persona.runId);
-  const index = call.id === 'base' ? -1 : Number(call.id.slice('grid-'.length));
-  const moved = drawn.keys.map((_, i) => (index < 0 ? keys.base : persona.mode === 'separate' ? keys.tile(index, i, drawn.format) : keys.grid(index)));
+  const moved = drawnKeys(persona, call.id, drawn.keys.length, drawn.format);
   await Promise.all(drawn.keys.map(async (from, i) => deps.store.put(moved[i]!, await deps.store.getBytes(from), contentTypes[drawn.format])));
   call.drawn = { ...drawn, keys: moved };
 }
@@ -97,8 +96,8 @@ async function redrawRefused(deps: RoundDeps, state: RoundsState, items: Map<num
     const refused = grids.filter((call, index) => refusals[index] && call.tries < MAX_TRIES);
     const item = items.get(persona.line)!;
     const first = executionName(item.input);
-    const attempt = [...Array(MAX_ATTEMPTS).keys()].map((k) => attemptName(first, k + 1)).indexOf(persona.runId) + 1;
-    if (refused.length === 0 || attempt < 1 || attempt >= MAX_ATTEMPTS) return;
+    const attempt = attemptsBefore(first, persona.runId).length + 1;
+    if (refused.length === 0 || attempt >= MAX_ATTEMPTS) return;
     const previous = persona.runId;
     persona.runId = attemptName(first, attempt + 1);
     for (const call of persona.calls) {
@@ -186,6 +185,7 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   if (!api) throw new ConfigurationError(`batch ${plan.batchId}: OpenAI's Batch API needs OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
   const items = await itemsOf(deps, plan);
   let state = await loadRounds(deps.store, plan.batchId);
+  const failedBefore = new Set(state?.personas.filter((p) => p.failed).map((p) => p.line));
   if (!state) {
     state = { batchId: plan.batchId, rounds: [], redraws: 0, maps: [], personas: [...items.values()].map((item) => personaDraws(item, deps.settings.defaultImages)), costUsd: 0, syncCostUsd: 0 };
     await inPool(state.personas, CONCURRENCY, (persona) => takeOver(deps, items.get(persona.line)!, persona));
@@ -230,8 +230,8 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   const batchIds: string[] = [];
   let failure: Error | undefined;
   for (const file of filesOf(sending.map((e) => e.line))) {
-    const inFile = new Set(file.body.split('\n').filter(Boolean).map((text) => (JSON.parse(text) as BatchRequestLine).custom_id));
-    const mine = sending.filter((e) => inFile.has(e.line.custom_id));
+    const inFile = new Set(file.lines);
+    const mine = sending.filter((e) => inFile.has(e.line));
     try {
       const ids = await submitLines(api, file.endpoint, file.body, { persona_avatars_batch: plan.batchId, round: String(n) }, deps.imageTimeoutMs);
       batchIds.push(...ids);
@@ -244,7 +244,8 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   if (batchIds.length === 0 && failure) throw failure;
   const status: RoundStatus = batchIds.length === 0 ? nothing : { n, batchIds, status: 'submitted', waitSeconds: deps.settings.openAiBatchPollSeconds, ...(next ? { plan: next } : {}) };
   if (batchIds.length > 0) state.rounds.push({ n, batchIds });
-  await inPool(state.personas.filter((p) => p.failed), CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
+  // Personas refused in this round: their runs read why.
+  await inPool(state.personas.filter((p) => p.failed && !failedBefore.has(p.line)), CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
   await saveRounds(deps.store, state);
   deps.logger.info('OpenAI batch round submitted', { batchId: plan.batchId, round: n, lines: sending.length, openAiBatches: batchIds });
   return status;
