@@ -60,6 +60,7 @@ const personas = `${Prefixes.personas}*`;
 const rejected = `${Prefixes.rejected}*`;
 const batches = `${Prefixes.batches}*`;
 const runManifests = `${Prefixes.avatars}*/runs/*/manifest.json`;
+const runFolders = `${Prefixes.avatars}*/runs/*`;
 
 /** Image calls may take minutes (the seed allowed 600 s); a Lambda may run 15. */
 const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
@@ -74,7 +75,8 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   // Writes only its refusal of a grid drawn in an OpenAI batch, for the batch's next round.
   'check-identity': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
   // Crops every avatar to one size (sharp): the memory buys CPU as well.
-  publish: { reads: [runs, currentManifests], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, signsAvatars: true, timeout: Duration.minutes(2), memoryMb: 1024 },
+  // Reads back its own run folder: a retried Publish finds what it wrote and keeps it.
+  publish: { reads: [runs, currentManifests, runFolders], writes: [avatars], tags: [avatars], usesOpenAi: false, usesSharp: true, signsAvatars: true, timeout: Duration.minutes(2), memoryMb: 1024 },
   'record-failure': { reads: [], writes: [failures], usesOpenAi: false, usesSharp: false, timeout: Duration.seconds(30), memoryMb: 256 },
   // Not a workflow state: S3 invokes it for persona uploads (upload-trigger.ts).
   'start-from-upload': { reads: [personas, batches], writes: [rejected], deletes: [rejected], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(5), memoryMb: 256 },
@@ -82,7 +84,8 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'plan-batch': { reads: [personas, batches, runManifests, failures], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   'report-batch': { reads: [batches], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   // Batch mode's rounds (batch-workflow.ts): prompts, OpenAI batch files in and out, images to the runs.
-  'submit-round': { reads: [batches, runs], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
+  // Reads the run's manifest: a persona published meanwhile is not drawn again.
+  'submit-round': { reads: [batches, runs, runManifests], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   'collect-round': { reads: [batches, runs], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
 };
 

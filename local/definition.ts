@@ -40,7 +40,7 @@ export interface SynthesizedWorkflow {
   template: Template;
 }
 
-interface Template {
+export interface Template {
   Resources: Record<string, CfnResource>;
 }
 
@@ -51,7 +51,7 @@ export interface SynthesizedWorkflows {
 }
 
 const LOCAL_ARN = 'arn:aws:lambda:us-east-1:000000000000:function:';
-const localStateMachineArn = (name: string) => `arn:aws:states:us-east-1:000000000000:stateMachine:${name}`;
+export const localStateMachineArn = (name: string) => `arn:aws:states:us-east-1:000000000000:stateMachine:${name}`;
 
 /** Resolves the intrinsics CDK puts in a DefinitionString: Join, Ref and GetAtt of functions and state machines. */
 function resolver(template: Template): (value: unknown) => string {

@@ -11,6 +11,7 @@ import { projectContext } from '../infra/context.ts';
 import { systemClock, type Clock } from '../lambdas/shared/clock.ts';
 import { openAiClients } from '../lambdas/shared/openai.ts';
 import { storeClient } from '../lambdas/shared/s3.ts';
+import { withClientPlugins } from '../lambdas/shared/aws-clients.ts';
 import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
@@ -20,6 +21,8 @@ import { devSigningFiles } from './certificates.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { localFaceFinder } from './face-worker.ts';
 import { startOfflineBackend, type Fault, type OfflineBackend } from './offline-openai.ts';
+import { installIamCheck } from './iam.ts';
+import { useBudgetTable } from './runner.ts';
 import { startLocalStepFunctions, type LocalStepFunctions, type LocalStepFunctionsOptions } from './step-functions-api.ts';
 
 export interface LocalEnvironmentOptions {
@@ -83,6 +86,8 @@ export function localVariables(env: Record<string, string | undefined> = process
 }
 
 export async function startLocalEnvironment(options: LocalEnvironmentOptions): Promise<LocalEnvironment> {
+  // Before any client is made: each stage's calls are then checked against its role.
+  installIamCheck();
   const given = options.env ?? process.env;
   const context = options.context ?? projectContext();
   /** Whether the user set this variable or its context key: local defaults stand aside for it. */
@@ -145,13 +150,14 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
     }
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
     const deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient, governorClient], clock);
+    useBudgetTable(deps, env.IMAGE_BUDGET_TABLE);
     const clients = [deps.store.s3, deps.sfn];
     let stepFunctions: LocalStepFunctions | undefined;
     if (options.stepFunctions && !env.STATE_MACHINE_ARN) {
       stepFunctions = await startLocalStepFunctions({ ...options.stepFunctions, deps });
       // Closed first (closers run in reverse): it waits for its executions, which need the rest.
       closers.push(stepFunctions.close);
-      const sfn = new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
+      const sfn = withClientPlugins(new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } }));
       clients.push(sfn);
       // The same object the executions run with: their stages (plan-batch) see this Step Functions too.
       Object.assign(deps, { sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn, batchStateMachineArn: stepFunctions.batchStateMachineArn } });

@@ -9,8 +9,9 @@ import { stages } from '../lambdas/stages.ts';
 import { loggedStage, type Deps } from '../lambdas/shared/stage.ts';
 import type { PublishResult } from '../lambdas/publish/core.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
-import { allStates, isStepFunctionsTask, synthesizeWorkflows, type AslMachine, type SynthesizedWorkflows } from './definition.ts';
+import { allStates, isStepFunctionsTask, localStateMachineArn, synthesizeWorkflows, type AslMachine, type SynthesizedWorkflows } from './definition.ts';
 import { adaptDistributedMaps, runDistributedMap } from './distributed-map.ts';
+import { asStage, stageRoles, type StageRoles } from './iam.ts';
 
 /**
  * aws-local-stepfunctions waits out a Wait whose timestamp has passed with a negative timeout,
@@ -60,6 +61,8 @@ export interface LocalRunOptions {
   children?: ChildExecutions;
   /** Stops the execution (StopExecution): it ends ABORTED, its reason what the signal was aborted with. */
   signal?: AbortSignal;
+  /** The stages' roles, instead of the synthesized ones (a spec that takes a grant away). */
+  roles?: StageRoles;
 }
 
 export function newRunId(now = new Date()): string {
@@ -173,13 +176,31 @@ function inProcessChildren(options: LocalRunOptions, personaArn: string): ChildE
   return {
     run: (arn, name, input) => {
       if (arn !== personaArn) throw new Error(`the local runner starts executions of ${personaArn} only, not ${arn}`);
-      return runLocally({ input, deps: options.deps, runId: name, ...(options.retryDelayMs !== undefined ? { retryDelayMs: options.retryDelayMs } : {}) });
+      return runLocally({ input, deps: options.deps, runId: name, ...(options.retryDelayMs !== undefined ? { retryDelayMs: options.retryDelayMs } : {}), ...(options.roles ? { roles: options.roles } : {}) });
     },
   };
 }
 
+const rolesByNames = new Map<string, StageRoles>();
+/** The budget table each environment's stages use (IMAGE_BUDGET_TABLE is a client's variable, not a setting). */
+const tables = new WeakMap<Deps, string>();
+
+export function useBudgetTable(deps: Deps, table: string | undefined): void {
+  if (table) tables.set(deps, table);
+}
+
+/** Each stage's role as synthesized, its resources named as these deps name them. */
+export async function localStageRoles(deps: Deps): Promise<StageRoles> {
+  const names = { bucket: deps.settings.bucket, table: tables.get(deps) };
+  const key = JSON.stringify(names);
+  const { persona } = await synthesizeWorkflows();
+  if (!rolesByNames.has(key)) rolesByNames.set(key, stageRoles(persona.template, { ...names, stateMachineArn: localStateMachineArn }));
+  return rolesByNames.get(key)!;
+}
+
 export async function runLocally<T = PublishResult>(options: LocalRunOptions): Promise<RunOutcome<T>> {
   const workflows = await synthesizeWorkflows();
+  const roles = options.roles ?? (await localStageRoles(options.deps));
   if (options.deps.settings.identityPolicy !== 'off') options.deps.faces?.warmUp?.();
   const { definition: synthesized, taskStages, stateMachineArn } = workflows[options.machine ?? 'persona'];
   const { definition, maps } = adaptDistributedMaps(synthesized);
@@ -195,7 +216,7 @@ export async function runLocally<T = PublishResult>(options: LocalRunOptions): P
   const handlers: Record<string, Handler> = {};
   for (const [state, stage] of Object.entries(taskStages)) {
     // The runtime passes states JSON; each core takes its own event shape.
-    handlers[state] = (input) => loggedStage(stage, stages[stage] as (e: unknown, d: Deps) => Promise<unknown>, input, options.deps).catch(asLambdaReports);
+    handlers[state] = (input) => asStage(roles[stage], () => loggedStage(stage, stages[stage] as (e: unknown, d: Deps) => Promise<unknown>, input, options.deps)).catch(asLambdaReports);
   }
   for (const [state, asl] of allStates(synthesized)) {
     if (isStepFunctionsTask(asl)) handlers[state] = (input) => startExecutionSync(input as StartExecutionParameters, children);

@@ -4,12 +4,11 @@ import { join } from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { planBatch, type BatchItem } from '../lambdas/plan-batch/core.ts';
+import type { BatchItem } from '../lambdas/plan-batch/core.ts';
 import type { BatchReport } from '../lambdas/report-batch/core.ts';
-import { startFromUpload } from '../lambdas/start-from-upload/core.ts';
 import type { ObjectStore } from '../lambdas/shared/store.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
-import { avatars, imageCalls, persona, personaLine, runBatch, startBatchWorld as startWorld, startDynamoDb, team } from './support.ts';
+import { avatars, imageCalls, invoke, persona, personaLine, runBatch, startBatchWorld as startWorld, startDynamoDb, team } from './support.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -70,7 +69,7 @@ describe('a batch of personas', () => {
   it('spaces the personas\u2019 turns by their image calls at IMAGES_PER_MINUTE', async () => {
     const world = await startWorld({ env: { IMAGES_PER_MINUTE: '30' } });
     await world.deps.store.put('batches/paced/personas.jsonl', [personaLine('a'), personaLine('b', { images: 8 }), personaLine('c')].join('\n'), 'application/x-ndjson');
-    const plan = await planBatch({ personasKey: 'batches/paced/personas.jsonl', batchId: 'paced' }, world.deps);
+    const plan = await invoke(world, 'plan-batch', { personasKey: 'batches/paced/personas.jsonl', batchId: 'paced' });
     const items = (await world.deps.store.getText(plan.itemsKey)).trim().split('\n').map((l) => JSON.parse(l) as BatchItem);
     const turns = items.map((i) => Date.parse(i.notBefore));
     // a: 2 calls, 4 s at 30 a minute; b: 3 calls, 6 s.
@@ -83,17 +82,17 @@ describe('a batch of personas', () => {
     const world = await startWorld({ stepFunctions: {}, faults: [{ kind: 'server-error', times: 4, route: 'generations' }] });
     await world.deps.store.put('personas/one.jsonl', `${personaLine('solo')}\n`, 'application/x-ndjson');
     const upload = { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: world.deps.store.bucket }, object: { key: 'personas/one.jsonl' } } }] };
-    const [first] = await startFromUpload(upload, world.deps);
+    const [first] = await invoke(world, 'start-from-upload', upload);
     await world.stepFunctions!.settled();
     const failed = JSON.parse(await world.deps.store.getText(`batches/${first!.batch!.name}/report.json`)) as BatchReport;
     expect(failed.counts.FAILED).toBe(1);
-    const [second] = await startFromUpload(upload, world.deps);
+    const [second] = await invoke(world, 'start-from-upload', upload);
     expect(second!.batch).toMatchObject({ name: `${first!.batch!.name}-2`, existing: false, attempt: 2 });
     await world.stepFunctions!.settled();
     const fixed = JSON.parse(await world.deps.store.getText(`batches/${second!.batch!.name}/report.json`)) as BatchReport;
     expect(fixed.personas).toEqual([expect.objectContaining({ personaId: 'solo', status: 'SUCCEEDED', name: `${failed.personas[0]!.name}-2` })]);
     // Done with every persona published: the same upload starts nothing more.
-    const [third] = await startFromUpload(upload, world.deps);
+    const [third] = await invoke(world, 'start-from-upload', upload);
     expect(third!.batch).toMatchObject({ name: second!.batch!.name, existing: true });
   });
 
@@ -102,7 +101,7 @@ describe('a batch of personas', () => {
     // Five personas, each on 1,998 lines (the first runs, the others are duplicates), and ten bad lines.
     const lines = Array.from({ length: 10_000 }, (_, i) => (i % 1000 === 999 ? `{"persona": {"id": "bad-${i + 1}"}}` : personaLine(`p${i % 5}`, { images: 1 })));
     await world.deps.store.put('personas/big.jsonl', lines.join('\n'), 'application/x-ndjson');
-    const [outcome] = await startFromUpload({ Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: world.deps.store.bucket }, object: { key: 'personas/big.jsonl' } } }] }, world.deps);
+    const [outcome] = await invoke(world, 'start-from-upload', { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: world.deps.store.bucket }, object: { key: 'personas/big.jsonl' } } }] });
     expect(outcome!.rejected.map((p) => p.line)).toEqual([1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000]);
     expect(outcome!.batch).toMatchObject({ personas: 9990, existing: false });
     await world.stepFunctions!.settled();

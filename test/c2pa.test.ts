@@ -132,13 +132,16 @@ describe('the C2PA signing certificate', () => {
     let server: LoopbackServer;
     let client: SecretsManagerClient;
     beforeAll(async () => {
-      // Secrets Manager's JSON protocol, as the SDK speaks it: GetSecretValue, and its not-found error.
+      // Secrets Manager's JSON protocol, as the SDK speaks it, to a role granted the secret's
+      // `NAME-??????` only: IAM is evaluated before the secret is looked up, so a secret that does
+      // not exist yet is AccessDeniedException, not ResourceNotFoundException.
       server = await listenOnLoopback(
         async (req, res) => {
           const { SecretId } = JSON.parse(await readBody(req)) as { SecretId: string };
           const secret = secrets.get(SecretId);
           if (req.headers['x-amz-target'] !== 'secretsmanager.GetSecretValue' || !secret) {
-            sendJson(res, 400, { __type: 'ResourceNotFoundException', Message: "Secrets Manager can't find the specified secret." }, { 'content-type': 'application/x-amz-json-1.1' });
+            const message = `User: arn:aws:sts::123456789012:assumed-role/publish-role/publish is not authorized to perform: secretsmanager:GetSecretValue on resource: ${SecretId} because no identity-based policy allows the secretsmanager:GetSecretValue action`;
+            sendJson(res, 400, { __type: 'AccessDeniedException', Message: message }, { 'content-type': 'application/x-amz-json-1.1' });
             return;
           }
           sendJson(res, 200, { ARN: SecretId, Name: SecretId, SecretString: secret }, { 'content-type': 'application/x-amz-json-1.1' });
@@ -154,7 +157,10 @@ describe('the C2PA signing certificate', () => {
 
     it('signs with the secret the stack names, and publishes unsigned, saying why, while that secret does not exist', async () => {
       const arn = 'arn:aws:secretsmanager:eu-west-3:123456789012:secret:persona-avatars/c2pa-signing';
-      expect(await signingFromEnv({ C2PA_SIGNING_SECRET_ARN: arn }, client)).toEqual({ signer: undefined, unsignedBecause: `the C2PA signing secret ${arn} does not exist` });
+      expect(await signingFromEnv({ C2PA_SIGNING_SECRET_ARN: arn }, client)).toEqual({
+        signer: undefined,
+        unsignedBecause: `the C2PA signing secret ${arn} could not be read (AccessDeniedException): it does not exist yet, or publish's role may not read it`,
+      });
       secrets.set(arn, JSON.stringify({ certificate: publisher.certificatePem, privateKey: publisher.privateKeyPem }));
       expect((await signingFromEnv({ C2PA_SIGNING_SECRET_ARN: arn }, client)).signer?.name).toBe('Example Corp avatars');
     });

@@ -5,12 +5,10 @@ import { Template } from 'aws-cdk-lib/assertions';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
-import { publish, type PublishEvent } from '../lambdas/publish/core.ts';
+import type { PublishEvent } from '../lambdas/publish/core.ts';
 import { avatarKeys } from '../lambdas/shared/keys.ts';
-import type { Deps } from '../lambdas/shared/stage.ts';
-import { stages } from '../lambdas/stages.ts';
 import { runLocally, type RunOutcome } from '../local/runner.ts';
-import { eventsDir, persona, startTestEnvironment, tempDir } from './support.ts';
+import { eventsDir, invoke, persona, startTestEnvironment, tempDir } from './support.ts';
 
 const fixture = (stage: string): unknown => JSON.parse(readFileSync(join(eventsDir, `${stage}.json`), 'utf8'));
 
@@ -94,7 +92,7 @@ describe('what users receive', () => {
     /** The stage fixtures replayed in order up to publish, in one environment: publish's event, ready. */
     async function readyToPublish(env: Env): Promise<PublishEvent> {
       for (const stage of ['plan-run', 'write-prompt', 'generate-base', 'generate-grid', 'split-grid', 'check-identity'] as const) {
-        await (stages[stage] as (e: unknown, d: Deps) => Promise<unknown>)(fixture(stage), env.deps);
+        await invoke(env, stage, fixture(stage) as never);
       }
       return fixture('publish') as PublishEvent;
     }
@@ -103,11 +101,11 @@ describe('what users receive', () => {
     it('publishes the same run when Publish is retried after a partial write, rewriting none of its avatars', async () => {
       const env = await startTestEnvironment();
       const event = await readyToPublish(env);
-      const first = await publish(event, env.deps);
+      const first = await invoke(env, 'publish', event);
       const before = await etags(env, first.images.map((i) => i.key));
       // As if the first attempt stopped after its avatars: no manifest yet.
       await env.deps.store.delete(first.manifestKey);
-      const retried = await publish(event, env.deps);
+      const retried = await invoke(env, 'publish', event);
       expect(retried.images.map((i) => i.key)).toEqual(first.images.map((i) => i.key));
       expect(await etags(env, retried.images.map((i) => i.key))).toEqual(before);
       expect(JSON.parse(await env.deps.store.getText(retried.currentManifestKey)).runId).toBe(event.runId);
@@ -118,7 +116,7 @@ describe('what users receive', () => {
       const event = await readyToPublish(env);
       const foreign = avatarKeys(event.personaId).run(event.runId).image(1);
       await env.deps.store.put(foreign, 'someone else', 'image/png');
-      const error = (await publish(event, env.deps).catch((e: unknown) => e)) as Error;
+      const error = (await invoke(env, 'publish', event).catch((e: unknown) => e)) as Error;
       expect(error.name).toBe('RunAlreadyPublished');
       expect(error.message).toContain(`persona ${event.personaId}`);
       expect(await env.deps.store.getText(foreign)).toBe('someone else');

@@ -4,15 +4,14 @@ import { join } from 'node:path';
 import { GetObjectTaggingCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand, StopExecutionCommand, type HistoryEvent } from '@aws-sdk/client-sfn';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { planBatch } from '../lambdas/plan-batch/core.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { executionArn } from '../lambdas/shared/sfn.ts';
-import { startFromUpload, type S3Notification } from '../lambdas/start-from-upload/core.ts';
+import type { S3Notification } from '../lambdas/start-from-upload/core.ts';
 import { EXECUTION_NAME_PATTERN, executionName } from '../lambdas/shared/run-name.ts';
 import { historyReader } from '../local/follow.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { startOfflineBackend, type Fault } from '../local/offline-openai.ts';
-import { avatars, cliPath, eventsDir, imageCalls, persona, personaLine, startTestEnvironment, tempDir } from './support.ts';
+import { avatars, cliPath, eventsDir, imageCalls, invoke, persona, personaLine, startTestEnvironment, tempDir } from './support.ts';
 
 const work = tempDir('start');
 
@@ -45,8 +44,8 @@ describe('the upload trigger', () => {
     const world = await startWorld();
     await world.deps.store.putJson('personas/ada-lovelace.json', persona);
     const event = JSON.parse(readFileSync(join(eventsDir, 's3-persona-uploaded.json'), 'utf8')) as S3Notification;
-    const [first] = await startFromUpload(event, world.deps);
-    const [second] = await startFromUpload(event, world.deps);
+    const [first] = await invoke(world, 'start-from-upload', event);
+    const [second] = await invoke(world, 'start-from-upload', event);
     expect(first!.started).toHaveLength(1);
     expect([...second!.started, ...second!.alreadyStarted].map((s) => s.name)).toEqual([first!.started[0]!.name]);
     await world.stepFunctions!.settled();
@@ -59,9 +58,9 @@ describe('the upload trigger', () => {
   it('does not start a persona again when the same content is uploaded after its run ended', async () => {
     const world = await startWorld();
     await world.deps.store.putJson('personas/ada-lovelace.json', persona);
-    await startFromUpload(notification(world.deps.store.bucket, 'personas/ada-lovelace.json'), world.deps);
+    await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'personas/ada-lovelace.json'));
     await world.stepFunctions!.settled();
-    const [again] = await startFromUpload(notification(world.deps.store.bucket, 'personas/ada-lovelace.json'), world.deps);
+    const [again] = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'personas/ada-lovelace.json'));
     expect(again!.started).toEqual([]);
     expect(again!.alreadyStarted.map((s) => s.personaId)).toEqual(['ada-lovelace']);
     expect(await executions(world)).toHaveLength(1);
@@ -77,7 +76,7 @@ describe('the upload trigger', () => {
       line({ persona: { ...persona, id: 'p4' }, images: 8 }),
     ].join('\n');
     await world.deps.store.put('personas/team.jsonl', text, 'application/x-ndjson');
-    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/team.jsonl'), world.deps);
+    const [outcome] = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'personas/team.jsonl'));
     expect(outcome!.batch).toMatchObject({ name: expect.stringMatching(/^team-[0-9a-f]{16}$/), existing: false, personas: 3 });
     expect(await keysUnder(world, 'rejected/')).toEqual(['rejected/personas/team.jsonl.error.json']);
     const rejected = JSON.parse(await world.deps.store.getText('rejected/personas/team.jsonl.error.json'));
@@ -100,8 +99,8 @@ describe('the upload trigger', () => {
     const world = await startWorld([], batchVariables);
     await world.deps.store.put('personas/pair.jsonl', [line({ ...persona, id: 'p1' }), line({ ...persona, id: 'p2' })].join('\n'), 'application/x-ndjson');
     const event = notification(world.deps.store.bucket, 'personas/pair.jsonl');
-    const [first] = await startFromUpload(event, world.deps);
-    const [second] = await startFromUpload(event, world.deps);
+    const [first] = await invoke(world, 'start-from-upload', event);
+    const [second] = await invoke(world, 'start-from-upload', event);
     // Step Functions answers a second start of a running execution, same name and input, with it.
     expect(second!.batch!.executionArn).toBe(first!.batch!.executionArn);
     await world.stepFunctions!.settled();
@@ -113,7 +112,7 @@ describe('the upload trigger', () => {
   it('reports a file that is not JSON and starts nothing', async () => {
     const world = await startWorld();
     await world.deps.store.put('personas/broken.json', '{"id": "x", ', 'application/json');
-    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/broken.json'), world.deps);
+    const [outcome] = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'personas/broken.json'));
     expect(outcome!.rejected).toEqual([expect.objectContaining({ field: '(json)', message: expect.stringContaining('not valid JSON') })]);
     expect(await executions(world)).toEqual([]);
     expect(await world.deps.store.getText('personas/broken.json')).toBe('{"id": "x", ');
@@ -123,7 +122,7 @@ describe('the upload trigger', () => {
     const world = await startWorld();
     const { id: _id, ...withoutId } = persona;
     await world.deps.store.putJson('personas/grace-hopper.json', withoutId);
-    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/grace-hopper.json'), world.deps);
+    const [outcome] = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'personas/grace-hopper.json'));
     expect(outcome!.started.map((s) => s.personaId)).toEqual(['grace-hopper']);
     await world.stepFunctions!.settled();
   });
@@ -131,7 +130,7 @@ describe('the upload trigger', () => {
   it('reads a file saved with a byte-order mark', async () => {
     const world = await startWorld();
     await world.deps.store.put('personas/ada-lovelace.json', `\uFEFF${JSON.stringify(persona)}`, 'application/json');
-    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, 'personas/ada-lovelace.json'), world.deps);
+    const [outcome] = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'personas/ada-lovelace.json'));
     expect(outcome!.rejected).toEqual([]);
     expect(outcome!.started).toHaveLength(1);
     await world.stepFunctions!.settled();
@@ -141,10 +140,10 @@ describe('the upload trigger', () => {
     const world = await startWorld();
     const key = 'personas/ada-lovelace.json';
     await world.deps.store.putJson(key, { ...persona, firstname: '' });
-    await startFromUpload(notification(world.deps.store.bucket, key), world.deps);
+    await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, key));
     expect(await keysUnder(world, 'rejected/')).toHaveLength(1);
     await world.deps.store.putJson(key, persona);
-    const [outcome] = await startFromUpload(notification(world.deps.store.bucket, key), world.deps);
+    const [outcome] = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, key));
     expect(outcome!.started).toHaveLength(1);
     expect(await keysUnder(world, 'rejected/')).toEqual([]);
     await world.stepFunctions!.settled();
@@ -154,7 +153,7 @@ describe('the upload trigger', () => {
     const world = await startWorld();
     // A valid persona, but not an upload: the trigger must not start it.
     await world.deps.store.putJson('avatars/x/manifest.json', persona);
-    const outcomes = await startFromUpload(notification(world.deps.store.bucket, 'avatars/x/manifest.json', 'personas/deleted.json'), world.deps);
+    const outcomes = await invoke(world, 'start-from-upload', notification(world.deps.store.bucket, 'avatars/x/manifest.json', 'personas/deleted.json'));
     expect(outcomes).toEqual([]);
     expect(await executions(world)).toEqual([]);
   });
@@ -504,7 +503,7 @@ describe('a batch, planning its personas\u2019 names', () => {
     const request = parseRunRequest(JSON.parse(personaLine('busy')));
     await world.deps.sfn.send(new StartExecutionCommand({ stateMachineArn: world.deps.settings.stateMachineArn!, name: executionName(request), input: JSON.stringify(request) }));
     await world.deps.store.put('batches/busy/personas.jsonl', `${personaLine('busy')}\n`, 'application/x-ndjson');
-    const plan = await planBatch({ personasKey: 'batches/busy/personas.jsonl', batchId: 'busy' }, world.deps);
+    const plan = await invoke(world, 'plan-batch', { personasKey: 'batches/busy/personas.jsonl', batchId: 'busy' });
     expect(plan).toMatchObject({ toRun: 0, skipped: 1 });
     const { skippedLines } = JSON.parse(await world.deps.store.getText(plan.planKey));
     expect(skippedLines[0].reason).toContain(`running already as execution ${executionName(request)}`);

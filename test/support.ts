@@ -7,7 +7,10 @@ import { afterAll, onTestFinished } from 'vitest';
 import { startDynaliteServer, type DynamoDbServer } from './dynamodb.ts';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import type { RecordedRequest } from '../local/offline-openai.ts';
-import { runLocally } from '../local/runner.ts';
+import { localStageRoles, runLocally } from '../local/runner.ts';
+import { asStage } from '../local/iam.ts';
+import { stages, type StageName } from '../lambdas/stages.ts';
+import type { Deps } from '../lambdas/shared/stage.ts';
 import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
 import type { TileFormat } from '../lambdas/shared/keys.ts';
 import persona from '../events/persona.json' with { type: 'json' };
@@ -128,4 +131,10 @@ export async function startDynamoDb(): Promise<DynamoDbServer> {
   const server = await startDynaliteServer();
   onTestFinished(server.close);
   return server;
+}
+
+/** Calls a stage's core as its deployed role would: every AWS call it makes checked against the synthesized policy. */
+export async function invoke<S extends StageName>(w: { deps: Deps }, stage: S, event: Parameters<(typeof stages)[S]>[0]): Promise<Awaited<ReturnType<(typeof stages)[S]>>> {
+  const core = stages[stage] as unknown as (e: unknown, d: Deps) => Promise<Awaited<ReturnType<(typeof stages)[S]>>>;
+  return asStage((await localStageRoles(w.deps))[stage], () => core(event, w.deps));
 }

@@ -7,6 +7,7 @@
 import { createPrivateKey, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { withClientPlugins } from '../shared/aws-clients.ts';
 import { ConfigurationError, UpstreamError } from '../shared/errors.ts';
 import type { ClientFactory } from '../shared/stage.ts';
 import type { C2paSigner } from './c2pa.ts';
@@ -88,10 +89,15 @@ export async function signingFromEnv(env: Env, secrets?: SecretsManagerClient): 
   if (secretId) {
     let secret: string;
     try {
-      secret = (await (secrets ?? new SecretsManagerClient({})).send(new GetSecretValueCommand({ SecretId: secretId }))).SecretString ?? '';
+      secret = (await (secrets ?? withClientPlugins(new SecretsManagerClient({}))).send(new GetSecretValueCommand({ SecretId: secretId }))).SecretString ?? '';
     } catch (error) {
       if ((error as Error).name === 'ResourceNotFoundException') {
         return { signer: undefined, unsignedBecause: `the C2PA signing secret ${secretId} does not exist` };
+      }
+      // IAM is evaluated before the secret is looked up: a role granted NAME-?????? is denied a
+      // secret that does not exist yet, so a denial here is most often that (or a changed grant).
+      if ((error as Error).name === 'AccessDeniedException') {
+        return { signer: undefined, unsignedBecause: `the C2PA signing secret ${secretId} could not be read (AccessDeniedException): it does not exist yet, or publish's role may not read it` };
       }
       throw new UpstreamError(`reading the C2PA signing secret (${secretId}) failed: ${(error as Error).name}: ${(error as Error).message}; retried`, { cause: error });
     }

@@ -17,6 +17,7 @@ import {
   UpdateItemCommand,
   waitUntilTableExists,
 } from '@aws-sdk/client-dynamodb';
+import { withClientPlugins } from './aws-clients.ts';
 import { dayOf, systemClock, type Clock } from './clock.ts';
 import { BudgetExhausted, ImageTurnLater } from './errors.ts';
 
@@ -30,7 +31,9 @@ export interface BudgetStore {
   turn(key: string, images: number, intervalMs: number, earlyMs: number, maxWaitMs: number, now: number): Promise<number>;
   /** Adds `usd` to `key` unless the sum would pass `limit`; false (nothing added) if it would. */
   add(key: string, usd: number, limit?: number, expiresAt?: number): Promise<boolean>;
-  /** Every amount whose key starts with `prefix`. */
+  /** The amount at `key` (0 when none): one item read by its key, as the stages' role allows. */
+  amount(key: string): Promise<number>;
+  /** Every amount whose key starts with `prefix` (a scan: for `avatars budget`, not the stages). */
   amounts(prefix: string): Promise<{ key: string; usd: number }[]>;
 }
 
@@ -109,7 +112,7 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     const expiresAt = Math.floor(clock.now().getTime() / 1000) + SPEND_KEPT_S;
     const added: string[] = [];
     if (!(await store.add(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt))) {
-      const spent = (await store.amounts(spendKeys.day(day))).find((a) => a.key === spendKeys.day(day))?.usd ?? 0;
+      const spent = await store.amount(spendKeys.day(day));
       throw new BudgetExhausted(
         `${call.what}: refused before paying: MAX_SPEND_USD_PER_DAY is ${cents(limits.maxSpendUsdPerDay!)} and ${cents(spent)} is spent or reserved today (UTC); this call is estimated at ${cents(usd)}. Raise the cap, or run again tomorrow`,
       );
@@ -119,7 +122,7 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
       const { batchId, usd: budget } = call.budget;
       if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
         await adjust(added, -usd);
-        const spent = (await store.amounts(spendKeys.batch(batchId))).find((a) => a.key === spendKeys.batch(batchId))?.usd ?? 0;
+        const spent = await store.amount(spendKeys.batch(batchId));
         throw new BudgetExhausted(
           `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
         );
@@ -170,6 +173,9 @@ export function memoryStore(): BudgetStore {
       if (limit !== undefined && usd > 0 && next > limit) return false;
       amounts.set(key, next);
       return true;
+    },
+    async amount(key) {
+      return amounts.get(key) ?? 0;
     },
     async amounts(prefix) {
       return [...amounts].filter(([key]) => key.startsWith(prefix)).map(([key, usd]) => ({ key, usd }));
@@ -228,6 +234,11 @@ export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore 
         throw error;
       }
     },
+    async amount(key) {
+      // The stages may GetItem, never Scan (stage-functions.ts).
+      const item = (await client.send(new GetItemCommand({ TableName: table, Key: { pk: { S: key } }, ConsistentRead: true }))).Item;
+      return item?.usd?.N ? Number(item.usd.N) : 0;
+    },
     async amounts(prefix) {
       const found: { key: string; usd: number }[] = [];
       let start: Record<string, never> | undefined;
@@ -273,7 +284,9 @@ export async function ensureBudgetTable(client: DynamoDBClient, table: string): 
 /** A client for the table: AWS_ENDPOINT_URL_DYNAMODB (or AWS_ENDPOINT_URL) names a compatible server. */
 export function budgetTableClient(env: Env): DynamoDBClient {
   const endpoint = env.AWS_ENDPOINT_URL_DYNAMODB ?? env.AWS_ENDPOINT_URL;
-  return new DynamoDBClient(endpoint ? { endpoint, region: env.AWS_REGION ?? 'us-east-1' } : {});
+  // Passed on, not left to the SDK: `env` need not be process.env.
+  const credentials = env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY ? { credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY } } : {};
+  return withClientPlugins(new DynamoDBClient(endpoint ? { endpoint, region: env.AWS_REGION ?? 'us-east-1', ...credentials } : {}));
 }
 
 let processStore: BudgetStore | undefined;

@@ -7,6 +7,7 @@ import type { Logger } from '@aws-lambda-powertools/logger';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import OpenAI, { toFile, type ClientOptions } from 'openai';
 import { Agent } from 'undici';
+import { withClientPlugins } from './aws-clients.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
 import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
@@ -25,7 +26,7 @@ export async function openAiKeyFromEnv(env: Env = process.env): Promise<string |
   if (env.OPENAI_API_KEY) return env.OPENAI_API_KEY;
   const secretId = env.OPENAI_API_KEY_SECRET_ARN;
   if (!secretId) return undefined;
-  cachedSecretKey ??= new SecretsManagerClient({})
+  cachedSecretKey ??= withClientPlugins(new SecretsManagerClient({}))
     .send(new GetSecretValueCommand({ SecretId: secretId }))
     .then((r) => (r.SecretString ?? '').trim())
     .catch((error: Error) => {

@@ -1,4 +1,5 @@
 import { S3Client } from '@aws-sdk/client-s3';
+import { withClientPlugins } from './aws-clients.ts';
 import type { Settings } from './settings.ts';
 import { ObjectStore } from './store.ts';
 
@@ -19,7 +20,7 @@ export function s3ClientFromEnv(env: Env = process.env): S3Client {
     env.S3_ACCESS_KEY && env.S3_SECRET_KEY
       ? { accessKeyId: env.S3_ACCESS_KEY, secretAccessKey: env.S3_SECRET_KEY }
       : undefined;
-  return new S3Client({
+  return withClientPlugins(new S3Client({
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1',
     // Passed on, not left to the SDK: `env` need not be process.env.
     ...(endpoint ? { endpoint } : {}),
@@ -32,7 +33,7 @@ export function s3ClientFromEnv(env: Env = process.env): S3Client {
           responseChecksumValidation: 'WHEN_REQUIRED' as const,
         }
       : {}),
-  });
+  }));
 }
 
 /** The bucket, for stages that read or write it. */

@@ -1,5 +1,6 @@
 import { DescribeExecutionCommand, ExecutionAlreadyExists, SFNClient, StartExecutionCommand, type ExecutionStatus } from '@aws-sdk/client-sfn';
 
+import { withClientPlugins } from './aws-clients.ts';
 import { attemptName, MAX_ATTEMPTS } from './run-name.ts';
 
 type Env = Record<string, string | undefined>;
@@ -16,7 +17,7 @@ export function customSfnEndpoint(env: Env = process.env): string | undefined {
 export function sfnClientFromEnv(env: Env = process.env, arn?: string): SFNClient {
   const endpoint = customSfnEndpoint(env);
   const region = arn?.split(':')[3] || env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1';
-  return new SFNClient({ region, ...(endpoint ? { endpoint } : {}) });
+  return withClientPlugins(new SFNClient({ region, ...(endpoint ? { endpoint } : {}) }));
 }
 
 /** For the stages that start executions. */

@@ -12,11 +12,14 @@ import {
 /**
  * Whether a read failed because the object is not there. The stages may not list the bucket, and
  * without s3:ListBucket S3 answers a missing key with 403 AccessDenied rather than 404 NoSuchKey.
+ * A read the role may not make is not a missing object: S3 says so in the message of a
+ * same-account denial ("User: … is not authorized to perform: s3:GetObject …", S3 User Guide,
+ * "Troubleshoot access denied (403 Forbidden) errors"), and that goes on as the error it is.
  */
 export function isMissingObject(error: unknown): boolean {
   if (error instanceof NoSuchKey) return true;
-  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
-  return e?.name === 'AccessDenied' && e.$metadata?.httpStatusCode === 403;
+  const e = error as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.name === 'AccessDenied' && e.$metadata?.httpStatusCode === 403 && !/is not authorized to perform/.test(e.message ?? '');
 }
 
 /** The one bucket every stage reads and writes, addressed by key. */

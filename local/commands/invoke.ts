@@ -8,6 +8,8 @@ import { executionArn } from '../../lambdas/shared/sfn.ts';
 import type { UploadOutcome } from '../../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../environment.ts';
 import { parseFaults } from '../faults.ts';
+import { asStage } from '../iam.ts';
+import { localStageRoles } from '../runner.ts';
 import { readJsonFile, UsageError } from './common.ts';
 
 export interface InvokeFlags {
@@ -66,7 +68,7 @@ export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<
   try {
     for (const { key, body } of puts) await env.deps.store.put(key, body, key.endsWith('.json') ? 'application/json' : 'application/octet-stream');
     const core = stages[stage as StageName] as (e: unknown, d: Deps) => Promise<unknown>;
-    const result = await core(event, env.deps);
+    const result = await asStage((await localStageRoles(env.deps))[stage as StageName], () => core(event, env.deps));
     if (stage === 'start-from-upload') sayWhatRanBefore(result as UploadOutcome[], env);
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     return 0;
