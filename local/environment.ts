@@ -40,6 +40,8 @@ export interface LocalEnvironmentOptions {
   clock?: Clock;
   /** The offline backend's simulated image rate limit. */
   imagesPerMinute?: number;
+  /** The offline Batch API's queue limit, in enqueued lines. */
+  batchQueueLimit?: number;
   logLevel?: 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
   /**
    * Serve a local Step Functions API running the synthesized workflow, for whatever starts
@@ -122,6 +124,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       clock,
       ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}),
       ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}),
+      ...(options.batchQueueLimit ? { batchQueueLimit: options.batchQueueLimit } : {}),
     });
     closers.push(backend.close);
     // Its batches are done in seconds: looked at every second, not every minute.

@@ -3,8 +3,10 @@
  * cancel), in OpenAI's shapes. A batch moves on over time (validating, in_progress, finalizing,
  * completed, a step each `stepMs`), draws each line as the image endpoints would (the same
  * checks, faults and drawing, outside the images-per-minute limit), and writes an output file of
- * the lines answered 200 and an error file of the rest. The `expire` fault ends a batch half done;
- * `rate-limit@batches` refuses one for the queue limit.
+ * the lines answered 200 and an error file of the rest. The `expire` fault ends a batch half done,
+ * its undrawn lines in the error file as `batch_expired`. The queue limit (`queueLimit` enqueued
+ * lines, or `rate-limit@batches` once) fails a batch as OpenAI does: created, then `failed` with
+ * `token_limit_exceeded`, not a 429 (OpenAI counts enqueued tokens; lines stand for them here).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../lambdas/shared/clock.ts';
@@ -44,6 +46,8 @@ interface Batch {
 
 export interface BatchEndpointsDeps {
   clock: Clock;
+  /** Lines that may be enqueued at once (validating, in progress, finalizing), across batches. */
+  queueLimit?: number | undefined;
   stepMs: number;
   requests: RecordedRequest[];
   refusal(route: 'generations' | 'edits', body: Record<string, unknown>): Reply | undefined;
@@ -100,9 +104,25 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     return deps.imageReply(route, line.body, route === 'edits' ? referenceOf(line.body) : undefined, fault);
   }
 
-  async function run(batch: Batch, requests: BatchRequestLine[], expire: boolean): Promise<void> {
+  /** Lines enqueued by this batch and those created before it that still run. */
+  const enqueuedUpTo = (batch: Batch) => {
+    const all = [...batches.values()];
+    return all.slice(0, all.indexOf(batch) + 1).filter((b) => ['validating', 'in_progress', 'finalizing'].includes(b.status)).reduce((n, b) => n + b.request_counts.total, 0);
+  };
+
+  /** Fails a batch past the queue limit as OpenAI does, after creating it. */
+  function overQueueLimit(batch: Batch, requests: BatchRequestLine[], faulted: boolean): boolean {
+    const limit = deps.queueLimit;
+    if (!faulted && (limit === undefined || enqueuedUpTo(batch) <= limit)) return false;
+    const model = String(requests[0]?.body.model ?? '');
+    const message = `Enqueued token limit reached for ${model} in organization org-offline. Limit: ${limit ?? enqueuedUpTo(batch) - requests.length} enqueued lines. Please try again once some in_progress batches have been completed.`;
+    Object.assign(batch, { status: 'failed', failed_at: seconds(deps.clock), errors: { object: 'list', data: [{ code: 'token_limit_exceeded', message, param: null, line: null }] } });
+    return true;
+  }
+
+  async function run(batch: Batch, requests: BatchRequestLine[], expire: boolean, queueFault: boolean): Promise<void> {
     await pause();
-    if (batch.status !== 'validating') return;
+    if (batch.status !== 'validating' || overQueueLimit(batch, requests, queueFault)) return;
     Object.assign(batch, { status: 'in_progress', in_progress_at: seconds(deps.clock) });
     const output: string[] = [];
     const errors: string[] = [];
@@ -114,6 +134,12 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
       const line = JSON.stringify({ id: `batch_req_${++counter}`, custom_id: request.custom_id, response: { status_code: reply.status, request_id: `req_${counter}`, body: reply.body }, error: null });
       (reply.status === 200 ? output : errors).push(`${line}\n`);
       batch.request_counts[reply.status === 200 ? 'completed' : 'failed']++;
+    }
+    // OpenAI writes what an expired batch never ran to the error file.
+    for (const request of requests.slice(upTo)) {
+      if (!expire) break;
+      errors.push(`${JSON.stringify({ id: `batch_req_${++counter}`, custom_id: request.custom_id, response: null, error: { code: 'batch_expired', message: 'This request could not be executed before the completion window expired.' } })}\n`);
+      batch.request_counts.failed++;
     }
     Object.assign(batch, { status: 'finalizing', finalizing_at: seconds(deps.clock) });
     await pause();
@@ -135,11 +161,6 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     }
     const requests = input.bytes.toString('utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as BatchRequestLine);
     const fault = deps.takeFault('batches');
-    if (fault?.kind === 'rate-limit') {
-      // As the API refuses a batch past the account's queue limit for its model.
-      sendJson(res, 429, { error: { message: `Enqueued token limit reached for this model. Limit: ${requests.length - 1} requests in queue. Try again once some batches have completed.`, type: 'invalid_request_error', param: null, code: 'token_limit_exceeded' } });
-      return;
-    }
     const wrong = requests.findIndex((r) => r.url !== endpoint || r.method !== 'POST' || !r.custom_id);
     const now = seconds(deps.clock);
     const batch: Batch = {
@@ -165,7 +186,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     batches.set(batch.id, batch);
     if (wrong < 0) {
       lines.push(...requests);
-      const job = run(batch, requests, fault?.kind === 'expire').finally(() => running.delete(job));
+      const job = run(batch, requests, fault?.kind === 'expire', fault?.kind === 'rate-limit').finally(() => running.delete(job));
       running.add(job);
     }
     sendJson(res, 200, batch);

@@ -58,6 +58,8 @@ export interface OfflineBackendOptions {
   c2pa?: boolean;
   /** How long an OpenAI batch stays in each status before it moves on (default 200 ms). */
   batchStepMs?: number;
+  /** The Batch API's queue limit, in lines enqueued at once: a batch past it fails `token_limit_exceeded`. */
+  batchQueueLimit?: number;
 }
 
 export interface OfflineBackend {
@@ -324,7 +326,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     return invalid && errorReply(400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
   };
 
-  const batchApi = batchEndpoints({ clock, stepMs: options.batchStepMs ?? 200, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
+  const batchApi = batchEndpoints({ clock, stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '').split('?')[0]!.replace(/^\/v1/, '');

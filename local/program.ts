@@ -62,7 +62,8 @@ export function program(): Command {
     .addOption(modeOption)
     .option('--out <dir>', 'where to save the report, contact sheet and avatars (default: out/batches/<batch id>)')
     .addOption(budgetOption)
-    .addOption(openAiBatchOption);
+    .addOption(openAiBatchOption)
+    .addOption(new Option('--queue-limit <lines>', 'offline backend: the Batch API\u2019s queue limit, in lines enqueued at once; a batch past it fails token_limit_exceeded, as OpenAI\u2019s does').argParser(int('--queue-limit')));
   localRun(batch).action(action(async () => (await import('./commands/batch.ts')).batchCommand));
   cli
     .command('invoke')

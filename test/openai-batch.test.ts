@@ -115,12 +115,21 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(report.openAiBatch!.rounds).toBe(3);
   }, 120_000);
 
-  it('sends a round refused for the account\u2019s queue limit again in halves', async () => {
+  it('sends again, in halves, a batch OpenAI failed for its queue limit after creating it, paying nothing for it', async () => {
     const world = await startBatchWorld({ faults: [{ kind: 'rate-limit', times: 1, route: 'batches' }] });
     const report = await runBatch(world, team(4, 'queued'), 'queued', { openAiBatch: true });
     expect(report.counts).toMatchObject({ SUCCEEDED: 4 });
-    // The bases' batch, refused whole, went as two of two lines; then one batch of the grids.
-    expect(report.openAiBatch!.batches).toHaveLength(3);
-    expect(world.backend!.batchLines).toHaveLength(8);
+    const lines = world.backend!.batchLines.map((l) => l.custom_id.replace(/:\d+:r(\d+)$/, '@$1'));
+    // The bases' batch of four, failed whole and sent again; then the grids, each line once.
+    expect(lines).toEqual(['1:base@1', '2:base@1', '3:base@1', '4:base@1', '1:base@2', '2:base@2', '3:base@2', '4:base@2', '1:grid-0@3', '2:grid-0@3', '3:grid-0@3', '4:grid-0@3']);
+    // In batches of two once the queue limit refused four.
+    expect(report.openAiBatch!.batches).toHaveLength(1 + 2 + 2);
+    expect(report.openAiBatch!.costUsd).toBeCloseTo(report.openAiBatch!.syncCostUsd / 2, 6);
   }, 120_000);
+
+  it('publishes all of a batch of twelve against a queue limit of six enqueued lines', async () => {
+    const world = await startBatchWorld({ batchQueueLimit: 6 });
+    const report = await runBatch(world, team(12, 'crowd'), 'crowd', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 12, FAILED: 0 });
+  }, 180_000);
 });

@@ -14,10 +14,10 @@ import { formatOf } from '../shared/image-provider.ts';
 import { contentTypes } from '../shared/keys.ts';
 import { moderationCodes } from '../shared/openai.ts';
 import { BATCH_API_PRICE, estimateImageCost, parseSize, type TokenUsage } from '../shared/models.ts';
-import { FINISHED, fileLines, type BatchOutputLine } from '../shared/openai-batch.ts';
+import { failedForQueueLimit, FINISHED, fileLines, type BatchOutputLine } from '../shared/openai-batch.ts';
 import { inPool } from '../shared/pool.ts';
 import type { Reservation } from '../shared/governor.ts';
-import { drawnKeys, loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
+import { drawnKeys, loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, roundsSpent, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { RoundEvent } from '../submit-round/core.ts';
 
@@ -71,7 +71,8 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
 
   const answer = async (line: BatchOutputLine, batchId: string) => {
     const entry = sent.get(line.custom_id);
-    if (!entry) return;
+    // What an expired batch never ran ends as its batch did (below), not as a failed line.
+    if (!entry || line.error?.code === 'batch_expired') return;
     sent.delete(line.custom_id);
     touched.add(entry.persona);
     const { call } = entry;
@@ -121,10 +122,28 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
       await Promise.all(storing);
     }
   }
+  // Batches OpenAI's queue limit turned away ran nothing and cost nothing: their lines go again,
+  // in batches half as large, once the batches ahead in the queue have finished.
+  const queueLimited = batches.filter(failedForQueueLimit);
+  if (queueLimited.length > 0) {
+    state.queueLimitedRounds = (state.queueLimitedRounds ?? 0) + 1;
+    const smallest = Math.min(...queueLimited.map((b) => b.request_counts?.total ?? 1));
+    state.maxLinesPerBatch = Math.max(1, Math.min(state.maxLinesPerBatch ?? Infinity, Math.floor(smallest / 2)));
+    for (const [customId, entry] of sent) {
+      const batch = queueLimited.find((b) => entry.call.pending!.batchIds?.includes(b.id));
+      if (!batch) continue;
+      sent.delete(customId);
+      settlements.push([entry.call.pending!.reservation, 0]);
+      delete entry.call.pending;
+      touched.add(entry.persona);
+      // Not drawn: not a try.
+      entry.call.tries--;
+      entry.call.lastError = { error: ErrorNames.RateLimited, cause: `OpenAI batch ${batch.id} failed for the Batch API's queue limit: ${batch.errors?.data?.[0]?.message ?? ''}`.trim() };
+    }
+  }
   // Lines with no answer: a batch that ended early keeps what it drew and fails the rest's personas.
-  const endedEarly = batches.find((b) => b.status !== 'completed');
   for (const [customId, entry] of sent) {
-    const batch = endedEarly ?? batches[0]!;
+    const batch = batches.find((b) => entry.call.pending!.batchIds?.includes(b.id)) ?? batches.find((b) => b.status !== 'completed') ?? batches[0]!;
     settlements.push([entry.call.pending!.reservation, 0]);
     delete entry.call.pending;
     touched.add(entry.persona);
@@ -137,7 +156,7 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
     const spent = persona.calls.find((c) => !c.drawn && !c.pending && c.tries >= MAX_TRIES);
     if (spent && !persona.failed) persona.failed = { error: spent.lastError?.error ?? ErrorNames.UpstreamError, cause: `drawn ${MAX_TRIES} times in OpenAI batches without a usable image: ${spent.lastError?.cause ?? ''}` };
   }
-  const more = state.rounds.length < MAX_ROUNDS && readyCalls(state).length > 0;
+  const more = roundsSpent(state) < MAX_ROUNDS && readyCalls(state).length > 0;
   // Rounds that will not come leave what they would have drawn to the persona's failure.
   if (!more) {
     for (const persona of state.personas) {

@@ -27,15 +27,28 @@ export interface BatchOutputLine {
   error: { code?: string; message?: string } | null;
 }
 
-/** The API's limits on one input file. */
+/**
+ * The API's limits on one input file: 50,000 requests and "200 MB", which may be decimal: kept
+ * under 190,000,000 bytes.
+ */
 export const MAX_LINES_PER_FILE = 50_000;
-export const MAX_BYTES_PER_FILE = 200 * 1024 * 1024;
+export const MAX_BYTES_PER_FILE = 190_000_000;
+
+/** How OpenAI reports its Batch queue limit: a batch created, then `failed` with this code. */
+export const QUEUE_LIMIT_CODE = 'token_limit_exceeded';
+
+/** Whether a finished batch failed for the queue limit: none of its lines ran, none was paid. */
+export const failedForQueueLimit = (batch: { status: string; errors?: { data?: { code?: string | null }[] } | null }) =>
+  batch.status === 'failed' && (batch.errors?.data ?? []).some((e) => e.code === QUEUE_LIMIT_CODE);
 
 /** Statuses after which a batch changes no more. */
 export const FINISHED = new Set(['completed', 'failed', 'expired', 'cancelled']);
 
-/** Lines in files within the API's limits, each file holding one endpoint's lines: its body, and which lines it holds. */
-export function filesOf(lines: BatchRequestLine[]): { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] {
+/**
+ * Lines in files within the API's limits (and `maxLines`, once the queue limit refused more),
+ * each file holding one endpoint's lines: its body, and which lines it holds.
+ */
+export function filesOf(lines: BatchRequestLine[], maxLines = MAX_LINES_PER_FILE): { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] {
   const files: { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] = [];
   for (const endpoint of ['/v1/images/generations', '/v1/images/edits'] as const) {
     let texts: string[] = [];
@@ -50,7 +63,7 @@ export function filesOf(lines: BatchRequestLine[]): { endpoint: ImageEndpoint; b
     for (const line of lines.filter((l) => l.url === endpoint)) {
       const text = `${JSON.stringify(line)}\n`;
       const size = Buffer.byteLength(text);
-      if (held.length >= MAX_LINES_PER_FILE || bytes + size > MAX_BYTES_PER_FILE) flush();
+      if (held.length >= Math.min(maxLines, MAX_LINES_PER_FILE) || bytes + size > MAX_BYTES_PER_FILE) flush();
       texts.push(text);
       held.push(line);
       bytes += size;

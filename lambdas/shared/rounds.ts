@@ -20,6 +20,11 @@ export const MAX_TRIES = 3;
 export const MAX_ROUNDS = 6;
 /** Rounds for grids the identity check refused, after the personas ran. */
 export const MAX_REDRAW_ROUNDS = 2;
+/** Rounds OpenAI's queue limit turned away (nothing drawn, nothing paid): they do not count above, up to this many. */
+export const MAX_QUEUE_LIMITED_ROUNDS = 30;
+
+/** Rounds that count against MAX_ROUNDS: those the queue limit did not turn away. */
+export const roundsSpent = (state: RoundsState) => state.rounds.length - Math.min(state.queueLimitedRounds ?? 0, MAX_QUEUE_LIMITED_ROUNDS);
 
 /** What an image call drew, where it is kept, and what it cost at batch price. */
 export interface Drawn {
@@ -45,8 +50,8 @@ export interface CallState {
   tries: number;
   /** Its prompt was refused: it is drawn from a safer rewrite. */
   safer?: boolean;
-  /** Sent in the current round, not answered yet. */
-  pending?: { customId: string; reservation: Reservation; model: string };
+  /** Sent in the current round, not answered yet; `batchIds`: the OpenAI batches its file went to. */
+  pending?: { customId: string; reservation: Reservation; model: string; batchIds?: string[] };
   drawn?: Drawn;
   lastError?: Failure;
 }
@@ -69,6 +74,9 @@ export interface RoundsState {
   /** The results of the Maps before the last (a redraw runs its personas again): the report reads them all. */
   maps: string[];
   personas: PersonaDraws[];
+  /** Rounds in which OpenAI's queue limit failed a batch, and the most lines a batch then holds. */
+  queueLimitedRounds?: number;
+  maxLinesPerBatch?: number;
   /** What the batches' answers cost, at batch price, and what the same would cost synchronously. */
   costUsd: number;
   syncCostUsd: number;

@@ -23,6 +23,7 @@ import {
   loadRounds,
   MAX_REDRAW_ROUNDS,
   MAX_ROUNDS,
+  roundsSpent,
   MAX_TRIES,
   personaDraws,
   readyCalls,
@@ -206,7 +207,7 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   }
   const n = state.rounds.length + 1;
   const nothing: RoundStatus = { n: n - 1, batchIds: [], status: 'nothing', waitSeconds: 0 };
-  const ready = n > MAX_ROUNDS ? [] : readyCalls(state);
+  const ready = roundsSpent(state) >= MAX_ROUNDS ? [] : readyCalls(state);
   const model = modelChain(deps.settings)[0]!;
   // A persona's grids share one reference: its base read (and uploaded) once.
   const references = new Map<PersonaDraws, Promise<Record<string, string>>>();
@@ -229,11 +230,12 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   const sending = entries.filter((e) => !e.persona.failed);
   const batchIds: string[] = [];
   let failure: Error | undefined;
-  for (const file of filesOf(sending.map((e) => e.line))) {
+  for (const file of filesOf(sending.map((e) => e.line), state.maxLinesPerBatch)) {
     const inFile = new Set(file.lines);
     const mine = sending.filter((e) => inFile.has(e.line));
     try {
       const ids = await submitLines(api, file.endpoint, file.body, { persona_avatars_batch: plan.batchId, round: String(n) }, deps.imageTimeoutMs);
+      for (const entry of mine) entry.call.pending!.batchIds = ids;
       batchIds.push(...ids);
     } catch (error) {
       // Not sent, not paid: drawn again next round, or the stage is retried when nothing went.

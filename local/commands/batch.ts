@@ -16,7 +16,7 @@ import { runLocally, type ProgressEvent } from '../runner.ts';
 import { UsageError } from './common.ts';
 import type { RunFlags } from './run.ts';
 
-export type BatchFlags = Omit<RunFlags, 'verbose'> & { budgetUsd?: number; openaiBatch?: boolean };
+export type BatchFlags = Omit<RunFlags, 'verbose'> & { budgetUsd?: number; openaiBatch?: boolean; queueLimit?: number };
 
 /** What the batch is doing, from its events: each persona's state and every image call. */
 class BatchProgress {
@@ -115,6 +115,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     faults: parseFaults(flags.fault),
     latencyMs: flags.latency,
     ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
+    ...(flags.queueLimit ? { batchQueueLimit: flags.queueLimit } : {}),
     stepFunctions: { retryDelayMs: flags.retryDelay, onProgress: (execution, event) => (execution.machine === 'persona' ? progress.onPersonaEvent(event) : undefined) },
   });
   try {
