@@ -75,9 +75,12 @@ export const plainStageRetries = [retryLambdaService];
 /** Stages that call the image or text API. */
 export const apiStageRetries = [retryLambdaService, retryRateLimited, retryImageTurn, retryTransient];
 
-/** A batch starting a persona's execution: Step Functions' own limits pass. */
+/**
+ * A batch starting a persona's execution: Step Functions' own limits pass. The integration names
+ * the service's exception without "Exception" (StartExecution: ExecutionLimitExceeded).
+ */
 export const retryStartExecution: RetryProps = {
-  errors: ['StepFunctions.ExecutionLimitExceededException', 'StepFunctions.AWSStepFunctionsException', 'StepFunctions.SdkClientException'],
+  errors: ['StepFunctions.ExecutionLimitExceeded', 'StepFunctions.AWSStepFunctionsException', 'StepFunctions.SdkClientException'],
   interval: Duration.seconds(5),
   maxAttempts: 6,
   backoffRate: 2,

@@ -46,6 +46,8 @@ export interface LocalExecution {
 export interface LocalStepFunctionsOptions {
   /** The stages' clients: every execution runs its tasks with them. */
   deps: Deps;
+  /** What time it is for the API's token buckets (ms); default: the system's. */
+  now?: () => number;
   /** Pause before each retry instead of the deployed backoff. */
   retryDelayMs?: number;
   onProgress?: (execution: LocalExecution, event: ProgressEvent) => void;
@@ -100,8 +102,37 @@ function historyEventOf(event: ProgressEvent): HistoryEntry | undefined {
   }
 }
 
+/**
+ * The API's throttling, as Step Functions documents it for Standard workflows in us-east-1
+ * ("Step Functions service quotas": quotas related to API action throttling): a token bucket per
+ * action and account, of this size, refilled at this rate a second; past it, ThrottlingException.
+ */
+export const API_TOKEN_BUCKETS: Record<string, { size: number; refillPerSecond: number }> = {
+  StartExecution: { size: 1300, refillPerSecond: 300 },
+  DescribeExecution: { size: 300, refillPerSecond: 15 },
+  StopExecution: { size: 1000, refillPerSecond: 200 },
+  GetExecutionHistory: { size: 400, refillPerSecond: 20 },
+};
+
+function tokenBuckets(now: () => number) {
+  const buckets = new Map<string, { tokens: number; at: number }>();
+  return (action: string): boolean => {
+    const quota = API_TOKEN_BUCKETS[action];
+    if (!quota) return true;
+    const t = now();
+    const bucket = buckets.get(action) ?? { tokens: quota.size, at: t };
+    bucket.tokens = Math.min(quota.size, bucket.tokens + ((t - bucket.at) / 1000) * quota.refillPerSecond);
+    bucket.at = t;
+    buckets.set(action, bucket);
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  };
+}
+
 export async function startLocalStepFunctions(options: LocalStepFunctionsOptions): Promise<LocalStepFunctions> {
   const executions = new Map<string, LocalExecution>();
+  const takeToken = tokenBuckets(options.now ?? Date.now);
   const workflows = await synthesizeWorkflows();
   const machines = Object.fromEntries((Object.keys(workflows) as (keyof SynthesizedWorkflows)[]).map((m) => [workflows[m].stateMachineArn, m]));
   const stateMachineArn = workflows.persona.stateMachineArn;
@@ -319,6 +350,12 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     const reply = (status: number, body: unknown) => sendJson(res, status, body, { 'content-type': 'application/x-amz-json-1.0' });
     if (req.method !== 'POST' || !target.startsWith('AWSStepFunctions.') || !operation) {
       reply(400, { __type: 'UnknownOperationException', message: `this local endpoint does not serve ${target || req.method}` });
+      return;
+    }
+    const action = target.replace(/^AWSStepFunctions\./, '');
+    if (!takeToken(action)) {
+      await readBody(req);
+      reply(400, { __type: 'ThrottlingException', message: 'Rate exceeded' });
       return;
     }
     try {

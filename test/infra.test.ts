@@ -302,6 +302,14 @@ describe('the state machine definition', () => {
     }
   });
 
+  it('retries a persona\u2019s start on Step Functions\u2019 own limit under the name the integration gives it', () => {
+    const batch = workflowFromTemplate(template.toJSON() as never, 'PersonaAvatars-Batch').definition;
+    const runPersona = Object.fromEntries(allStates(batch)).RunPersona!;
+    // StartExecution's ExecutionLimitExceeded, prefixed by the integration; no "Exception".
+    expect(retriedOn(runPersona)).toContain('StepFunctions.ExecutionLimitExceeded');
+    expect(retriedOn(runPersona).filter((e) => e.endsWith('LimitExceededException'))).toEqual([]);
+  });
+
   it('never retries ContentPolicyViolation, InvalidPersona, ConfigurationError or BudgetExhausted', () => {
     for (const state of Object.values(states)) {
       expect(retriedOn(state)).not.toContain('BudgetExhausted');

@@ -22,6 +22,9 @@ export function isMissingObject(error: unknown): boolean {
   return e?.name === 'AccessDenied' && e.$metadata?.httpStatusCode === 403 && !/is not authorized to perform/.test(e.message ?? '');
 }
 
+/** Tries of a conditional write that S3 answers 409 ConditionalRequestConflict. */
+const CONFLICT_TRIES = 5;
+
 /** The one bucket every stage reads and writes, addressed by key. */
 export class ObjectStore {
   readonly s3: S3Client;
@@ -41,12 +44,18 @@ export class ObjectStore {
    * when one is. Of two writers at once, exactly one gets true.
    */
   async putNew(key: string, body: Buffer | string, contentType: string): Promise<boolean> {
-    try {
-      await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType, IfNoneMatch: '*' }));
-      return true;
-    } catch (error) {
-      if ((error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 412) return false;
-      throw error;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType, IfNoneMatch: '*' }));
+        return true;
+      } catch (error) {
+        const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+        if (status === 412) return false;
+        // 409 ConditionalRequestConflict: another conditional write to the key was in flight; S3
+        // asks for a retry (S3 User Guide, "How to prevent object overwrites with conditional writes").
+        if (status !== 409 || attempt >= CONFLICT_TRIES) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 50 * 2 ** attempt * Math.random()));
+      }
     }
   }
 
