@@ -1,7 +1,9 @@
 /**
  * Certificates for signing C2PA manifests where no real one is at hand: a small CA and a leaf it
- * issues, ES256, with the extensions C2PA validators ask of a signer (emailProtection, not
- * serverAuth). Readers trust them only when told to: the CA is the trust anchor to pass them.
+ * issues, ES256, to the C2PA certificate profile (C2PA specification, "Certificate Profile"): a
+ * subject with an Organization (readers built on c2pa-rs refuse a signer without O=:
+ * contentauth/c2pa-rs#2262), digitalSignature key usage, emailProtection extended key usage (not
+ * serverAuth), not a CA. Readers trust them only when told to: the CA is the trust anchor to pass them.
  */
 import { webcrypto } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,6 +14,8 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 
 const ES256 = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
 const EMAIL_PROTECTION = '1.3.6.1.5.5.7.3.4';
+/** The Organization of every certificate made here. */
+export const ORGANIZATION = 'persona-avatars';
 const DAY_MS = 24 * 3600 * 1000;
 /** Long: a manifest signed without a trusted timestamp validates only while its certificate does. */
 const VALID_DAYS = 25 * 365;
@@ -33,12 +37,16 @@ const serial = () => Buffer.from(webcrypto.getRandomValues(new Uint8Array(8))).t
  */
 export async function issueSigningCertificate(
   name: string,
-  { notBefore = new Date(Date.now() - DAY_MS), notAfter = new Date(Date.now() + VALID_DAYS * DAY_MS) }: { notBefore?: Date; notAfter?: Date } = {},
+  {
+    notBefore = new Date(Date.now() - DAY_MS),
+    notAfter = new Date(Date.now() + VALID_DAYS * DAY_MS),
+    organization = ORGANIZATION,
+  }: { notBefore?: Date; notAfter?: Date; /** null: none, as a certificate off the profile has it. */ organization?: string | null } = {},
 ): Promise<SigningCertificate> {
   const caKeys = await webcrypto.subtle.generateKey(ES256, true, ['sign', 'verify']);
   const ca = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    name: `CN=${name} CA`,
+    name: `CN=${name} CA${organization ? `, O=${organization}` : ''}`,
     notBefore,
     notAfter,
     keys: caKeys,
@@ -52,7 +60,7 @@ export async function issueSigningCertificate(
   const keys = await webcrypto.subtle.generateKey(ES256, true, ['sign', 'verify']);
   const leaf = await x509.X509CertificateGenerator.create({
     serialNumber: serial(),
-    subject: `CN=${name}`,
+    subject: `CN=${name}${organization ? `, O=${organization}` : ''}`,
     issuer: ca.subject,
     notBefore,
     notAfter,
@@ -91,7 +99,9 @@ export interface DevSigningFiles {
  */
 export async function devSigningFiles(dir: string): Promise<DevSigningFiles> {
   const files = { ca: join(dir, 'dev-ca.pem'), certificate: join(dir, 'dev-signer.pem'), privateKey: join(dir, 'dev-signer.key') };
-  const current = existsSync(files.certificate) && existsSync(files.privateKey) && existsSync(files.ca) && new x509.X509Certificate(readFileSync(files.certificate, 'utf8')).notAfter.getTime() > Date.now() + DAY_MS;
+  const made = existsSync(files.certificate) && existsSync(files.privateKey) && existsSync(files.ca) ? new x509.X509Certificate(readFileSync(files.certificate, 'utf8')) : undefined;
+  // One made before the certificate profile was met (no O=) is made again too.
+  const current = made && made.notAfter.getTime() > Date.now() + DAY_MS && /\bO=/.test(made.subject);
   if (!current) {
     const issued = await issueSigningCertificate(DEV_SIGNER_NAME);
     mkdirSync(dir, { recursive: true });

@@ -1,12 +1,12 @@
 import { createPrivateKey, sign, webcrypto, X509Certificate } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { manifestActions, readC2pa, signC2pa, TRAINED_ALGORITHMIC_MEDIA, type C2paSigner } from '../lambdas/publish/c2pa.ts';
-import { pemSigner, signerFromSecret, signingFromEnv } from '../lambdas/publish/signer.ts';
-import { issueSigningCertificate, type SigningCertificate } from '../local/certificates.ts';
+import { pemSigner, profileProblem, signerFromSecret, signingFromEnv, signingSource } from '../lambdas/publish/signer.ts';
+import { devSigningFiles, issueSigningCertificate, type SigningCertificate } from '../local/certificates.ts';
 import { listenOnLoopback, readBody, sendJson, type LoopbackServer } from '../local/loopback-server.ts';
 import { holdsC2paWhereExpected, tempDir, withOnePixelByteChanged } from './support.ts';
 
@@ -121,6 +121,20 @@ describe('the C2PA signing certificate', () => {
     expect(error.message).toBe('C2PA signing as "Old certificate" refused: signingCredential.expired; renew or replace the signing certificate (README: Marking)');
   });
 
+  it('refuses a signing certificate off the C2PA certificate profile, naming what is missing', async () => {
+    const noOrganization = await issueSigningCertificate('Nameless signer', { organization: null });
+    expect(() => pemSigner(noOrganization.certificatePem, noOrganization.privateKeyPem, 'chain.pem and key.pem')).toThrow(
+      /^chain\.pem and key\.pem: the signing certificate "Nameless signer" does not meet the C2PA certificate profile: its subject \(CN=Nameless signer\) has no Organization \(O=\)/,
+    );
+  });
+
+  it('makes development certificates that meet the C2PA certificate profile', async () => {
+    const files = await devSigningFiles(join(dir, 'dev'));
+    const leaf = new X509Certificate(readFileSync(files.certificate, 'utf8'));
+    expect(leaf.subject).toMatch(/^O=persona-avatars$/m);
+    expect(profileProblem(leaf)).toBeUndefined();
+  });
+
   it('comes from a secret\u2019s JSON, whose missing field is named', () => {
     expect(signerFromSecret(JSON.stringify({ certificate: publisher.certificatePem, privateKey: publisher.privateKeyPem }), 'arn:s').name).toBe('Example Corp avatars');
     expect(() => signerFromSecret(JSON.stringify({ certificate: publisher.certificatePem }), 'arn:s')).toThrow(/C2PA signing secret arn:s: needs the strings "certificate" \(PEM chain\) and "privateKey"/);
@@ -164,6 +178,23 @@ describe('the C2PA signing certificate', () => {
       secrets.set(arn, JSON.stringify({ certificate: publisher.certificatePem, privateKey: publisher.privateKeyPem }));
       expect((await signingFromEnv({ C2PA_SIGNING_SECRET_ARN: arn }, client)).signer?.name).toBe('Example Corp avatars');
     });
+  });
+
+  it('signs with a renewed certificate within the hour, and never past the end of the one it holds', async () => {
+    const [first, renewed] = await Promise.all([issueSigningCertificate('First signer', { notAfter: new Date(Date.now() + 10 * 60_000) }), issueSigningCertificate('Renewed signer')]);
+    const files = { C2PA_CERTIFICATE: join(dir, 'rotating.pem'), C2PA_PRIVATE_KEY: join(dir, 'rotating.key') };
+    writeFileSync(files.C2PA_CERTIFICATE, first.certificatePem);
+    writeFileSync(files.C2PA_PRIVATE_KEY, first.privateKeyPem);
+    let now = Date.now();
+    const source = signingSource(files, () => now);
+    expect((await source.current()).signer?.name).toBe('First signer');
+    writeFileSync(files.C2PA_CERTIFICATE, renewed.certificatePem);
+    writeFileSync(files.C2PA_PRIVATE_KEY, renewed.privateKeyPem);
+    now += 60_000;
+    expect((await source.current()).signer?.name).toBe('First signer');
+    // The first certificate ends ten minutes in, before the hour: read again then.
+    now += 10 * 60_000;
+    expect((await source.current()).signer?.name).toBe('Renewed signer');
   });
 
   it('comes from PEM files elsewhere, both or neither', async () => {

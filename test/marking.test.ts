@@ -89,7 +89,7 @@ describe('avatars marked as AI-generated', () => {
 
   it('publishes avatars marked with XMP only when no certificate signs them, and the manifest warns they are not signed', async () => {
     const env = await startTestEnvironment();
-    const deps = { ...env.deps, signing: { signer: undefined, unsignedBecause: 'the C2PA signing secret arn:example does not exist' } };
+    const deps = { ...env.deps, signing: { current: async () => ({ signer: undefined, unsignedBecause: 'the C2PA signing secret arn:example does not exist' }) } };
     const outcome = await runLocally({ input: { persona, images: 4 }, deps });
     if (outcome.status !== 'SUCCEEDED') throw new Error(outcome.cause);
     const warning = 'avatars are not signed (C2PA): the C2PA signing secret arn:example does not exist; they carry the IPTC marking only (README: Marking)';

@@ -97,7 +97,9 @@ function pixelDataMiddle(image: Buffer, format: TileFormat): number {
     return at + 4 + Math.floor(image.readUInt32BE(at - 4) / 2);
   }
   if (format === 'jpeg') {
-    const sos = image.indexOf(Buffer.from([0xff, 0xda]));
+    // Segment by segment to the scan: FF DA may also occur inside a segment's data (a certificate's bytes).
+    let sos = 2;
+    while (image[sos + 1] !== 0xda) sos += 2 + image.readUInt16BE(sos + 2);
     const start = sos + 2 + image.readUInt16BE(sos + 2);
     let at = start + Math.floor((image.length - 2 - start) / 2);
     // A byte whose change makes no marker (0xFF) and undoes no stuffing.

@@ -28,6 +28,8 @@ export interface C2paSigner {
   chain: Uint8Array[];
   /** An ES256 signature of `bytes`, as r‖s (64 bytes). */
   sign(bytes: Uint8Array): Promise<Uint8Array>;
+  /** When the signing certificate stops being valid, if known: the signer is read again then. */
+  notAfter?: Date;
 }
 
 /** An image and its format, as this module takes them. */

@@ -132,7 +132,7 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
     .flatMap((g) => g.tiles.map((tile, i) => ({ ...tile, model: g.generation.model, identity: g.identity?.verdicts[i] })))
     .slice(0, event.images);
   const size = avatarDimensions(tiles.map((t) => t.box), avatarSize, avatarAspect);
-  const { signer, unsignedBecause } = deps.signing;
+  const { signer, unsignedBecause } = await deps.signing.current();
   // Each drawn image (a grid) is read once, however many avatars it gave.
   const drawn = new Map<string, Promise<DrawnImage>>();
   const drawnOnce = (key: string) => drawn.get(key) ?? drawn.set(key, deps.store.getBytes(key).then((bytes) => drawnImage(key, bytes))).get(key)!;

@@ -21,6 +21,24 @@ function commonName(certificate: X509Certificate): string {
   return /^CN=(.+)$/m.exec(certificate.subject)?.[1] ?? certificate.subject.replace(/\n/g, ', ');
 }
 
+/** Extended key usages the C2PA certificate profile accepts of a signer (emailProtection, documentSigning…). */
+const C2PA_SIGNER_EKUS = new Set(['1.3.6.1.5.5.7.3.4', '1.3.6.1.4.1.311.10.3.12', '1.3.6.1.5.5.7.3.36', '1.3.6.1.5.5.7.3.8', '1.3.6.1.5.5.7.3.9']);
+
+/**
+ * What keeps a signing certificate from the C2PA certificate profile, as readers check it: a
+ * subject with an Organization (c2pa-rs refuses one without: contentauth/c2pa-rs#2262), not a CA,
+ * an extended key usage for signing documents and not `anyExtendedKeyUsage`.
+ */
+export function profileProblem(certificate: X509Certificate): string | undefined {
+  if (!/^O=/m.test(certificate.subject)) return `its subject (${certificate.subject.replace(/\n/g, ', ')}) has no Organization (O=)`;
+  if (certificate.ca) return 'it is a CA certificate';
+  const ekus = certificate.keyUsage ?? [];
+  if (ekus.length === 0 || ekus.includes('2.5.29.37.0') || !ekus.some((oid) => C2PA_SIGNER_EKUS.has(oid))) {
+    return `its extended key usage (${ekus.join(', ') || 'none'}) names none of emailProtection, documentSigning, timeStamping or OCSPSigning`;
+  }
+  return undefined;
+}
+
 /**
  * A signer from a PEM chain (the signing certificate first, then its issuers) and its PEM key.
  * `source` names where they came from, for a person to fix.
@@ -49,9 +67,12 @@ export function pemSigner(certificatePem: string, privateKeyPem: string, source:
   if (Date.now() < from.getTime() || Date.now() > to.getTime()) {
     throw new ConfigurationError(`${source}: the signing certificate "${commonName(leaf)}" is valid from ${from.toISOString()} to ${to.toISOString()}, not now: renew it`);
   }
+  const profile = profileProblem(leaf);
+  if (profile) throw new ConfigurationError(`${source}: the signing certificate "${commonName(leaf)}" does not meet the C2PA certificate profile: ${profile}; C2PA readers would call every avatar invalid (README: Marking)`);
   if (!leaf.checkPrivateKey(key)) throw new ConfigurationError(`${source}: the private key is not the key of the first certificate (${leaf.subject.replace(/\n/g, ', ')})`);
   return {
     name: commonName(leaf),
+    notAfter: to,
     chain: certificates.map((c) => new Uint8Array(c.raw)),
     sign: async (bytes) => sign('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }),
   };
@@ -118,5 +139,41 @@ export async function signingFromEnv(env: Env, secrets?: SecretsManagerClient): 
   return { signer: undefined, unsignedBecause: 'no C2PA signing certificate is configured' };
 }
 
-/** For publish: its C2PA signing, read once per container. */
-export const signingClient: ClientFactory = async (env) => ({ signing: await signingFromEnv(env) });
+/** Publish's signing as it stands now: the certificate configured, read again when it may have changed. */
+export interface SigningSource {
+  current(): Promise<Signing>;
+}
+
+/** A certificate is read again this often, so a renewed one is used without a cold start. */
+export const SIGNING_REREAD_MS = 3_600_000;
+
+/**
+ * Signing read from the environment, kept for an hour and never past its certificate's end: a warm
+ * container does not sign with an expired certificate (no trusted timestamp makes it valid later)
+ * and picks up a renewed one. `now` is the system's time, the one C2PA validators hold it to.
+ */
+export function signingSource(env: Env, now: () => number = Date.now): SigningSource {
+  let held: { signing: Promise<Signing>; until: number } | undefined;
+  return {
+    current() {
+      const t = now();
+      if (!held || t >= held.until) {
+        const signing = signingFromEnv(env);
+        held = { signing, until: t + SIGNING_REREAD_MS };
+        // A failed read is not kept; a certificate is not kept past its end.
+        signing.then(
+          (s) => {
+            if (held?.signing === signing && s.signer?.notAfter) held.until = Math.min(held.until, s.signer.notAfter.getTime());
+          },
+          () => {
+            if (held?.signing === signing) held = undefined;
+          },
+        );
+      }
+      return held.signing;
+    },
+  };
+}
+
+/** For publish: its C2PA signing, read on first use and again when it may have changed. */
+export const signingClient: ClientFactory = (env) => ({ signing: signingSource(env) });

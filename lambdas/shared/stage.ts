@@ -3,7 +3,7 @@ import type { Context } from 'aws-lambda';
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
 import type { FaceFinder } from '../check-identity/faces.ts';
-import type { Signing } from '../publish/signer.ts';
+import type { SigningSource } from '../publish/signer.ts';
 import { systemClock, type Clock } from './clock.ts';
 import type { ImageGovernor } from './governor.ts';
 import type { ImageProvider } from './image-provider.ts';
@@ -31,7 +31,7 @@ export interface Deps {
   /** The account's image spending, reserved and settled by hand (the batch round stages only). */
   governor: ImageGovernor;
   /** Who signs the avatars' C2PA manifests (publish only). */
-  signing: Signing;
+  signing: SigningSource;
   /** What time it is for the stages that plan by it (a batch's turns). */
   clock: Clock;
   /** Timeouts for one call, kept below what is left of the Lambda's own time. */
