@@ -24,7 +24,6 @@ describe("each stage's synthesized role, enforced locally", () => {
     if (outcome.status !== 'FAILED') return;
     expect(outcome.error).toBe('AccessDenied');
     expect(outcome.cause).toMatch(/assumed-role\/\w+\/Stageswriteprompt\w* is not authorized to perform: s3:PutObject on resource: arn:aws:s3:::avatars\/runs\/ada-lovelace\/no-put\//);
-    expect(imageCalls(w.backend!)).toHaveLength(0);
   });
 
   it('lets a full run with the synthesized roles make every call it needs', async () => {
