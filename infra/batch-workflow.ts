@@ -42,6 +42,9 @@ export interface AvatarBatchProps {
   logRetentionDays: number;
 }
 
+/** Step Functions' key in a child's input for the execution that started it. */
+const STARTED_BY = 'AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID';
+
 /** The item a child workflow gets (plan-batch's BatchItem) and what it returns, for the report. */
 const ITEM = {
   personaId: JsonPath.stringAt('$.personaId'),
@@ -93,7 +96,7 @@ export class AvatarBatch extends Construct {
     const planBatch = stageTask(this, 'PlanBatch', {
       stage: 'plan-batch',
       fn: props.planBatch,
-      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName, executionId: JsonPath.executionId, input: JsonPath.executionInput },
+      payload: { personasKey: JsonPath.stringAt('$.personasKey'), batchId: JsonPath.executionName, input: JsonPath.executionInput },
       retries: plainStageRetries,
       resultPath: '$.plan',
     });
@@ -105,11 +108,18 @@ export class AvatarBatch extends Construct {
     // Each persona's turn comes when the image calls of those before it fit in the rate limit.
     const waitTurn = new Wait(this, 'WaitTurn', { time: WaitTime.timestampPath('$.notBefore') });
     // Named from the request (or its next attempt), so a persona already published never runs again.
+    // The child names the execution that starts it, the Map's own, as the service docs ask
+    // (concepts-nested-workflows: AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID from $$.Execution.Id):
+    // the console then links each persona's run to its batch.
+    const linkToParent = new Pass(this, 'LinkToParent', {
+      parameters: { [STARTED_BY]: JsonPath.executionId },
+      resultPath: '$.startedBy',
+    });
     const runPersona = new StartChildExecution(this, 'RunPersona', {
       stateMachine: props.personaWorkflow,
       integrationPattern: IntegrationPattern.RUN_JOB,
       name: JsonPath.stringAt('$.name'),
-      input: TaskInput.fromJsonPathAt('$.input'),
+      input: TaskInput.fromJsonPathAt(JsonPath.jsonMerge(JsonPath.objectAt('$.input'), JsonPath.objectAt('$.startedBy'))),
       // Keys only: the report makes URLs, and a result stays small whatever a run published.
       resultSelector: { status: 'SUCCEEDED', manifestKey: JsonPath.stringAt('$.Output.manifestKey'), images: JsonPath.listAt('$.Output.images[*].key') },
       resultPath: '$.outcome',
@@ -135,7 +145,7 @@ export class AvatarBatch extends Construct {
       mapExecutionType: StateMachineType.STANDARD,
       label: 'Personas',
       resultPath: '$.map',
-    }).itemProcessor(waitTurn.next(runPersona.next(personaDone)));
+    }).itemProcessor(waitTurn.next(linkToParent).next(runPersona.next(personaDone)));
 
     const reportBatch = stageTask(this, 'ReportBatch', {
       stage: 'report-batch',

@@ -94,7 +94,9 @@ function progressOf(event: EventLog, entered: Map<string, number>): ProgressEven
  * as the Cause instead, so it is left behind here.
  */
 function asLambdaReports(error: unknown): never {
-  if (!(error instanceof Error) || error.cause === undefined) throw error;
+  // Lambda's Node runtime reports a thrown non-Error by its type (aws-lambda-nodejs-runtime-interface-client, toRapidResponse).
+  if (!(error instanceof Error)) throw Object.assign(new Error(String(error)), { name: typeof error });
+  if (error.cause === undefined) throw error;
   const reported = new Error(error.message);
   reported.name = error.name;
   throw reported;

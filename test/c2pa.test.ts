@@ -8,6 +8,7 @@ import { manifestActions, readC2pa, signC2pa, TRAINED_ALGORITHMIC_MEDIA, type C2
 import { pemSigner, profileProblem, signerFromSecret, signingFromEnv, signingSource } from '../lambdas/publish/signer.ts';
 import { devSigningFiles, issueSigningCertificate, type SigningCertificate } from '../local/certificates.ts';
 import { listenOnLoopback, readBody, sendJson, type LoopbackServer } from '../local/loopback-server.ts';
+import { readWithCaiWebSdk } from './c2pa-web.ts';
 import { holdsC2paWhereExpected, tempDir, withOnePixelByteChanged } from './support.ts';
 
 const formats = ['png', 'webp', 'jpeg'] as const;
@@ -126,6 +127,20 @@ describe('the C2PA signing certificate', () => {
     expect(() => pemSigner(noOrganization.certificatePem, noOrganization.privateKeyPem, 'chain.pem and key.pem')).toThrow(
       /^chain\.pem and key\.pem: the signing certificate "Nameless signer" does not meet the C2PA certificate profile: its subject \(CN=Nameless signer\) has no Organization \(O=\)/,
     );
+  });
+
+  it('off the profile (no O=) is read by the CAI web SDK as a claim signature mismatch, which the profile check prevents', async () => {
+    const noOrganization = await issueSigningCertificate('Nameless signer', { organization: null });
+    const key = createPrivateKey(noOrganization.privateKeyPem);
+    const offProfile: C2paSigner = {
+      name: 'Nameless signer',
+      chain: [new Uint8Array(new X509Certificate(noOrganization.certificatePem).raw)],
+      sign: async (bytes) => sign('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }),
+    };
+    const image = await picture('png');
+    const [withoutOrganization, withOrganization] = await Promise.all([offProfile, signer].map((s) => signC2pa({ bytes: image, format: 'png' }, { title: 'a', actions: [created] }, s, GENERATOR)));
+    expect((await readWithCaiWebSdk(withoutOrganization!, 'image/png')).failures).toContain('claimSignature.mismatch');
+    expect(await readWithCaiWebSdk(withOrganization!, 'image/png')).toEqual({ state: 'Valid', failures: ['signingCredential.untrusted'], signer: 'Example Corp avatars' });
   });
 
   it('makes development certificates that meet the C2PA certificate profile', async () => {

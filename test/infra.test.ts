@@ -374,9 +374,15 @@ describe('the synthesized batch workflow', () => {
   it('runs each persona as a child execution of the persona workflow, named from its request', () => {
     const run = batchStates.RunPersona!;
     expect(run.Resource).toBe('arn:aws:states:::states:startExecution.sync:2');
-    expect(run.Parameters).toEqual({ StateMachineArn: workflowFromTemplate(template.toJSON() as never).stateMachineArn, 'Name.$': '$.name', 'Input.$': '$.input' });
+    expect(run.Parameters).toEqual({
+      StateMachineArn: workflowFromTemplate(template.toJSON() as never).stateMachineArn,
+      'Name.$': '$.name',
+      'Input.$': 'States.JsonMerge($.input, $.startedBy, false)',
+    });
     // Each waits for its turn first: the pacing to the account's image rate.
-    expect(batchStates.WaitTurn).toMatchObject({ Type: 'Wait', TimestampPath: '$.notBefore', Next: 'RunPersona' });
+    expect(batchStates.WaitTurn).toMatchObject({ Type: 'Wait', TimestampPath: '$.notBefore', Next: 'LinkToParent' });
+    // Then names the execution starting it, the Map's own ($$.Execution.Id there), as the service docs ask.
+    expect(batchStates.LinkToParent).toMatchObject({ Type: 'Pass', Parameters: { 'AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$': '$$.Execution.Id' }, ResultPath: '$.startedBy', Next: 'RunPersona' });
   });
 
   it('tolerates any number of failed personas, each caught and reported, and writes the results to S3', () => {

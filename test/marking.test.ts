@@ -12,6 +12,7 @@ import { DEV_SIGNER_NAME } from '../local/certificates.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
+import { readWithCaiWebSdk } from './c2pa-web.ts';
 import { avatars, eventsDir, holdsC2paWhereExpected, persona, startTestEnvironment, team, tempDir, withOnePixelByteChanged } from './support.ts';
 
 /** What a reader that is not ours finds in the file's XMP. */
@@ -59,6 +60,8 @@ describe('avatars marked as AI-generated', () => {
         expect(c2pa!.parent).toMatchObject({ signature_info: { common_name: 'Offline image generator (test)' } });
         expect(manifestActions(c2pa!.parent!)).toEqual([expect.objectContaining({ action: 'c2pa.created', digitalSourceType: TRAINED_ALGORITHMIC_MEDIA })]);
         expect((await readC2pa({ bytes: withOnePixelByteChanged(file, format), format }, env.trustAnchorsPem))?.state, image.key).toBe('Invalid');
+        // As the public's readers see it: valid, only its development signer untrusted.
+        expect(await readWithCaiWebSdk(file, `image/${format}`), image.key).toEqual({ state: 'Valid', failures: ['signingCredential.untrusted'], signer: DEV_SIGNER_NAME });
       }
       const manifest = JSON.parse(await env.deps.store.getText(outcome.output.manifestKey));
       expect(manifest.warnings).toEqual([]);

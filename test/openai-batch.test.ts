@@ -2,11 +2,13 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { estimatedCost } from '../lambdas/plan-batch/core.ts';
+import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/governor.ts';
+import { loadRounds } from '../lambdas/shared/rounds.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { BatchReport } from '../lambdas/report-batch/core.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
-import { avatars, imageCalls, personaLine, runBatch, startBatchWorld, team, tempDir } from './support.ts';
+import { avatars, imageCalls, invoke, personaLine, runBatch, startBatchWorld, startDynamoDb, team, tempDir } from './support.ts';
 
 const work = tempDir('openai-batch');
 
@@ -125,6 +127,29 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     // In batches of two once the queue limit refused four.
     expect(report.openAiBatch!.batches).toHaveLength(1 + 2 + 2);
     expect(report.openAiBatch!.costUsd).toBeCloseTo(report.openAiBatch!.syncCostUsd / 2, 6);
+  }, 120_000);
+
+  it('gives back what a round reserved when it fails mid-way: the batch budget holds only what was paid', async () => {
+    const dynamo = await startDynamoDb();
+    const world = await startBatchWorld({ env: { ...dynamo.env, IMAGE_BUDGET_TABLE: 'image-budget', OPENAI_BATCH_POLL_SECONDS: '1' } });
+    const personasKey = 'batches/leaky/personas.jsonl';
+    await world.deps.store.put(personasKey, `${team(3, 'leaky').join('\n')}\n`, 'application/x-ndjson');
+    const plan = await invoke(world, 'plan-batch', { personasKey, batchId: 'leaky', input: { openAiBatch: true, budgetUsd: 5 } });
+    // Round 1 draws the bases; collected, it has paid for them.
+    let round = await invoke(world, 'submit-round', { plan });
+    for (let polls = 0; round.status !== 'collected' && polls < 100; polls++) {
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the offline batch moves a step every 200 ms
+      round = await invoke(world, 'collect-round', { plan, round });
+    }
+    const state = (await loadRounds(world.deps.store, 'leaky'))!;
+    const paid = state.costUsd;
+    expect(paid).toBeGreaterThan(0);
+    // A base gone: round 2 reads it for its grid's line (an AccessDenied under the role, no s3:ListBucket), after others reserved theirs.
+    await world.deps.store.delete(state.personas[2]!.calls[0]!.drawn!.keys[0]!);
+    const error = (await invoke(world, 'submit-round', { plan }).catch((e: unknown) => e)) as Error;
+    expect(error.name).toBe('AccessDenied');
+    const budget = dynamoStore(budgetTableClient(dynamo.env), 'image-budget');
+    expect(await budget.amount(spendKeys.batch('leaky'))).toBeCloseTo(paid, 6);
   }, 120_000);
 
   it('publishes all of a batch of twelve against a queue limit of six enqueued lines', async () => {

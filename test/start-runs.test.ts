@@ -493,7 +493,7 @@ describe('a batch, planning its personas\u2019 names', () => {
       ['taken', 'SUCCEEDED', `${name}-2`],
       ['fresh', 'SUCCEEDED', executionName(parseRunRequest(JSON.parse(personaLine('fresh'))))],
     ]);
-    // The child execution names its batch, so the console shows it under the batch.
+    // The child names the execution that started it (on AWS the Map's own; the local interpreter gives the batch's), so the console links them.
     const child = await world.deps.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(stateMachineArn, `${name}-2`) }));
     expect(JSON.parse(child.input!).AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID).toBe(executionArn(world.deps.settings.batchStateMachineArn!, 'again'));
   });

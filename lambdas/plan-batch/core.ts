@@ -29,8 +29,6 @@ export interface PlanBatchEvent {
   batchId: string;
   /** The batch execution's input: `{ personasKey, budgetUsd?, openAiBatch? }`. */
   input?: { budgetUsd?: unknown; openAiBatch?: unknown };
-  /** The batch execution's ARN: its child executions name it, so the console links them to it. */
-  executionId?: string;
 }
 
 /** One persona the batch runs: a line of items.jsonl, read by the Distributed Map. */
@@ -39,7 +37,7 @@ export interface BatchItem {
   line: number;
   /** The per-persona execution's name. */
   name: string;
-  input: RunRequest & { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID?: string };
+  input: RunRequest;
   /** Batch mode: the names of the request's earlier attempts, whose drawn images it takes over. */
   earlier?: string[];
   /** Its turn (ISO 8601): the child execution starts no earlier. */
@@ -273,8 +271,6 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
       ...request,
       ...(apiMode === 'batch' ? { imageApi: apiMode } : {}),
       ...(budgetUsd === undefined ? {} : { budget: { batchId: event.batchId, usd: budgetUsd } }),
-      // Step Functions' own key: the console shows the child under its batch.
-      ...(event.executionId ? { AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: event.executionId } : {}),
     };
     items.push({ personaId: request.persona.id, line, name, input, notBefore, ...(apiMode === 'batch' ? { earlier: attemptsBefore(executionName(request), name) } : {}) });
     imageCalls += imageCallsOf(request, defaultImages);

@@ -120,16 +120,21 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     added.push(spendKeys.day(day));
     if (call.budget) {
       const { batchId, usd: budget } = call.budget;
-      if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
+      try {
+        if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
+          const spent = await store.amount(spendKeys.batch(batchId));
+          throw new BudgetExhausted(
+            `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
+          );
+        }
+        added.push(spendKeys.batch(batchId));
+        await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt);
+        added.push(spendKeys.dayOfBatch(day, batchId));
+      } catch (error) {
+        // A reservation made in part is given back whole.
         await adjust(added, -usd);
-        const spent = await store.amount(spendKeys.batch(batchId));
-        throw new BudgetExhausted(
-          `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
-        );
+        throw error;
       }
-      added.push(spendKeys.batch(batchId));
-      await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt);
-      added.push(spendKeys.dayOfBatch(day, batchId));
     }
     return { usd, keys: added };
   }
@@ -140,7 +145,10 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     async take(call, maxWaitMs) {
       const reservation = await reserve(call);
       // Turns are real time, as the API counts them; the clock says which day's spending this is.
-      const wait = await store.turn(`rate#${call.model}`, call.images, intervalMs, earlyMs, maxWaitMs, Date.now());
+      const wait = await store.turn(`rate#${call.model}`, call.images, intervalMs, earlyMs, maxWaitMs, Date.now()).catch(async (error: unknown) => {
+        await adjust(reservation.keys, -reservation.usd);
+        throw error;
+      });
       if (wait > maxWaitMs) {
         await adjust(reservation.keys, -reservation.usd);
         throw new ImageTurnLater(`${call.what}: the account's next image turn at ${limits.imagesPerMinute} images a minute is ${Math.ceil(wait / 1000)} s away; Step Functions waits and tries again`);

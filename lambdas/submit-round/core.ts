@@ -154,7 +154,11 @@ async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, 
     const estimate = estimateImageCallCost(model, { size: deps.settings.imageSize, quality: deps.settings.imageQuality, n: call.count, promptChars: prompt.length, edit });
     const reservation = await deps.governor.reserve({ what, model, images: call.count, estimatedUsd: estimate === null ? null : estimate * BATCH_API_PRICE, budget: item.input.budget ?? null });
     const body: Record<string, unknown> = { model, prompt, n: call.count, ...imageCallOptions(deps.settings, model, format, edit) };
-    if (edit) body.images = [await reference()];
+    if (edit) body.images = [await reference().catch(async (error: unknown) => {
+      // No line, nothing paid: what was reserved for it goes back.
+      await deps.governor.settle(reservation, 0);
+      throw error;
+    })];
     call.tries++;
     const customId = `${item.line}:${call.id}:${call.tries}:r${round}`;
     call.pending = { customId, reservation, model };
@@ -212,19 +216,26 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   // A persona's grids share one reference: its base read (and uploaded) once.
   const references = new Map<PersonaDraws, Promise<Record<string, string>>>();
   const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona)).get(persona)!;
+  let broken: unknown;
   const built = await inPool(ready, CONCURRENCY, async ({ persona, call }) => {
-    const line = persona.failed ? undefined : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n);
+    if (broken !== undefined) return undefined;
+    const line = persona.failed ? undefined : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n).catch((error: unknown) => void (broken ??= error));
     return line && { line, persona, call };
   });
   const entries = built.filter((e) => !!e);
-  // Nothing could be sent for a passing cause: Step Functions tries the round again, with backoff.
-  const passing = ready.find(({ persona, call }) => !persona.failed && call.lastError && PASSING.has(call.lastError.error) && !call.pending);
-  if (entries.length === 0 && passing) throw Object.assign(new Error(passing.call.lastError!.cause), { name: passing.call.lastError!.error });
   const unsend = async ({ call }: { call: CallState }, why?: { error: string; cause: string }) => {
     await deps.governor.settle(call.pending!.reservation, 0);
     delete call.pending;
     if (why) call.lastError = why;
   };
+  if (broken !== undefined) {
+    // The round cannot be sent: every line it reserved gives its money back before it fails.
+    for (const entry of entries) await unsend(entry);
+    throw broken;
+  }
+  // Nothing could be sent for a passing cause: Step Functions tries the round again, with backoff.
+  const passing = ready.find(({ persona, call }) => !persona.failed && call.lastError && PASSING.has(call.lastError.error) && !call.pending);
+  if (entries.length === 0 && passing) throw Object.assign(new Error(passing.call.lastError!.cause), { name: passing.call.lastError!.error });
   // A persona refused before its round (its budget, its prompt) sends none of its lines.
   for (const entry of entries.filter((e) => e.persona.failed)) await unsend(entry);
   const sending = entries.filter((e) => !e.persona.failed);
