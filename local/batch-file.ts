@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline';
 import { triageLines } from '../lambdas/plan-batch/core.ts';
 import type { RunRequest } from '../lambdas/shared/persona.ts';
 import type { ObjectStore } from '../lambdas/shared/store.ts';
-import { idFromFileName, parsePersonaLine, type Problem } from '../lambdas/shared/run-input.ts';
+import { idFromFileName, parsePersonaLine, personaFileKind, type Problem } from '../lambdas/shared/run-input.ts';
 import { batchName, contentHash } from '../lambdas/shared/run-name.ts';
 import { UsageError } from './commands/common.ts';
 
@@ -23,6 +23,7 @@ export interface BatchFile {
 }
 
 export async function readBatchFile(path: string, flags: { images?: number; mode?: string }): Promise<BatchFile> {
+  if (personaFileKind(path) === 'json') throw new UsageError(`${path} is a .json file, one persona: avatars run ${path} runs it; avatars batch takes a .jsonl file, one persona per line`);
   const hash = contentHash();
   const lines: string[] = [];
   const problems: Problem[] = [];

@@ -84,7 +84,8 @@ export async function issueSigningCertificate(
   };
 }
 
-export const DEV_SIGNER_NAME = 'persona-avatars development (untrusted)';
+/** No reader trusts it unless told to: `avatars verify` says so of what it signed. */
+export const DEV_SIGNER_NAME = 'persona-avatars development';
 
 export interface DevSigningFiles {
   /** The development CA: pass it to a C2PA reader as trust anchor to see "Trusted". */
@@ -100,8 +101,8 @@ export interface DevSigningFiles {
 export async function devSigningFiles(dir: string): Promise<DevSigningFiles> {
   const files = { ca: join(dir, 'dev-ca.pem'), certificate: join(dir, 'dev-signer.pem'), privateKey: join(dir, 'dev-signer.key') };
   const made = existsSync(files.certificate) && existsSync(files.privateKey) && existsSync(files.ca) ? new x509.X509Certificate(readFileSync(files.certificate, 'utf8')) : undefined;
-  // One made before the certificate profile was met (no O=) is made again too.
-  const current = made && made.notAfter.getTime() > Date.now() + DAY_MS && /\bO=/.test(made.subject);
+  // One made before the certificate profile was met (no O=), or under another name, is made again too.
+  const current = made && made.notAfter.getTime() > Date.now() + DAY_MS && /\bO=/.test(made.subject) && made.subject.includes(`CN=${DEV_SIGNER_NAME},`);
   if (!current) {
     const issued = await issueSigningCertificate(DEV_SIGNER_NAME);
     mkdirSync(dir, { recursive: true });

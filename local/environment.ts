@@ -20,6 +20,7 @@ import { budgetTableClient, ensureBudgetTable, governorClient } from '../lambdas
 import { devSigningFiles } from './certificates.ts';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.ts';
 import { localFaceFinder } from './face-worker.ts';
+import type { FiredFault } from './faults.ts';
 import { startOfflineBackend, type Fault, type OfflineBackend } from './offline-openai.ts';
 import { installIamCheck } from './iam.ts';
 import { useBudgetTable } from './runner.ts';
@@ -33,6 +34,8 @@ export interface LocalEnvironmentOptions {
   /** CDK context the settings start from (default: cdk.json's, as `cdk synth` reads it). */
   context?: Record<string, unknown>;
   faults?: Fault[];
+  /** Told each time one of `faults` fires. */
+  onFault?: (fired: FiredFault) => void;
   latencyMs?: number;
   /** Models the offline backend answers `model_not_found` for (default: those shut down by the clock's day). */
   retiredModels?: string[];
@@ -125,6 +128,8 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       ...(options.retiredModels ? { retiredModels: options.retiredModels } : {}),
       ...(options.imagesPerMinute ? { imagesPerMinute: options.imagesPerMinute } : {}),
       ...(options.batchQueueLimit ? { batchQueueLimit: options.batchQueueLimit } : {}),
+      ...(options.onFault ? { onFault: options.onFault } : {}),
+      batchDir: join(options.dataDir, 'openai'),
     });
     closers.push(backend.close);
     // Its batches are done in seconds: looked at every second, not every minute.

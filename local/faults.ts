@@ -9,18 +9,19 @@ export type Route = (typeof ROUTES)[number];
 
 const IMAGES: Route[] = ['generations', 'edits'];
 
+/** `routes`: what a kind hits without `@`; `also`: where else `@ROUTE` may send it, and what it does there. */
 export const FAULT_KINDS = {
-  'rate-limit': { routes: IMAGES, does: '429 with retry-after: 1' },
-  'server-error': { routes: IMAGES, does: 'a 500' },
-  hang: { routes: IMAGES, does: 'no answer: the call times out (locally after a short wait)' },
-  policy: { routes: IMAGES, does: 'a moderation_blocked refusal' },
-  layout: { routes: ['edits'], does: 'a grid of three panels, drawn again' },
-  'model-gone': { routes: IMAGES, does: 'model_not_found, as a retired model answers' },
-  corrupt: { routes: IMAGES, does: 'a truncated image' },
-  flagged: { routes: ['moderations'], does: 'the moderation check flags the prompt' },
-  impostor: { routes: ['edits'], does: "another person in a grid's second panel" },
-  expire: { routes: ['batches'], does: 'an OpenAI batch expires half done: what it drew is kept, the rest is never drawn' },
-} satisfies Record<string, { routes: Route[]; does: string }>;
+  'rate-limit': { routes: IMAGES, does: '429 with retry-after: 1', also: { chat: 'a 429', moderations: 'a 429', batches: "a batch failed for the queue limit after it was created, as OpenAI's is" } },
+  'server-error': { routes: IMAGES, does: 'a 500', also: { chat: 'a 500', moderations: 'a 500' } },
+  hang: { routes: IMAGES, does: 'no answer: the call times out (locally after a short wait)', also: { chat: 'no answer', moderations: 'no answer' } },
+  policy: { routes: IMAGES, does: 'a moderation_blocked refusal', also: {} },
+  layout: { routes: ['edits'], does: 'a grid of three panels, drawn again', also: {} },
+  'model-gone': { routes: IMAGES, does: 'model_not_found, as a retired model answers', also: { chat: 'model_not_found' } },
+  corrupt: { routes: IMAGES, does: 'a truncated image', also: {} },
+  flagged: { routes: ['moderations'], does: 'the moderation check flags the prompt', also: {} },
+  impostor: { routes: ['edits'], does: "another person in a grid's second panel", also: {} },
+  expire: { routes: ['batches'], does: 'an OpenAI batch expires half done: what it drew is kept, the rest is never drawn', also: {} },
+} satisfies Record<string, { routes: Route[]; does: string; also: Partial<Record<Route, string>> }>;
 
 export type FaultKind = keyof typeof FAULT_KINDS;
 
@@ -35,6 +36,12 @@ export interface Fault {
 const kinds = Object.keys(FAULT_KINDS) as FaultKind[];
 export const FAULT_SYNTAX = `KIND[:TIMES|always][@${ROUTES.join('|')}]`;
 
+/** Every endpoint a kind can hit, with `@`. */
+export function routesOfKind(kind: FaultKind): Route[] {
+  const { routes, also } = FAULT_KINDS[kind];
+  return [...routes, ...(Object.keys(also) as Route[])];
+}
+
 /** The endpoints a fault hits. */
 export function routesOf(fault: Fault): readonly Route[] {
   return fault.route ? [fault.route] : FAULT_KINDS[fault.kind].routes;
@@ -44,6 +51,10 @@ function parseFault(spec: string): Fault {
   const match = new RegExp(`^(${kinds.join('|')})(?::(\\d+|always))?(?:@(${ROUTES.join('|')}))?$`).exec(spec);
   if (!match) throw new UsageError(`unknown fault "${spec}": use ${FAULT_SYNTAX}, KIND one of ${kinds.join(', ')}`);
   const times = match[2] === 'always' ? Infinity : Number(match[2] ?? 1);
+  const kind = match[1] as FaultKind;
+  const route = match[3] as Route | undefined;
+  // A fault that could never fire would only hide that nothing was tried.
+  if (route && !routesOfKind(kind).includes(route)) throw new UsageError(`fault "${spec}": ${kind} can hit ${routesOfKind(kind).join(', ')}, not ${route}`);
   return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}) };
 }
 
@@ -55,6 +66,26 @@ export function parseFaults(specs: string[]): Fault[] {
 /** One line per kind, for `--help`. */
 export function faultHelp(): string {
   return `offline backend fault, ${FAULT_SYNTAX} (TIMES default 1; ROUTE default the kind's):\n${kinds
-    .map((k) => `  ${k} (@${FAULT_KINDS[k].routes.join('|')}): ${FAULT_KINDS[k].does}`)
+    .map((k) => {
+      const { routes, does, also } = FAULT_KINDS[k];
+      const elsewhere = Object.entries(also).map(([route, what]) => `; @${route}: ${what}`);
+      return `  ${k} (@${routes.join('|')}): ${does}${elsewhere.join('')}`;
+    })
     .join('\n')}`;
+}
+
+/** A fault that fired: which, where, and how many of its times it has used. */
+export interface FiredFault {
+  fault: Fault;
+  route: Route;
+  /** This firing's number, from 1; `of` is Infinity for `always`. */
+  nth: number;
+  of: number;
+}
+
+/** What a run prints when a fault the user asked for fires, so no fault goes unseen. */
+export function describeFiredFault({ fault, route, nth, of }: FiredFault): string {
+  const { does, also } = FAULT_KINDS[fault.kind] as { does: string; also: Partial<Record<Route, string>> };
+  const what = (FAULT_KINDS[fault.kind].routes as Route[]).includes(route) ? does : (also[route] ?? does);
+  return `⚡ fault ${fault.kind}@${route} (${nth}${of === Infinity ? '' : ` of ${of}`}): ${what}`;
 }

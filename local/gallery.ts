@@ -23,11 +23,14 @@ export async function writeContactSheet(files: string[], path: string): Promise<
 export async function writeGallery(dir: string, result: PublishResult, files: string[], prompt: string): Promise<void> {
   const figures = result.images
     .map((image, i) => {
-      const identity = image.identity ? ` · ${image.identity.pass ? '✓' : '✗'} ${escape(image.identity.reason)}` : '';
+      // A flagged avatar (IDENTITY_POLICY=flag) is marked on the image itself, not only in words.
+      const flagged = image.identity && !image.identity.pass;
+      const identity = image.identity ? ` · ${image.identity.pass ? '✓' : '⚑ flagged:'} ${escape(image.identity.reason)}` : '';
       const { signed, signer, parent } = image.provenance;
       const drawn = parent.signedBy ? `; drawn image signed by ${escape(parent.signedBy)}` : '';
-      const marking = ` · AI-generated (IPTC XMP${signed ? `; C2PA signed by ${escape(signer ?? '')}${drawn}` : ', not signed'})`;
-      return `<figure><img src="${escape(files[i]!)}" alt="avatar ${image.n}"><figcaption>${image.n} · ${image.width}×${image.height}${identity}${marking}</figcaption></figure>`;
+      // One line; who signed what on demand.
+      const marking = `<details><summary>AI-generated${signed ? ', C2PA signed' : ', not signed'}</summary>IPTC XMP${signed ? `; C2PA signed by ${escape(signer ?? '')}${drawn}` : '; no C2PA manifest'}</details>`;
+      return `<figure${flagged ? ' class="flagged"' : ''}><img src="${escape(files[i]!)}" alt="avatar ${image.n}${flagged ? ' (flagged)' : ''}"><figcaption>${image.n} · ${image.width}×${image.height}${identity}${marking}</figcaption></figure>`;
     })
     .join('\n');
   const html = `<!doctype html>
@@ -37,6 +40,8 @@ export async function writeGallery(dir: string, result: PublishResult, files: st
 body{font-family:system-ui,sans-serif;background:#111;color:#eee;margin:2rem}
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:1rem}
 img{width:100%;border-radius:8px;display:block}figcaption{font-size:.8rem;color:#aaa;margin-top:.3rem}
+figure{margin:0}.flagged img{outline:4px solid #e5484d;outline-offset:-4px;opacity:.75}.flagged figcaption{color:#ff8a8a}
+summary{cursor:pointer}details{margin-top:.2rem}
 p{max-width:60rem;color:#ccc}
 </style>
 <h1>${escape(result.personaId)}</h1>

@@ -7,8 +7,14 @@
  * its undrawn lines in the error file as `batch_expired`. The queue limit (`queueLimit` enqueued
  * lines, or `rate-limit@batches` once) fails a batch as OpenAI does: created, then `failed` with
  * `token_limit_exceeded`, not a 429 (OpenAI counts enqueued tokens; lines stand for them here).
+ *
+ * With `dir`, its files and batches are kept there, as OpenAI keeps them between calls: a later
+ * process (`avatars invoke collect-round` after `submit-round`) finds them, a batch that was
+ * still running when its process ended done by the time the new one answers.
  */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { join } from 'node:path';
 import type { Clock } from '../lambdas/shared/clock.ts';
 import type { BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
 import type { Fault, Route } from './faults.ts';
@@ -46,6 +52,8 @@ interface Batch {
 
 export interface BatchEndpointsDeps {
   clock: Clock;
+  /** Where files and batches are kept between processes; in memory only without it. */
+  dir?: string | undefined;
   /** Lines that may be enqueued at once (validating, in progress, finalizing), across batches. */
   queueLimit?: number | undefined;
   stepMs: number;
@@ -71,12 +79,29 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
   const batches = new Map<string, Batch>();
   const lines: BatchRequestLine[] = [];
   const running = new Set<Promise<void>>();
-  let counter = 0;
-  const pause = () => new Promise((resolve) => setTimeout(resolve, deps.stepMs));
+  // Each kind numbered on its own, as the fixtures name them: file-offline1, batch_offline1.
+  const counters = { file: 0, batch: 0, request: 0 };
+  let stepMs = deps.stepMs;
+  const pause = () => new Promise((resolve) => setTimeout(resolve, stepMs));
+
+  const kept = deps.dir && join(deps.dir, 'state.json');
+  const keptBytes = (id: string) => join(deps.dir!, 'files', id);
+  /** Written after each change: small (the bytes of files are kept beside it, once). */
+  const save = () => {
+    if (!kept) return;
+    const state = { counters, files: [...files.values()].map(({ bytes: _bytes, ...file }) => file), batches: [...batches.values()] };
+    mkdirSync(deps.dir!, { recursive: true });
+    writeFileSync(kept, JSON.stringify(state));
+  };
 
   const storeFile = (filename: string, purpose: string, bytes: Buffer): StoredFile => {
-    const file = { id: `file-offline${++counter}`, filename, purpose, bytes, created_at: seconds(deps.clock) };
+    const file = { id: `file-offline${++counters.file}`, filename, purpose, bytes, created_at: seconds(deps.clock) };
     files.set(file.id, file);
+    if (deps.dir) {
+      mkdirSync(join(deps.dir, 'files'), { recursive: true });
+      writeFileSync(keptBytes(file.id), bytes);
+    }
+    save();
     return file;
   };
   const fileObject = ({ bytes, ...file }: StoredFile) => ({ ...file, object: 'file', bytes: bytes.length, status: 'processed' });
@@ -117,6 +142,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     const model = String(requests[0]?.body.model ?? '');
     const message = `Enqueued token limit reached for ${model} in organization org-offline. Limit: ${limit ?? enqueuedUpTo(batch) - requests.length} enqueued lines. Please try again once some in_progress batches have been completed.`;
     Object.assign(batch, { status: 'failed', failed_at: seconds(deps.clock), errors: { object: 'list', data: [{ code: 'token_limit_exceeded', message, param: null, line: null }] } });
+    save();
     return true;
   }
 
@@ -124,6 +150,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     await pause();
     if (batch.status !== 'validating' || overQueueLimit(batch, requests, queueFault)) return;
     Object.assign(batch, { status: 'in_progress', in_progress_at: seconds(deps.clock) });
+    save();
     const output: string[] = [];
     const errors: string[] = [];
     const upTo = expire ? Math.floor(requests.length / 2) : requests.length;
@@ -131,17 +158,18 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
       // A cancel may have come in meanwhile.
       if (statusOf(batch) !== 'in_progress') break;
       const reply = await answer(request);
-      const line = JSON.stringify({ id: `batch_req_${++counter}`, custom_id: request.custom_id, response: { status_code: reply.status, request_id: `req_${counter}`, body: reply.body }, error: null });
+      const line = JSON.stringify({ id: `batch_req_${++counters.request}`, custom_id: request.custom_id, response: { status_code: reply.status, request_id: `req_${counters.request}`, body: reply.body }, error: null });
       (reply.status === 200 ? output : errors).push(`${line}\n`);
       batch.request_counts[reply.status === 200 ? 'completed' : 'failed']++;
     }
     // OpenAI writes what an expired batch never ran to the error file.
     for (const request of requests.slice(upTo)) {
       if (!expire) break;
-      errors.push(`${JSON.stringify({ id: `batch_req_${++counter}`, custom_id: request.custom_id, response: null, error: { code: 'batch_expired', message: 'This request could not be executed before the completion window expired.' } })}\n`);
+      errors.push(`${JSON.stringify({ id: `batch_req_${++counters.request}`, custom_id: request.custom_id, response: null, error: { code: 'batch_expired', message: 'This request could not be executed before the completion window expired.' } })}\n`);
       batch.request_counts.failed++;
     }
     Object.assign(batch, { status: 'finalizing', finalizing_at: seconds(deps.clock) });
+    save();
     await pause();
     if (output.length > 0) batch.output_file_id = storeFile('batch_output.jsonl', 'batch_output', Buffer.from(output.join(''))).id;
     if (errors.length > 0) batch.error_file_id = storeFile('batch_errors.jsonl', 'batch_output', Buffer.from(errors.join(''))).id;
@@ -149,6 +177,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     if (statusOf(batch) === 'cancelling') Object.assign(batch, { status: 'cancelled', cancelled_at: now });
     else if (expire) Object.assign(batch, { status: 'expired', expired_at: now });
     else Object.assign(batch, { status: 'completed', completed_at: now });
+    save();
   }
 
   async function createBatch(body: Record<string, unknown>, res: ServerResponse): Promise<void> {
@@ -164,7 +193,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     const wrong = requests.findIndex((r) => r.url !== endpoint || r.method !== 'POST' || !r.custom_id);
     const now = seconds(deps.clock);
     const batch: Batch = {
-      id: `batch_offline${++counter}`,
+      id: `batch_offline${++counters.batch}`,
       object: 'batch',
       endpoint,
       input_file_id: input.id,
@@ -184,6 +213,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
       metadata: (body.metadata as Record<string, string> | undefined) ?? null,
     };
     batches.set(batch.id, batch);
+    save();
     if (wrong < 0) {
       lines.push(...requests);
       const job = run(batch, requests, fault?.kind === 'expire', fault?.kind === 'rate-limit').finally(() => running.delete(job));
@@ -192,8 +222,34 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     sendJson(res, 200, batch);
   }
 
+  const requestsOf = (batch: Batch) =>
+    files.get(batch.input_file_id)!.bytes.toString('utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as BatchRequestLine);
+
+  // What an earlier process kept: its files and batches, each batch it left running drawn anew.
+  if (kept && existsSync(kept)) {
+    const state = JSON.parse(readFileSync(kept, 'utf8')) as { counters: typeof counters; files: Omit<StoredFile, 'bytes'>[]; batches: Batch[] };
+    Object.assign(counters, state.counters);
+    for (const file of state.files) files.set(file.id, { ...file, bytes: readFileSync(keptBytes(file.id)) });
+    for (const batch of state.batches) batches.set(batch.id, batch);
+  }
+  const unfinished = [...batches.values()].filter((b) => ['validating', 'in_progress', 'finalizing', 'cancelling'].includes(b.status));
+
   return {
     lines,
+    /** Draws the batches an earlier process left running, at once: the time between the two passed. */
+    resume: async () => {
+      stepMs = 0;
+      for (const batch of unfinished) {
+        if (batch.status === 'cancelling') {
+          Object.assign(batch, { status: 'cancelled', cancelled_at: seconds(deps.clock) });
+          save();
+          continue;
+        }
+        Object.assign(batch, { status: 'validating', request_counts: { ...batch.request_counts, completed: 0, failed: 0 } });
+        await run(batch, requestsOf(batch), false, false);
+      }
+      stepMs = deps.stepMs;
+    },
     /** Waits for the batches still running. */
     settled: async () => {
       while (running.size > 0) await Promise.all([...running]);
@@ -231,6 +287,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
       if (!found) notFound(res, `batch: ${batch[1]}`);
       else if (batch[2] && req.method === 'POST') {
         if (found.status === 'validating' || found.status === 'in_progress') Object.assign(found, { status: 'cancelling' });
+        save();
         sendJson(res, 200, found);
       } else sendJson(res, 200, found);
       return true;

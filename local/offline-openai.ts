@@ -16,7 +16,7 @@ import { IMAGE_MODELS, isShutDown, parseSize, sizeProblem } from '../lambdas/sha
 import { signC2pa, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/c2pa.ts';
 import { pemSigner } from '../lambdas/publish/signer.ts';
 import { issueSigningCertificate } from './certificates.ts';
-import { routesOf, type Fault, type Route } from './faults.ts';
+import { routesOf, type Fault, type FiredFault, type Route } from './faults.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { batchEndpoints } from './offline-batches.ts';
 import type { BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
@@ -60,6 +60,10 @@ export interface OfflineBackendOptions {
   batchStepMs?: number;
   /** The Batch API's queue limit, in lines enqueued at once: a batch past it fails `token_limit_exceeded`. */
   batchQueueLimit?: number;
+  /** Told each time a fault fires. */
+  onFault?: (fired: FiredFault) => void;
+  /** Where the Batch API keeps its files and batches between processes (in memory only without it). */
+  batchDir?: string;
 }
 
 export interface OfflineBackend {
@@ -220,9 +224,14 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   const edits = new Map<string, number>();
   let counter = 0;
 
+  const asked = new Map(faults.map((f) => [f, { of: f.times, nth: 0 }]));
   const takeFault = (route: Route): Fault | undefined => {
     const fault = faults.find((f) => f.times > 0 && routesOf(f).includes(route));
-    if (fault) fault.times--;
+    if (!fault) return undefined;
+    fault.times--;
+    const count = asked.get(fault)!;
+    count.nth++;
+    options.onFault?.({ fault, route, ...count });
     return fault;
   };
 
@@ -326,7 +335,8 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     return invalid && errorReply(400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
   };
 
-  const batchApi = batchEndpoints({ clock, stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
+  const batchApi = batchEndpoints({ clock, dir: options.batchDir, stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
+  await batchApi.resume();
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '').split('?')[0]!.replace(/^\/v1/, '');

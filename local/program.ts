@@ -29,7 +29,12 @@ const action =
   };
 
 export function program(): Command {
-  const cli = new Command('avatars').description('persona-avatars: persona in, consistent avatar photos out').showHelpAfterError();
+  const cli = new Command('avatars')
+    .description('persona-avatars: persona in, consistent avatar photos out')
+    // A command used wrongly: one line saying what, a hint, exit 2 (a failed run or batch is 1).
+    .showHelpAfterError('(avatars --help lists the commands)')
+    .configureOutput({ outputError: (message, write) => write(`avatars: ${message.replace(/^error: /, '')}`) })
+    .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));
   const dataOption = new Option('--data <dir>', 'where the embedded S3 keeps its data').default('.avatars');
   const faultOption = new Option('--fault <spec...>', faultHelp()).default([]);
   const personaArgument = new Argument('<persona.json>', 'a persona, or an execution input { "persona": …, "images": 8 }');
@@ -115,6 +120,7 @@ export function program(): Command {
     .option('--rows <n>', 'rows in each grid', int('--rows'), 2)
     .option('--cols <n>', 'columns in each grid', int('--cols'), 2)
     .addOption(new Option('--format <format>', 'tile format').choices(['png', 'webp', 'jpeg']).default('png'))
+    .option('--seams', 'also cut a grid drawn without gutters, at its strongest seams (without it, an image with no gutters is refused as no grid)')
     .action(action(async () => (await import('./commands/split.ts')).splitCommand));
   cli
     .command('verify')
@@ -135,5 +141,6 @@ export function program(): Command {
     .description('print the settings a run uses (cdk.json context, then the environment) and where each came from')
     .option('--markdown', 'print every setting as README\u2019s configuration table')
     .action(action(async () => (await import('./commands/config.ts')).configCommand));
+  for (const command of cli.commands) command.showHelpAfterError(`(avatars ${command.name()} --help shows its usage)`);
   return cli;
 }

@@ -125,7 +125,7 @@ describe('avatars batch', () => {
     const fixed = await avatars(cwd, ['batch', 'team.jsonl']);
     expect(fixed.code).toBe(0);
     expect(fixed.stdout).toMatch(/✓ batch team-[0-9a-f]{16}-2: 3 published, 0 failed, 0 skipped/);
-    const report = JSON.parse(readFileSync(join(cwd, 'out', 'batches', fixed.stdout.match(/batch (team-[0-9a-f]{16}-2)/)![1]!, 'report.json'), 'utf8')) as BatchReport;
+    const report = JSON.parse(readFileSync(fixed.stdout.match(/report: (\S+report\.json);/)![1]!, 'utf8')) as BatchReport;
     // Each persona ran as a new attempt: the failed one's name is kept with its failure record.
     for (const p of report.personas) expect(p.name).toMatch(new RegExp(`^${p.personaId}-[0-9a-f]{16}-2$`));
 

@@ -65,6 +65,15 @@ describe('avatars split', () => {
     expect(stderr).toMatch(/three\.png: GridLayoutMismatch: .* is not a 2x2 grid/);
     expect(readdirSync(out)).toEqual(['good']);
   });
+
+  it('says it found no grid in a single avatar instead of cutting it, and exits 1', async () => {
+    const single = join(work, 'single.png');
+    writeFileSync(single, await drawAvatar(lookFor('single'), 1024, 1024, 0));
+    const { code, stderr } = await avatars('split', single, '--out', join(work, 'single-tiles'));
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/single\.png: GridLayoutMismatch: .*found no grid, no gutters between panels/);
+    expect(existsSync(join(work, 'single-tiles', 'single'))).toBe(false);
+  });
 });
 
 describe('avatars invoke', () => {
@@ -89,6 +98,19 @@ describe('avatars invoke', () => {
     const reported = await avatars('invoke', 'report-batch', '--event', join(eventsDir, 'report-batch.json'), '--data', data);
     expect(reported.code, reported.stderr).toBe(0);
     expect(JSON.parse(reported.stdout)).toMatchObject({ reportKey: 'batches/example-batch/report.json', counts: { total: 6, FAILED: 6 } });
+    // Batch mode's rounds, each its own process: the offline Batch API keeps its batches in --data, as OpenAI keeps them.
+    const submitted = await avatars('invoke', 'submit-round', '--event', join(eventsDir, 'submit-round.json'), '--data', data);
+    expect(submitted.code, submitted.stderr).toBe(0);
+    expect(JSON.parse(submitted.stdout)).toMatchObject({ n: 1, batchIds: JSON.parse(readFileSync(join(eventsDir, 'collect-round.json'), 'utf8')).round.batchIds, status: 'submitted' });
+    const collected = await avatars('invoke', 'collect-round', '--event', join(eventsDir, 'collect-round.json'), '--data', data);
+    expect(collected.code, collected.stderr).toBe(0);
+    expect(JSON.parse(collected.stdout)).toMatchObject({ n: 1, status: 'collected', next: 'submit' });
+  });
+
+  it('names the object a stage could not read', async () => {
+    const { code, stderr } = await avatars('invoke', 'report-batch', '--event', join(eventsDir, 'report-batch.json'), '--data', join(work, 'invoke-nothing'));
+    expect(code).toBe(1);
+    expect(stderr).toContain('s3://avatars/batches/example-batch/');
   });
 
   it('reports the named error of a failing stage and exits 1', async () => {
@@ -136,3 +158,73 @@ describe('offline backend faults', () => {
   });
 });
 
+
+describe('a command used as README shows it', () => {
+  it('exits 2 on an option typo, saying what in one line with a hint, not the whole help', async () => {
+    const { code, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--imgs', '8');
+    expect(code).toBe(2);
+    expect(stderr.trim().split('\n')).toEqual(["avatars: unknown option '--imgs'", '(Did you mean --images?)', '(avatars run --help shows its usage)']);
+  });
+
+  it('leaves only the new avatars in an --out folder an earlier run with more images used, and what else is there', async () => {
+    const out = join(work, 'again');
+    const data = join(work, 'data-again');
+    expect((await avatars('run', join(eventsDir, 'persona.json'), '--images', '8', '--quiet', '--keep-grids', '--out', out, '--data', data)).code).toBe(0);
+    writeFileSync(join(out, 'notes.txt'), 'mine');
+    const second = await avatars('run', join(eventsDir, 'persona.json'), '--images', '4', '--quiet', '--out', out, '--data', data);
+    expect(second.code, second.stderr).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(['contact-sheet.png', 'img_1.png', 'img_2.png', 'img_3.png', 'img_4.png', 'index.html', 'manifest.json', 'notes.txt']);
+  });
+
+  it('prints each fault as it fires: two 429s asked of the edits, two shown', async () => {
+    const { code, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--fault', 'rate-limit:2@edits', '--out', join(work, 'faulted'), '--data', join(work, 'data-faulted'));
+    expect(code, stderr).toBe(0);
+    expect(stderr.split('\n').filter((l) => l.startsWith('⚡'))).toEqual(['⚡ fault rate-limit@edits (1 of 2): 429 with retry-after: 1', '⚡ fault rate-limit@edits (2 of 2): 429 with retry-after: 1']);
+  });
+
+  it('refuses a fault sent where it can do nothing, exit 2', async () => {
+    const { code, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--fault', 'layout@generations', '--data', join(work, 'data-nofault'));
+    expect(code).toBe(2);
+    expect(stderr.trim()).toBe('avatars: fault "layout@generations": layout can hit edits, not generations');
+  });
+
+  it('sends a .json persona given to avatars batch to avatars run, exit 2', async () => {
+    const { code, stderr } = await avatars('batch', join(eventsDir, 'persona.json'), '--data', join(work, 'data-json'));
+    expect(code).toBe(2);
+    expect(stderr.trim()).toBe(`avatars: ${join(eventsDir, 'persona.json')} is a .json file, one persona: avatars run ${join(eventsDir, 'persona.json')} runs it; avatars batch takes a .jsonl file, one persona per line`);
+  });
+
+  it('sends a .jsonl file given to avatars run to avatars batch, exit 2', async () => {
+    const { code, stderr } = await avatars('run', join(eventsDir, 'team.jsonl'), '--data', join(work, 'data-jsonl'));
+    expect(code).toBe(2);
+    expect(stderr).toContain(`avatars batch ${join(eventsDir, 'team.jsonl')} runs them all as a batch`);
+  });
+
+  it('names a persona\u2019s wrong field once', async () => {
+    const file = join(work, 'no-gender.json');
+    const { gender: _gender, ...persona } = JSON.parse(readFileSync(join(eventsDir, 'persona.json'), 'utf8'));
+    writeFileSync(file, JSON.stringify(persona));
+    const { code, stderr } = await avatars('run', file, '--data', join(work, 'data-gender'));
+    expect(code).toBe(1);
+    expect(stderr.trim()).toBe(`✗ ${file}: InvalidPersona: persona.gender: required`);
+  });
+
+  it('saves each batch run\u2019s report in a folder of its own, whatever its --data', async () => {
+    writeFileSync(join(work, 'duo.jsonl'), `${JSON.stringify({ persona: { ...JSON.parse(readFileSync(join(eventsDir, 'persona.json'), 'utf8')), id: 'duo-1' } })}\n`);
+    const runs = [];
+    for (const data of ['data-duo-a', 'data-duo-b']) runs.push(await avatars('batch', 'duo.jsonl', '--json', '--data', data));
+    const folders = runs.map((r) => (JSON.parse(r.stdout) as { outDir: string }).outDir);
+    expect(new Set(folders).size).toBe(2);
+    for (const folder of folders) expect(readdirSync(folder)).toEqual(expect.arrayContaining(['report.json', 'index.html']));
+  });
+
+  it('marks a flagged avatar in the gallery itself, its provenance one line with details on demand', async () => {
+    const out = join(work, 'flagged');
+    const { code, stderr } = await avatarsIn(work, ['run', join(eventsDir, 'persona.json'), '--fault', 'impostor', '--quiet', '--out', out, '--data', join(work, 'data-flagged')], { IDENTITY_POLICY: 'flag' });
+    expect(code, stderr).toBe(0);
+    const html = readFileSync(join(out, 'index.html'), 'utf8');
+    expect(html.match(/<figure class="flagged">/g)).toHaveLength(1);
+    expect(html).toContain('⚑ flagged: another person?');
+    expect(html.match(/<details><summary>AI-generated, C2PA signed<\/summary>/g)).toHaveLength(4);
+  });
+});

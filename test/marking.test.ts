@@ -141,7 +141,7 @@ describe('avatars run and avatars batch against a server whose images carry no p
     writeFileSync(tampered, withOnePixelByteChanged(readFileSync(join(ran.outDir, 'img_1.webp')), 'webp'));
     const verified = await avatars(cwd, ['verify', join(ran.outDir, 'img_1.webp'), join(ran.outDir, 'img_2.webp'), tampered, '--data', 'run-data']);
     expect(verified.code).toBe(1);
-    expect(verified.stdout).toContain(`✓ ${join(ran.outDir, 'img_1.webp')}: C2PA Trusted, signed by ${DEV_SIGNER_NAME}; c2pa.opened`);
+    expect(verified.stdout).toContain(`✓ ${join(ran.outDir, 'img_1.webp')}: C2PA Trusted here only (the local development CA), signed by ${DEV_SIGNER_NAME}; c2pa.opened`);
     expect(verified.stdout).toMatch(/^✗ .*tampered\.webp: C2PA Invalid, .*; [a-zA-Z.]+mismatch/m);
 
     const report = JSON.parse(batch.stdout) as BatchReport;

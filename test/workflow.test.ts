@@ -59,7 +59,10 @@ describe('avatars run, offline end to end', () => {
       }
       expect(readdirSync(out)).toEqual(expect.arrayContaining(['contact-sheet.png', 'index.html', 'manifest.json']));
       expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain('img_1.png');
-      expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain('AI-generated (IPTC XMP; C2PA signed by persona-avatars development (untrusted); drawn image signed by Offline image generator (test))');
+      // Provenance in one line, who signed what on demand.
+      expect(readFileSync(join(out, 'index.html'), 'utf8')).toContain(
+        '<details><summary>AI-generated, C2PA signed</summary>IPTC XMP; C2PA signed by persona-avatars development; drawn image signed by Offline image generator (test)</details>',
+      );
       // The embedded S3 keeps its objects on disk under --data.
       const stored = await storedKeys(data, 'avatars/ada-lovelace/');
       expect(stored.filter((k) => /img_\d+\.png$/.test(k))).toHaveLength(images);
@@ -72,7 +75,7 @@ describe('avatars run, offline end to end', () => {
     writeFileSync(file, JSON.stringify({ ...persona, gender: '' }));
     const { code, stderr } = await avatars('run', file, '--data', join(work, 'data-bad'));
     expect(code).toBe(1);
-    expect(stderr).toMatch(/InvalidPersona: Invalid persona: persona\.gender/);
+    expect(stderr).toMatch(/InvalidPersona: persona\.gender: /);
   });
 
   it('exits non-zero after a policy refusal survives the safer rewrite, leaving a failure record', async () => {

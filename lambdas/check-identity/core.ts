@@ -1,4 +1,4 @@
-import { IdentityMismatch, NotDrawnInBatch } from '../shared/errors.ts';
+import { IdentityMismatch, NotDrawnInBatch, REDRAWN } from '../shared/errors.ts';
 import { runKeys } from '../shared/keys.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { SplitResult } from '../split-grid/core.ts';
@@ -65,7 +65,7 @@ export async function checkIdentity(event: CheckIdentityEvent, deps: StageDeps<'
       await deps.store.putJson(runKeys(event.personaId, event.runId).identityMismatch(split.gridIndex), { reason: why });
       throw new NotDrawnInBatch(`${why}; in batch mode the grid is drawn again in the batch's next OpenAI batch round (twice at most), under the run's next attempt`);
     }
-    throw new IdentityMismatch(`${why}; the workflow draws this grid again, at most twice, then fails the run (IDENTITY_POLICY=flag publishes with verdicts instead)`);
+    throw new IdentityMismatch(`${why}; ${REDRAWN} (IDENTITY_POLICY=flag publishes with verdicts instead)`);
   }
   return { ...split, identity: { policy, threshold, verdicts } };
 }

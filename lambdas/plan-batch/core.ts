@@ -14,7 +14,7 @@ import { avatarKeys, batchKeys } from '../shared/keys.ts';
 import { BATCH_API_PRICE, estimateImageCallCost } from '../shared/models.ts';
 import { gridCounts, type RunRequest } from '../shared/persona.ts';
 import { inPool } from '../shared/pool.ts';
-import { readPersonaLines } from '../shared/run-input.ts';
+import { problemText, readPersonaLines } from '../shared/run-input.ts';
 import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
 import type { Settings } from '../shared/settings.ts';
 import { executionArn } from '../shared/sfn.ts';
@@ -181,7 +181,7 @@ export async function triageLines(
   const firstLine = new Map<string, number>();
   for await (const parsed of readPersonaLines(lines)) {
     if ('problem' in parsed) {
-      skipped.push({ line: parsed.line, status: 'SKIPPED', reason: `not a valid persona: ${parsed.problem.field}: ${parsed.problem.message}` });
+      skipped.push({ line: parsed.line, status: 'SKIPPED', reason: `not a valid persona: ${problemText(parsed.problem)}` });
       continue;
     }
     const id = parsed.request.persona.id;

@@ -29,9 +29,13 @@ export class AvatarError extends Error {
 
 export class InvalidPersona extends AvatarError {
   readonly field: string;
-  constructor(field: string, message: string) {
-    super(ErrorNames.InvalidPersona, `Invalid persona: ${field}: ${message}`);
+  /** What is wrong with the field, without it. */
+  readonly reason: string;
+  constructor(field: string, reason: string) {
+    // The name says it is the persona: the message says which field and why, once.
+    super(ErrorNames.InvalidPersona, `${field}: ${reason}`);
     this.field = field;
+    this.reason = reason;
   }
 }
 
@@ -58,6 +62,12 @@ export class UpstreamError extends AvatarError {
     super(ErrorNames.UpstreamError, message, options);
   }
 }
+
+/**
+ * What becomes of a grid refused for its layout or its person (infra/error-policy.ts,
+ * retryGridAttempt): true of every attempt, the last included.
+ */
+export const REDRAWN = 'a refused grid is drawn at most three times in all, then the run fails';
 
 export class GridLayoutMismatch extends AvatarError {
   constructor(message: string) {

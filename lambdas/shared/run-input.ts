@@ -36,7 +36,7 @@ export function idFromFileName(name: string): string {
 function problemOf(error: unknown, at: Pick<Problem, 'line' | 'item'>, idFrom: string | undefined): Problem {
   if (error instanceof InvalidPersona) {
     const fromName = idFrom !== undefined && error.field === 'persona.id' ? ` (the id "${idFrom}" was taken from the file name: add an "id" to the persona)` : '';
-    return { ...at, field: error.field, message: `${error.message}${fromName}` };
+    return { ...at, field: error.field, message: `${error.reason}${fromName}` };
   }
   if (error instanceof SyntaxError) {
     // JSON.parse counts lines within the text it was given: on a line of a JSON Lines file, only the column means anything.
@@ -123,5 +123,10 @@ export function parsePersonaFile(name: string, text: string): { requests: RunReq
 /** Where a problem is, for a person: "line 3: …", "item 2: …". */
 export function describeProblem(p: Problem): string {
   const where = p.line !== undefined ? `line ${p.line}: ` : p.item !== undefined ? `item ${p.item}: ` : '';
-  return `${where}${p.message}`;
+  return `${where}${problemText(p)}`;
+}
+
+/** What is wrong, without where: the field (not for a whole line or file) and why. */
+export function problemText(p: Problem): string {
+  return p.field.startsWith('(') ? p.message : `${p.field}: ${p.message}`;
 }

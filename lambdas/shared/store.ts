@@ -64,14 +64,25 @@ export class ObjectStore {
   }
 
   async getBytes(key: string): Promise<Buffer> {
-    const answer = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+    const answer = await this.read(key);
     return Buffer.from(await answer.Body!.transformToByteArray());
   }
 
   /** The object's lines as they arrive, without holding the whole object. */
   async *lines(key: string): AsyncGenerator<string> {
-    const answer = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+    const answer = await this.read(key);
     yield* createInterface({ input: answer.Body as Readable, crlfDelay: Infinity });
+  }
+
+  /** A GetObject whose failure names the object: S3's own message ("The specified key does not exist.") does not. */
+  private async read(key: string) {
+    try {
+      return await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+    } catch (error) {
+      const e = error as Error;
+      if (typeof e?.message === 'string' && !e.message.includes(key)) e.message = `${e.message.replace(/\.?$/, '')}: s3://${this.bucket}/${key}`;
+      throw error;
+    }
   }
 
   async getText(key: string): Promise<string> {

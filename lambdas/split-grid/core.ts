@@ -5,6 +5,7 @@ import type { GridResult } from '../generate-grid/core.ts';
 import { GRID_COLS, GRID_ROWS } from '../generate-grid/core.ts';
 import type { Box } from './detect.ts';
 import { splitGrid as splitImage } from './split.ts';
+import { GridLayoutMismatch, REDRAWN } from '../shared/errors.ts';
 
 export interface SplitGridEvent {
   personaId: string;
@@ -44,7 +45,10 @@ export async function splitGrid(event: SplitGridEvent, deps: StageDeps<'store'>)
   } else {
     const format = deps.settings.tileFormat;
     const what = `grid ${generation.gridIndex} for persona ${event.personaId}`;
-    const cut = await splitImage(await deps.store.getBytes(gridKey!), GRID_ROWS, GRID_COLS, format, what);
+    const cut = await splitImage(await deps.store.getBytes(gridKey!), GRID_ROWS, GRID_COLS, format, what).catch((error: unknown) => {
+      if (error instanceof GridLayoutMismatch) error.message += `; ${REDRAWN}`;
+      throw error;
+    });
     tiles = await Promise.all(
       cut.slice(0, generation.count).map(async (tile, i) => {
         const key = keys.tile(generation.gridIndex, i, format);

@@ -284,9 +284,9 @@ function checkSizes(cells: Box[], region: Box, rows: number, cols: number): stri
 
 /**
  * The boxes of a `rows` x `cols` grid, row-major. Throws GridLayoutMismatch when the picture
- * is not such a grid (the model drew 3 or 6 panels).
+ * is not such a grid (the model drew 3 or 6 panels), or, with `gutters`, when no gutter shows it is one.
  */
-export function detectCells(image: RawImage, rows: number, cols: number, what = 'grid'): Box[] {
+export function detectCells(image: RawImage, rows: number, cols: number, what = 'grid', options: { gutters?: boolean } = {}): Box[] {
   if (image.width > MAX_SIDE || image.height > MAX_SIDE) {
     throw new GridLayoutMismatch(`${what} is ${image.width}x${image.height}: no image model draws a grid with a side over ${MAX_SIDE} px`);
   }
@@ -300,10 +300,10 @@ export function detectCells(image: RawImage, rows: number, cols: number, what = 
     (attempts.every((a) => 'cells' in a) ? (attempts[0] as Extract<Cut, { cells: Box[] }>) : undefined);
   const problem = found ? checkSizes(found.cells, region, rows, cols) : attempts.map((a) => ('mismatch' in a ? a.mismatch : '')).find(Boolean);
   if (!found || problem) {
-    throw new GridLayoutMismatch(
-      `${what} is not a ${rows}x${cols} grid: ${problem}; the workflow draws this grid again, at most twice, then fails the run`,
-    );
+    throw new GridLayoutMismatch(`${what} is not a ${rows}x${cols} grid: ${problem}`);
   }
+  // An image without a line of background between any two panels may be no grid at all.
+  if (options.gutters && !found.byGutters) throw new GridLayoutMismatch(`${what}: found no grid, no gutters between panels (a grid drawn without gutters is cut at its seams with --seams)`);
   return found.cells;
 }
 

@@ -24,7 +24,7 @@ async function decode(image: Buffer, what = 'grid'): Promise<RawImage> {
     release(data);
     return { data: flat.data, width, height, channels: flat.info.channels };
   } catch (error) {
-    throw new GridLayoutMismatch(`${what} cannot be decoded (${(error as Error).message.trim()}); the workflow draws this grid again, at most twice, then fails the run`);
+    throw new GridLayoutMismatch(`${what} cannot be decoded (${(error as Error).message.trim()})`);
   }
 }
 
@@ -70,8 +70,8 @@ async function cut(image: Buffer, cellsOf: (raw: RawImage) => Box[], format: Til
 }
 
 /** Cuts a generated grid into its cells, found from the pixels (see detect.ts). */
-export function splitGrid(image: Buffer, rows: number, cols: number, format: TileFormat = 'png', what?: string): Promise<Tile[]> {
-  return cut(image, (raw) => detectCells(raw, rows, cols, what), format, what);
+export function splitGrid(image: Buffer, rows: number, cols: number, format: TileFormat = 'png', what?: string, options: { gutters?: boolean } = {}): Promise<Tile[]> {
+  return cut(image, (raw) => detectCells(raw, rows, cols, what, options), format, what);
 }
 
 /** The seed's equal split, for comparison in the bench. */

@@ -1,7 +1,5 @@
-import { mkdir, writeFile } from 'node:fs/promises';
-import { basename, join, relative, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { BatchPlan } from '../../lambdas/plan-batch/core.ts';
-import { contactSheet } from '../../lambdas/report-batch/contact-sheet.ts';
 import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { projectContext } from '../../infra/context.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
@@ -11,7 +9,8 @@ import { attemptName, MAX_ATTEMPTS } from '../../lambdas/shared/run-name.ts';
 import type { ObjectStore } from '../../lambdas/shared/store.ts';
 import { nothingToRun, readBatchFile } from '../batch-file.ts';
 import { startLocalEnvironment, UNLIMITED_IMAGES_PER_MINUTE } from '../environment.ts';
-import { parseFaults } from '../faults.ts';
+import { batchFolder, saveReport } from '../outputs.ts';
+import { describeFiredFault, parseFaults } from '../faults.ts';
 import { runLocally, type ProgressEvent } from '../runner.ts';
 import { UsageError } from './common.ts';
 import type { RunFlags } from './run.ts';
@@ -80,22 +79,6 @@ async function freshAttempt(store: ObjectStore, name: string): Promise<string> {
   throw new UsageError(`batch ${name} has run ${MAX_ATTEMPTS} times in this --data folder; use another --data folder`);
 }
 
-/** The report and contact sheet in a folder a person opens, each avatar copied beside them. */
-async function saveReport(store: ObjectStore, report: BatchReport, outDir: string): Promise<void> {
-  await mkdir(outDir, { recursive: true });
-  const local = new Map<string, string>();
-  for (const persona of report.personas) {
-    for (const avatar of persona.avatars ?? []) {
-      const file = join(outDir, persona.personaId!, basename(avatar.key));
-      await mkdir(join(outDir, persona.personaId!), { recursive: true });
-      await writeFile(file, await store.getBytes(avatar.key));
-      local.set(avatar.key, relative(outDir, file));
-    }
-  }
-  await writeFile(join(outDir, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
-  await writeFile(join(outDir, 'index.html'), contactSheet(report, (avatar) => local.get(avatar.key) ?? avatar.url ?? avatar.key));
-}
-
 export async function batchCommand(file: string, flags: BatchFlags): Promise<number> {
   const batch = await readBatchFile(file, flags);
   const log = (line: string) => {
@@ -113,6 +96,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
     env: { ...process.env, STATE_MACHINE_ARN: undefined, BATCH_STATE_MACHINE_ARN: undefined },
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
+    onFault: (fired) => log(`${process.stderr.isTTY && !flags.quiet ? '\r\x1b[K' : ''}${describeFiredFault(fired)}`),
     latencyMs: flags.latency,
     ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
     ...(flags.queueLimit ? { batchQueueLimit: flags.queueLimit } : {}),
@@ -166,7 +150,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
       return 1;
     }
     const report = JSON.parse(await store.getText(outcome.output.reportKey)) as BatchReport;
-    const outDir = resolve(flags.out ?? join('out', 'batches', batchId));
+    const outDir = resolve(flags.out ?? join('out', 'batches', batchFolder(batchId, env.deps.clock)));
     await saveReport(store, report, outDir);
     const calls = progress.imageCalls;
     const minutes = calls.length > 1 ? (calls.at(-1)! - calls[0]!) / 60_000 : 0;

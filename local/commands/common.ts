@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
 import { InvalidPersona } from '../../lambdas/shared/errors.ts';
 import { parseRunRequest, type RunRequest } from '../../lambdas/shared/persona.ts';
-import { describeProblem, parsePersonaFile, type Problem } from '../../lambdas/shared/run-input.ts';
+import { describeProblem, parsePersonaFile, personaFileKind, type Problem } from '../../lambdas/shared/run-input.ts';
 import type { ProgressEvent } from '../runner.ts';
 
 import { UsageError } from '../usage-error.ts';
@@ -44,7 +44,10 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
 export async function readRunInput(personaFile: string, flags: { images?: number; mode?: string }): Promise<RunRequest> {
   const { requests, problems } = parsePersonaFile(personaFile, await readText(personaFile, 'persona file'));
   if (problems.length > 0) throw new InvalidInput(personaFile, problems);
-  if (requests.length > 1) throw new UsageError(`${personaFile} holds ${requests.length} personas: give one per file here, or put the file under personas/ (avatars dev, or S3 on AWS) to start them all`);
+  if (requests.length > 1) {
+    const batch = personaFileKind(personaFile) === 'jsonl' ? `avatars batch ${personaFile} runs them all as a batch` : 'a .jsonl file, one per line, runs them all with avatars batch';
+    throw new UsageError(`${personaFile} holds ${requests.length} personas: avatars run takes one; ${batch} (or put the file under personas/: avatars dev, or S3 on AWS)`);
+  }
   const asked = { ...requests[0], ...(flags.images !== undefined ? { images: flags.images } : {}), ...(flags.mode !== undefined ? { mode: flags.mode } : {}) };
   try {
     // The flags go through the same checks as the file (an --images of 0 is refused).

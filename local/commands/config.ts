@@ -11,13 +11,17 @@ export async function configCommand(flags: { markdown?: boolean }): Promise<numb
   }
   const settings = settingsFromEnv(localVariables());
   const context = projectContext();
+  const rows: [string, string, string][] = [];
   for (const [key, spec] of Object.entries(SETTINGS)) {
     if (spec.scope !== 'stage' || !(key in settings)) continue;
     const value = settings[key as keyof typeof settings];
     if (value === undefined || key === 'flowiseApiKey') continue;
     const from = spec.env && process.env[spec.env] ? 'environment' : spec.context && context[spec.context] !== undefined ? 'cdk.json' : 'default';
-    process.stdout.write(`${(spec.env ?? key).padEnd(22)} ${String(value).padEnd(28)} ${from}\n`);
+    rows.push([spec.env ?? key, String(value), from]);
   }
+  // Columns as wide as their widest entry, so every value lines up.
+  const widths = [0, 1].map((column) => Math.max(...rows.map((row) => row[column]!.length)));
+  for (const [name, value, from] of rows) process.stdout.write(`${name.padEnd(widths[0]!)}  ${value.padEnd(widths[1]!)}  ${from}\n`);
   for (const warning of checkImageSettings(settings).warnings) process.stdout.write(`⚠ ${warning}\n`);
   return 0;
 }

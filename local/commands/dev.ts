@@ -1,10 +1,10 @@
 import { join, resolve } from 'node:path';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
-import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
+import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
 import { startFromUpload, type S3Notification } from '../../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment } from '../environment.ts';
-import { parseFaults } from '../faults.ts';
-import { saveOutputs } from '../outputs.ts';
+import { describeFiredFault, parseFaults } from '../faults.ts';
+import { batchFolder, saveOutputs, saveReport } from '../outputs.ts';
 import { isRunning } from '../step-functions-api.ts';
 import { describe, resultLines, UsageError } from './common.ts';
 
@@ -25,6 +25,7 @@ export async function devCommand(flags: DevFlags): Promise<number> {
     env: { ...process.env, STATE_MACHINE_ARN: undefined, BATCH_STATE_MACHINE_ARN: undefined },
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
+    onFault: (fired) => log(describeFiredFault(fired)),
     latencyMs: flags.latency,
     ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
     stepFunctions: {
@@ -39,8 +40,14 @@ export async function devCommand(flags: DevFlags): Promise<number> {
           return;
         }
         if (execution.machine === 'batch') {
-          const { counts, reportKey, indexKey } = ended.output as BatchSummary;
-          log(`✓ [${execution.name}] batch: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; report ${reportKey}, contact sheet ${indexKey}`);
+          const { counts, reportKey } = ended.output as BatchSummary;
+          const outDir = resolve(flags.out, 'batches', batchFolder(execution.name, env.deps.clock));
+          try {
+            await saveReport(env.deps.store, JSON.parse(await env.deps.store.getText(reportKey)) as BatchReport, outDir);
+            log(`✓ [${execution.name}] batch: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; open ${join(outDir, 'index.html')} (report: ${join(outDir, 'report.json')})`);
+          } catch (error) {
+            log(`✗ [${execution.name}] batch: ${counts.SUCCEEDED} published, ${counts.FAILED} failed, ${counts.SKIPPED} skipped; could not save its report to ${outDir}: ${(error as Error).message} (in S3: ${reportKey})`);
+          }
           return;
         }
         const outcome = { ...ended, output: ended.output as PublishResult };

@@ -7,7 +7,7 @@ import { avatarKeys } from '../../lambdas/shared/keys.ts';
 import { executionArn } from '../../lambdas/shared/sfn.ts';
 import type { UploadOutcome } from '../../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../environment.ts';
-import { parseFaults } from '../faults.ts';
+import { describeFiredFault, parseFaults } from '../faults.ts';
 import { asStage } from '../iam.ts';
 import { localStageRoles } from '../runner.ts';
 import { readJsonFile, UsageError } from './common.ts';
@@ -62,6 +62,7 @@ export async function invokeCommand(stage: string, flags: InvokeFlags): Promise<
   const env = await startLocalEnvironment({
     dataDir: flags.data,
     faults: parseFaults(flags.fault),
+    onFault: (fired) => process.stderr.write(`${describeFiredFault(fired)}\n`),
     ...(stage === 'start-from-upload' ? { stepFunctions } : {}),
   });
   for (const note of env.notes) process.stderr.write(`⚠ ${note}\n`);

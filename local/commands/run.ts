@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
 import { checkImageSettings } from '../../lambdas/shared/models.ts';
 import { startLocalEnvironment } from '../environment.ts';
-import { parseFaults } from '../faults.ts';
+import { describeFiredFault, parseFaults } from '../faults.ts';
 import { saveGrids, saveOutputs } from '../outputs.ts';
 import { runLocally } from '../runner.ts';
 import type { RunRequest } from '../../lambdas/shared/persona.ts';
@@ -40,6 +40,7 @@ export async function runCommand(personaFile: string, flags: RunFlags): Promise<
   const env = await startLocalEnvironment({
     dataDir: flags.data,
     faults,
+    onFault: (fired) => log(describeFiredFault(fired)),
     latencyMs: flags.latency,
     ...(flags.rpm ? { imagesPerMinute: flags.rpm } : {}),
     logLevel: flags.verbose ? 'INFO' : 'SILENT',

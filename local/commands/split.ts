@@ -9,6 +9,7 @@ export interface SplitFlags {
   rows: number;
   cols: number;
   format: TileFormat;
+  seams?: boolean;
 }
 
 /**
@@ -20,7 +21,7 @@ async function splitOne(grid: string, flags: SplitFlags): Promise<boolean> {
   const name = basename(grid, extname(grid));
   try {
     const image = readFileSync(grid);
-    const tiles = await splitGrid(image, flags.rows, flags.cols, flags.format, grid);
+    const tiles = await splitGrid(image, flags.rows, flags.cols, flags.format, grid, { gutters: !flags.seams });
     release(image);
     const dir = join(flags.out, name);
     mkdirSync(dir, { recursive: true });

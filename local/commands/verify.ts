@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { manifestActions, manifestSigner, readC2pa } from '../../lambdas/publish/c2pa.ts';
 import { formatOf } from '../../lambdas/shared/image-provider.ts';
+import { DEV_SIGNER_NAME } from '../certificates.ts';
 
 export interface VerifyFlags {
   trust: string[];
@@ -38,7 +39,9 @@ export async function verifyCommand(files: string[], flags: VerifyFlags): Promis
         const parent = report.parent ? `; parent signed by ${manifestSigner(report.parent)}` : '';
         result = { file, state: report.state, signer: manifestSigner(report.manifest), digitalSourceType: source, actions: actions.map((a) => a.action), failures: report.failures, parentSigner: manifestSigner(report.parent) };
         const mark = report.state === 'Invalid' ? '✗' : '✓';
-        line = `${mark} ${file}: C2PA ${report.state}, signed by ${manifestSigner(report.manifest)}; ${actions.map((a) => a.action).join(', ')}${source ? ` (${String(source).split('/').at(-1)})` : ''}${parent}${report.failures.length ? `; ${report.failures.join(', ')}` : ''}`;
+        const signer = manifestSigner(report.manifest);
+        const state = report.state === 'Trusted' && dev && signer === DEV_SIGNER_NAME ? 'Trusted here only (the local development CA)' : report.state;
+        line = `${mark} ${file}: C2PA ${state}, signed by ${signer}; ${actions.map((a) => a.action).join(', ')}${source ? ` (${String(source).split('/').at(-1)})` : ''}${parent}${report.failures.length ? `; ${report.failures.join(', ')}` : ''}`;
       }
       if (report?.state !== 'Valid' && report?.state !== 'Trusted') failed++;
     } catch (error) {
