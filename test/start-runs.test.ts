@@ -411,7 +411,7 @@ describe('avatars dev', () => {
     const upload = async (key: string, body: unknown) => {
       const [, endpoint] = await seen(/S3 endpoint: (http:\/\/127\.0\.0\.1:\d+)/);
       const s3 = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
-      await s3.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: JSON.stringify(body), ContentType: 'application/json' }));
+      await s3.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: typeof body === 'string' ? body : JSON.stringify(body), ContentType: 'application/json' }));
       s3.destroy();
     };
     const stop = async () => {
@@ -429,6 +429,19 @@ describe('avatars dev', () => {
       await dev.seen(/✓ 4 avatars for ada-lovelace/);
       expect(readdirSync(join(out, 'ada-lovelace'))).toEqual(expect.arrayContaining(['img_1.png', 'img_4.png', 'index.html', 'manifest.json']));
       expect(dev.output.stderr).toMatch(/personas\/ada-lovelace\.json: started ada-lovelace-[0-9a-f]{16}/);
+    } finally {
+      expect(await dev.stop()).toBe(0);
+    }
+  });
+
+  it('saves a batch\u2019s report and contact sheet from a .jsonl file put there to a folder of its own under out/batches/', async () => {
+    const out = join(work, 'dev-batch-out');
+    const dev = startDev(out, join(work, 'dev-batch-data'));
+    try {
+      await dev.upload('personas/pair.jsonl', `${JSON.stringify({ persona: { ...persona, id: 'pair-1' } })}\n${JSON.stringify({ persona: { ...persona, id: 'pair-2' } })}\n`);
+      const [, folder] = await dev.seen(/batch: 2 published, 0 failed, 0 skipped; open (\S+)index\.html/, 'stderr');
+      expect(folder!.startsWith(join(out, 'batches'))).toBe(true);
+      expect(readdirSync(folder!)).toEqual(expect.arrayContaining(['report.json', 'index.html', 'pair-1', 'pair-2']));
     } finally {
       expect(await dev.stop()).toBe(0);
     }
