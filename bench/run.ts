@@ -1,5 +1,7 @@
 /**
  * `npm run bench`: ratios measured in one run on this machine, never thresholds.
+ *  0. PlanBatch on 10,000 new personas in a process of its own, Step Functions' API buckets
+ *     enforced: its time and peak memory against its function's Timeout and MemorySize.
  *  1. Workflow wall time for 4 and 8 images with the offline backend at a fixed latency per
  *     image call, next to the latency on the critical path (grids overlap: 8 images should
  *     cost about one grid more than nothing).
@@ -23,6 +25,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import sharp from 'sharp';
 import { buildApp } from '../infra/app.ts';
+import { STAGE_SPECS } from '../infra/stage-functions.ts';
+import type { StageName } from '../lambdas/stages.ts';
 import { projectRoot } from '../infra/context.ts';
 import { signC2pa, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/c2pa.ts';
 import { marked } from '../lambdas/publish/marking.ts';
@@ -361,6 +365,63 @@ async function apiModesBench(): Promise<void> {
   out();
 }
 
+/** A stage's core run in a process of its own, as its Lambda runs it: what it returned, its time and its peak memory. */
+async function inOwnProcess(body: string, args: unknown, env: Record<string, string | undefined>): Promise<{ result: any; peakMb: number; ms: number }> {
+  const script = `
+    const { Logger } = await import('@aws-lambda-powertools/logger');
+    const { settingsFromEnv } = await import('./lambdas/shared/settings.ts');
+    const settings = settingsFromEnv(process.env);
+    const logger = new Logger({ logLevel: 'SILENT' });
+    let peak = process.memoryUsage().rss;
+    const sample = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
+    const started = performance.now();
+    const result = await (async (event) => { ${body} })(JSON.parse(process.argv[1]));
+    clearInterval(sample);
+    console.log(JSON.stringify({ result, peakMb: Math.max(peak, process.memoryUsage().rss) / 2 ** 20, ms: performance.now() - started }));`;
+  // Asynchronously: the servers it calls answer in this process.
+  const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(args)], { cwd: projectRoot, env: { ...process.env, ...env }, maxBuffer: 2 ** 24 });
+  return JSON.parse(stdout.trim().split('\n').at(-1)!);
+}
+
+/** A stage's time and memory against its function's Timeout and MemorySize. */
+function againstFunction(stage: StageName, ms: number, peakMb: number): string {
+  const { memoryMb, timeout } = STAGE_SPECS[stage];
+  return `${(ms / 1000).toFixed(1)} s of its ${timeout.toSeconds()} s timeout (${((ms / 1000 / timeout.toSeconds()) * 100).toFixed(1)}%), at most ${peakMb.toFixed(0)} MiB of its ${memoryMb} MB (Lambda's MB are MiB: ${((peakMb / memoryMb) * 100).toFixed(0)}%)`;
+}
+
+/**
+ * PlanBatch on 10,000 new personas, in a process of its own, against a Step Functions whose API
+ * answers ThrottlingException past its documented buckets, as the service does.
+ */
+async function planBench(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-plan-'));
+  const env = await startLocalEnvironment({ dataDir: dir, env: {}, stepFunctions: {} });
+  try {
+    const personas = 10_000;
+    await env.deps.store.put('batches/big/personas.jsonl', `${teamLines(personas, 'new')}\n`, 'application/x-ndjson');
+    const body = `
+      const { planBatch } = await import('./lambdas/plan-batch/core.ts');
+      const { storeClient } = await import('./lambdas/shared/s3.ts');
+      const { sfnClient } = await import('./lambdas/shared/sfn.ts');
+      const deps = { settings, logger, clock: { now: () => new Date() }, ...storeClient(process.env, settings), ...sfnClient(process.env) };
+      const plan = await planBatch(event, deps);
+      return { toRun: plan.toRun };`;
+    const { result, peakMb, ms } = await inOwnProcess(body, { personasKey: 'batches/big/personas.jsonl', batchId: 'big' }, {
+      ...env.env,
+      S3_SECRET_KEY: env.embeddedS3!.secretKey,
+      AWS_ACCESS_KEY_ID: 'local',
+      AWS_SECRET_ACCESS_KEY: 'local',
+      AWS_REGION: 'us-east-1',
+    });
+    out(`PlanBatch on ${personas.toLocaleString('en')} new personas, Step Functions' API buckets enforced (ListExecutions 200, then 5/s; DescribeExecution 300, then 15/s)`);
+    out(`  ${result.toRun} planned in ${againstFunction('plan-batch', ms, peakMb)}; the goal is at most 75% of each`);
+  } finally {
+    await env.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  out();
+}
+
 /** ReportBatch on a batch of 10,000 personas of 40 avatars each, in a process of its own: its peak memory. */
 async function reportBench(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-report-'));
@@ -444,7 +505,7 @@ async function markingBench(): Promise<void> {
 }
 
 // `npm run bench -- report marking` runs those sections only.
-const sections: Record<string, () => unknown> = { workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench };
+const sections: Record<string, () => unknown> = { plan: planBench, workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench };
 const chosen = process.argv.slice(2);
 for (const name of chosen) if (!sections[name]) throw new Error(`no bench section ${name}: ${Object.keys(sections).join(', ')}`);
 for (const [name, section] of Object.entries(sections)) if (chosen.length === 0 || chosen.includes(name)) await section();

@@ -101,9 +101,10 @@ export class AvatarBatch extends Construct {
       resultPath: '$.plan',
     });
 
-    // An attempt's name may be taken in Step Functions with no record in the bucket: PlanBatch asks.
+    // An attempt's name may be taken in Step Functions with no record in the bucket: PlanBatch
+    // lists the executions that published nothing, a thousand a call.
     props.planBatch.addEnvironment('STATE_MACHINE_ARN', props.personaWorkflow.stateMachineArn);
-    props.personaWorkflow.grantExecution(props.planBatch, 'states:DescribeExecution');
+    props.personaWorkflow.grant(props.planBatch, 'states:ListExecutions');
 
     // Each persona's turn comes when the image calls of those before it fit in the rate limit.
     const waitTurn = new Wait(this, 'WaitTurn', { time: WaitTime.timestampPath('$.notBefore') });

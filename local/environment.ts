@@ -13,7 +13,7 @@ import { openAiClients } from '../lambdas/shared/openai.ts';
 import { storeClient } from '../lambdas/shared/s3.ts';
 import { withClientPlugins } from '../lambdas/shared/aws-clients.ts';
 import { environmentOf, settingsFromContext, settingsFromEnv } from '../lambdas/shared/settings.ts';
-import { sfnClient } from '../lambdas/shared/sfn.ts';
+import { SFN_MAX_ATTEMPTS, sfnClient } from '../lambdas/shared/sfn.ts';
 import { depsFromEnv, type Deps } from '../lambdas/shared/stage.ts';
 import { signingClient } from '../lambdas/publish/signer.ts';
 import { budgetTableClient, ensureBudgetTable, governorClient } from '../lambdas/shared/governor.ts';
@@ -165,7 +165,7 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       stepFunctions = await startLocalStepFunctions({ ...options.stepFunctions, deps });
       // Closed first (closers run in reverse): it waits for its executions, which need the rest.
       closers.push(stepFunctions.close);
-      const sfn = withClientPlugins(new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } }));
+      const sfn = withClientPlugins(new SFNClient({ region: 'us-east-1', endpoint: stepFunctions.endpoint, maxAttempts: SFN_MAX_ATTEMPTS, credentials: { accessKeyId: 'local', secretAccessKey: 'local' } }));
       clients.push(sfn);
       // The same object the executions run with: their stages (plan-batch) see this Step Functions too.
       Object.assign(deps, { sfn, settings: { ...deps.settings, stateMachineArn: stepFunctions.stateMachineArn, batchStateMachineArn: stepFunctions.batchStateMachineArn } });

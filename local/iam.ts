@@ -169,6 +169,7 @@ const AUTHORIZATIONS: Record<string, (input: Input) => Authorization[]> = {
   DescribeExecutionCommand: (i) => [{ action: 'states:DescribeExecution', resource: String(i.executionArn) }],
   StopExecutionCommand: (i) => [{ action: 'states:StopExecution', resource: String(i.executionArn) }],
   GetExecutionHistoryCommand: (i) => [{ action: 'states:GetExecutionHistory', resource: String(i.executionArn) }],
+  ListExecutionsCommand: (i) => [{ action: 'states:ListExecutions', resource: String(i.stateMachineArn) }],
   GetSecretValueCommand: (i) => [{ action: 'secretsmanager:GetSecretValue', resource: secretArn(String(i.SecretId)) }],
   DescribeSecretCommand: (i) => [{ action: 'secretsmanager:DescribeSecret', resource: secretArn(String(i.SecretId)) }],
 };

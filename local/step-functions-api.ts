@@ -112,6 +112,7 @@ export const API_TOKEN_BUCKETS: Record<string, { size: number; refillPerSecond: 
   DescribeExecution: { size: 300, refillPerSecond: 15 },
   StopExecution: { size: 1000, refillPerSecond: 200 },
   GetExecutionHistory: { size: 400, refillPerSecond: 20 },
+  ListExecutions: { size: 200, refillPerSecond: 5 },
 };
 
 function tokenBuckets(now: () => number) {
@@ -340,7 +341,12 @@ export async function startLocalStepFunctions(options: LocalStepFunctionsOptions
     ListExecutions(body) {
       const machine = machines[checkStateMachine(body.stateMachineArn)];
       const listed = [...executions.values()].filter((e) => e.machine === machine && (!body.statusFilter || statusOf(e) === body.statusFilter)).reverse();
-      return { executions: listed.map(summary) };
+      // Pages of maxResults (1 to 1000; 100 when not given), as the API pages them.
+      const size = body.maxResults === undefined ? 100 : Number(body.maxResults);
+      if (!Number.isInteger(size) || size < 1 || size > 1000) throw new ApiError('ValidationException', `1 validation error detected: Value '${String(body.maxResults)}' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 1000`);
+      const from = Number(body.nextToken ?? 0);
+      const page = listed.slice(from, from + size);
+      return { executions: page.map(summary), ...(from + size < listed.length ? { nextToken: String(from + size) } : {}) };
     },
   };
 

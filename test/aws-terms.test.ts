@@ -4,7 +4,7 @@ import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
 import { listenOnLoopback, readBody } from '../local/loopback-server.ts';
 import { API_TOKEN_BUCKETS } from '../local/step-functions-api.ts';
-import { startTestEnvironment } from './support.ts';
+import { invoke, startTestEnvironment, team } from './support.ts';
 
 describe('the local peers, as strict as AWS', () => {
   it('throttles DescribeExecution past its documented bucket of 300, then refills it at 15 a second', async () => {
@@ -26,6 +26,18 @@ describe('the local peers, as strict as AWS', () => {
     for (let i = 0; i < 16; i++) refilled.push(await describe());
     expect(refilled.filter((a) => a === 'ThrottlingException')).toHaveLength(1);
   });
+
+  it('lets plan-batch plan more new personas than DescribeExecution\u2019s bucket holds, a list call per status and none per persona', async () => {
+    // The buckets never refill: a call per persona would be refused past the 300th.
+    const w = await startTestEnvironment({ stepFunctions: { now: () => 1_800_000_000_000 } });
+    const calls: string[] = [];
+    w.deps.sfn.middlewareStack.add((next, context) => (args) => (calls.push(String(context.commandName)), next(args)), { step: 'initialize' });
+    const personas = API_TOKEN_BUCKETS.DescribeExecution!.size + 100;
+    await w.deps.store.put('batches/many/personas.jsonl', `${team(personas, 'many').join('\n')}\n`, 'application/x-ndjson');
+    const plan = await invoke(w, 'plan-batch', { personasKey: 'batches/many/personas.jsonl', batchId: 'many' });
+    expect(plan.toRun).toBe(personas);
+    expect(calls).toEqual(Array(5).fill('ListExecutionsCommand'));
+  }, 60_000);
 
   it('writes a new object after S3 answers 409 ConditionalRequestConflict to its conditional write', async () => {
     let puts = 0;

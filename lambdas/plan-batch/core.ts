@@ -7,7 +7,7 @@
  * coarse schedule: the account-wide governor (shared/governor.ts) keeps every image call under
  * the limit, whatever else runs and however late the schedule is (README: Batches).
  */
-import { DescribeExecutionCommand, ExecutionDoesNotExist, type SFNClient } from '@aws-sdk/client-sfn';
+import { ListExecutionsCommand, type ExecutionStatus, type SFNClient } from '@aws-sdk/client-sfn';
 import type { ReportEntry } from '../report-batch/core.ts';
 import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { avatarKeys, batchKeys } from '../shared/keys.ts';
@@ -17,7 +17,6 @@ import { inPool } from '../shared/pool.ts';
 import { problemText, readPersonaLines } from '../shared/run-input.ts';
 import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
 import type { Settings } from '../shared/settings.ts';
-import { executionArn } from '../shared/sfn.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
 export type ImageApiMode = Settings['imageApiMode'];
@@ -128,16 +127,27 @@ export interface AttemptLookup {
   stateMachineArn?: string;
 }
 
-/** How Step Functions says an attempt's execution ended; undefined when there is none by that name. */
-async function describedAttempt(lookup: AttemptLookup, runId: string): Promise<{ status: string; output?: string } | undefined> {
-  if (!lookup.sfn || !lookup.stateMachineArn) return undefined;
-  try {
-    const described = await lookup.sfn.send(new DescribeExecutionCommand({ executionArn: executionArn(lookup.stateMachineArn, runId) }));
-    return { status: described.status ?? 'RUNNING', ...(described.output ? { output: described.output } : {}) };
-  } catch (error) {
-    if (error instanceof ExecutionDoesNotExist) return undefined;
-    throw error;
+/** Statuses of an execution whose name is taken and that published nothing (yet). */
+const UNPUBLISHED: ExecutionStatus[] = ['RUNNING', 'PENDING_REDRIVE', 'FAILED', 'TIMED_OUT', 'ABORTED'];
+
+/**
+ * The persona workflow's executions that took a name and published nothing: listed a thousand
+ * at a time (ListExecutions: 200 calls at once, then 5 a second in us-east-1, "Step Functions
+ * service quotas"), not described one by one (DescribeExecution: 300, then 15 a second, so 10,000
+ * personas would take 11 minutes). A name missing here and in the bucket was never taken.
+ */
+async function unpublishedExecutions(lookup: AttemptLookup): Promise<Map<string, ExecutionStatus>> {
+  const taken = new Map<string, ExecutionStatus>();
+  if (!lookup.sfn || !lookup.stateMachineArn) return taken;
+  for (const statusFilter of UNPUBLISHED) {
+    let nextToken: string | undefined;
+    do {
+      const page = await lookup.sfn.send(new ListExecutionsCommand({ stateMachineArn: lookup.stateMachineArn, statusFilter, maxResults: 1000, nextToken }));
+      for (const { name, status } of page.executions ?? []) if (name && status) taken.set(name, status);
+      nextToken = page.nextToken;
+    } while (nextToken);
   }
+  return taken;
 }
 
 /**
@@ -147,7 +157,7 @@ async function describedAttempt(lookup: AttemptLookup, runId: string): Promise<{
  * a throttled RecordFailure): Step Functions would refuse it, so an attempt that ended without
  * succeeding is stepped past, as `avatars start` does.
  */
-async function nextAttempt(lookup: AttemptLookup, personaId: string, name: string): Promise<Attempt> {
+async function nextAttempt(lookup: AttemptLookup, executions: () => Promise<Map<string, ExecutionStatus>>, personaId: string, name: string): Promise<Attempt> {
   const keys = avatarKeys(personaId);
   for (let n = 1; n <= MAX_ATTEMPTS; n++) {
     const runId = attemptName(name, n);
@@ -155,13 +165,9 @@ async function nextAttempt(lookup: AttemptLookup, personaId: string, name: strin
     const [manifest, failure] = await Promise.all([lookup.store.getJsonIfExists<RunManifest>(manifestKey), lookup.store.getJsonIfExists(keys.failure(runId))]);
     if (manifest) return { published: manifestKey, avatars: (manifest.images ?? []).map(({ key }) => ({ key })) };
     if (failure) continue;
-    const execution = await describedAttempt(lookup, runId);
-    if (!execution) return { run: runId };
-    if (execution.status === 'RUNNING' || execution.status === 'PENDING_REDRIVE') return { running: runId };
-    if (execution.status === 'SUCCEEDED') {
-      const output = JSON.parse(execution.output ?? '{}') as RunManifest;
-      return { published: output.manifestKey ?? manifestKey, avatars: (output.images ?? []).map(({ key }) => ({ key })) };
-    }
+    const status = (await executions()).get(runId);
+    if (!status) return { run: runId };
+    if (status === 'RUNNING' || status === 'PENDING_REDRIVE') return { running: runId };
   }
   return { exhausted: true };
 }
@@ -195,10 +201,13 @@ export async function triageLines(
   }
 
   const toRun: { line: number; request: RunRequest; name: string }[] = [];
+  // Listed once, and only if the bucket leaves some name unsettled.
+  let listed: Promise<Map<string, ExecutionStatus>> | undefined;
+  const executions = () => (listed ??= unpublishedExecutions(lookup));
   const chunk = untilOneRuns ? LOOKUP_CONCURRENCY : candidates.length;
   for (let from = 0; from < candidates.length && !(untilOneRuns && toRun.length > 0); from += chunk) {
     const some = candidates.slice(from, from + chunk);
-    const attempts = await inPool(some, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(lookup, request.persona.id, executionName(request)));
+    const attempts = await inPool(some, LOOKUP_CONCURRENCY, ({ request }) => nextAttempt(lookup, executions, request.persona.id, executionName(request)));
     some.forEach(({ line, request }, i) => {
       const attempt = attempts[i]!;
       const personaId = request.persona.id;

@@ -5,6 +5,9 @@ import { attemptName, MAX_ATTEMPTS } from './run-name.ts';
 
 type Env = Record<string, string | undefined>;
 
+/** Tries of a Step Functions call throttled past its bucket (the SDK's default is 3). */
+export const SFN_MAX_ATTEMPTS = 8;
+
 /** A Step Functions-compatible endpoint instead of AWS itself, if one is configured. */
 export function customSfnEndpoint(env: Env = process.env): string | undefined {
   return env.AWS_ENDPOINT_URL_SFN || env.AWS_ENDPOINT_URL || undefined;
@@ -17,7 +20,9 @@ export function customSfnEndpoint(env: Env = process.env): string | undefined {
 export function sfnClientFromEnv(env: Env = process.env, arn?: string): SFNClient {
   const endpoint = customSfnEndpoint(env);
   const region = arn?.split(':')[3] || env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1';
-  return withClientPlugins(new SFNClient({ region, ...(endpoint ? { endpoint } : {}) }));
+  // Past an API's token bucket Step Functions answers ThrottlingException: the SDK waits with
+  // exponential backoff and jitter and tries again, up to this many times in all.
+  return withClientPlugins(new SFNClient({ region, maxAttempts: SFN_MAX_ATTEMPTS, ...(endpoint ? { endpoint } : {}) }));
 }
 
 /** For the stages that start executions. */
