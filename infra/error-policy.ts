@@ -8,8 +8,8 @@ import { ErrorNames } from '../lambdas/shared/errors.ts';
  *  - Lambda service hiccups (throttles included): retried quickly, as AWS recommends.
  *  - RateLimited: retried with exponential backoff and full jitter, long enough (about six
  *    minutes in all) to ride out a per-minute limit.
- *  - ImageTurnLater: the account's next image turn is minutes away; retried with backoff for as
- *    long as a batch may queue (the stage waits for turns seconds away itself).
+ *  - (Not an error) an image call's turn minutes away: the stage answers when it comes, and a
+ *    Wait state waits for it (workflow.ts, turnLoop), however long, first come first served.
  *  - ImageTimeout, UpstreamError: retried a few times.
  *  - BudgetExhausted: never retried: the call would pass a spending cap, and nothing was paid.
  *  - ContentPolicyViolation: never retried as-is; caught, rewritten once into a safer prompt
@@ -45,15 +45,6 @@ export const retryRateLimited: RetryProps = {
   jitterStrategy: JitterType.FULL,
 };
 
-export const retryImageTurn: RetryProps = {
-  errors: [ErrorNames.ImageTurnLater],
-  interval: Duration.seconds(15),
-  maxAttempts: 40,
-  backoffRate: 1.5,
-  maxDelay: Duration.seconds(120),
-  jitterStrategy: JitterType.FULL,
-};
-
 export const retryTransient: RetryProps = {
   errors: [ErrorNames.ImageTimeout, ErrorNames.UpstreamError],
   interval: Duration.seconds(5),
@@ -73,7 +64,7 @@ export const retryGridAttempt: RetryProps = {
 export const plainStageRetries = [retryLambdaService];
 
 /** Stages that call the image or text API. */
-export const apiStageRetries = [retryLambdaService, retryRateLimited, retryImageTurn, retryTransient];
+export const apiStageRetries = [retryLambdaService, retryRateLimited, retryTransient];
 
 /**
  * A batch starting a persona's execution: Step Functions' own limits pass. The integration names

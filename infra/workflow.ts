@@ -6,12 +6,17 @@ import {
   Fail,
   JsonPath,
   LogLevel,
+  Choice,
+  Condition,
   Map as MapState,
   Parallel,
+  Pass,
   StateMachine,
   StateMachineType,
   TaskInput,
   Timeout,
+  Wait,
+  WaitTime,
   type IChainable,
   type RetryProps,
 } from 'aws-cdk-lib/aws-stepfunctions';
@@ -70,9 +75,25 @@ const RUN = {
  *                 (GridAttempt again, twice at most, on GridLayoutMismatch or IdentityMismatch)
  *           ─► Publish
  *   any failure ─► RecordFailure ─► RunFailed (named after the cause)
+ *   each Generate… whose image turn is later ─► WaitFor…Turn (until it comes) ─► the same Generate… again
  */
 export class AvatarWorkflow extends Construct {
   readonly stateMachine: StateMachine;
+
+  /**
+   * An image stage whose turn under the account's limit is further off than it waits answers
+   * `{ later }` at once, its turn held for it; this waits in Step Functions until then and runs
+   * it again, as often as it takes: no retry count to run out, nothing paid or reserved meanwhile.
+   * The returned Choice goes on, `otherwise`, with what was drawn at `resultPath`.
+   */
+  private turnLoop(stage: LambdaInvoke, resultPath: string): Choice {
+    const later = `${resultPath}.later`;
+    const name = stage.node.id;
+    const waitForTurn = new Wait(this, `WaitFor${name}Turn`, { time: WaitTime.timestampPath(later) }).next(stage);
+    const drawn = new Choice(this, `${name}Turn`).when(Condition.isPresent(later), waitForTurn);
+    stage.next(drawn);
+    return drawn;
+  }
 
   constructor(scope: Construct, id: string, props: AvatarWorkflowProps) {
     super(scope, id);
@@ -113,7 +134,7 @@ export class AvatarWorkflow extends Construct {
      * Generate{target}, and when the content policy refuses it: Rewrite{target}Prompt into a safer
      * prompt, then Generate{target}Safer with it, once. Both generations end where the caller says.
      */
-    const withSaferRetry = (target: 'Base' | 'Grid', stage: StageName, payload: Record<string, unknown>, promptKey?: string, resultPath?: string) => {
+    const withSaferRetry = (target: 'Base' | 'Grid', stage: StageName, payload: Record<string, unknown>, resultPath: string, promptKey?: string) => {
       const first = task(`Generate${target}`, stage, promptKey ? { ...payload, promptKey: JsonPath.stringAt(promptKey) } : payload, apiStageRetries, resultPath);
       const rewrite = task(
         `Rewrite${target}Prompt`,
@@ -124,10 +145,14 @@ export class AvatarWorkflow extends Construct {
       );
       const safer = task(`Generate${target}Safer`, stage, { ...payload, promptKey: JsonPath.stringAt('$.saferPrompt.promptKey') }, apiStageRetries, resultPath);
       first.addCatch(rewrite.next(safer), { errors: [ErrorNames.ContentPolicyViolation], resultPath: '$.refusal' });
-      return { first, safer };
+      return { first, firstDrawn: this.turnLoop(first, resultPath), saferDrawn: this.turnLoop(safer, resultPath) };
     };
     const writePrompt = task('WritePrompt', 'write-prompt', withPersona, apiStageRetries);
-    const { first: generateBase } = withSaferRetry('Base', 'generate-base', withBudget);
+    const { first: generateBase, firstDrawn: baseDrawn, saferDrawn: saferBaseDrawn } = withSaferRetry('Base', 'generate-base', withBudget, '$.drawn');
+    // The branch's output is the base as drawn.
+    const base = new Pass(this, 'BaseDrawn', { outputPath: '$.drawn' });
+    baseDrawn.otherwise(base);
+    saferBaseDrawn.otherwise(base);
     const promptAndBase = new Parallel(this, 'PromptAndBase', {
       resultSelector: { prompt: JsonPath.objectAt('$[0]'), base: JsonPath.objectAt('$[1]') },
       resultPath: '$.generated',
@@ -150,7 +175,7 @@ export class AvatarWorkflow extends Construct {
     };
     const fromItem = (...keys: string[]) => Object.fromEntries(keys.map((k) => [k, JsonPath.stringAt(`$.${k}`)]));
     const gridPayload = { ...fromItem('personaId', 'runId', 'mode', 'baseKey', 'imageApi'), grid: JsonPath.objectAt('$.grid'), budget: JsonPath.objectAt('$.budget') };
-    const { first: generateGrid, safer: generateGridSafer } = withSaferRetry('Grid', 'generate-grid', gridPayload, '$.promptKey', '$.generated');
+    const { first: generateGrid, firstDrawn: gridDrawn, saferDrawn: saferGridDrawn } = withSaferRetry('Grid', 'generate-grid', gridPayload, '$.generated', '$.promptKey');
     const splitGrid = task('SplitGrid', 'split-grid', { ...RUN, generated: JsonPath.objectAt('$.generated') }, plainStageRetries, '$.split');
     // Every avatar must show the base's person: a grid with a stranger is drawn again.
     const checkIdentity = task(
@@ -160,8 +185,9 @@ export class AvatarWorkflow extends Construct {
       plainStageRetries,
     );
     splitGrid.next(checkIdentity);
-    generateGridSafer.next(splitGrid);
-    const gridAttempt = new Parallel(this, 'GridAttempt', { outputPath: '$[0]' }).branch(generateGrid.next(splitGrid));
+    gridDrawn.otherwise(splitGrid);
+    saferGridDrawn.otherwise(splitGrid);
+    const gridAttempt = new Parallel(this, 'GridAttempt', { outputPath: '$[0]' }).branch(generateGrid);
     gridAttempt.addRetry(retryGridAttempt);
     const generateGrids = new MapState(this, 'GenerateGrids', {
       itemsPath: '$.grids',
@@ -194,7 +220,9 @@ export class AvatarWorkflow extends Construct {
       stateMachineName: Stack.of(this).stackName,
       stateMachineType: StateMachineType.STANDARD,
       definitionBody: DefinitionBody.fromChainable(planRun.next(promptAndBase).next(generateGrids).next(publish)),
-      timeout: Duration.hours(2),
+      // A run waits for its image turns as long as the account's queue is (first come, first
+      // served: a batch of 10,000 at 5 images a minute queues for days), and is never failed for it.
+      timeout: Duration.days(7),
       tracingEnabled: true,
       logs: { destination: logs, level: LogLevel.ALL, includeExecutionData: false },
     });

@@ -72,9 +72,6 @@ export interface LocalEnvironment {
 /** How long an image call waits locally under `--fault hang`, unless IMAGE_TIMEOUT_MS says. */
 export const HANG_TIMEOUT_MS = 5_000;
 
-/** How long a local image call waits for its turn before giving up with ImageTurnLater. */
-export const LOCAL_TURN_WAIT_MS = 3_600_000;
-
 /** The offline backend without --rpm: no limit to pace to. */
 export const UNLIMITED_IMAGES_PER_MINUTE = 100_000;
 
@@ -101,8 +98,6 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
   const clock = options.clock ?? systemClock;
   // Checked before any server starts: a bad model, size or quality is named at once.
   settingsFromEnv(env, clock);
-  // The local runner retries without the deployed backoff: a turn minutes away is waited for here.
-  if (!userSet('IMAGE_TURN_WAIT_MS', 'imageTurnWaitMs')) env.IMAGE_TURN_WAIT_MS = String(LOCAL_TURN_WAIT_MS);
   const closers: (() => Promise<void>)[] = [];
   const s3: LocalEnvironment['s3'] = env.S3_ENDPOINT ? 'endpoint' : usesAwsS3(env) ? 'aws' : 'embedded';
   let embeddedS3: EmbeddedS3 | undefined;

@@ -66,14 +66,14 @@ describe('a batch of personas', () => {
     expect(html).toMatch(/line 2 · SKIPPED[\s\S]*not a valid persona: persona.firstname/);
   });
 
-  it('spaces the personas\u2019 turns by their image calls at IMAGES_PER_MINUTE', async () => {
+  it('spaces the personas\u2019 turns by their image calls at the governor\u2019s pace, just under IMAGES_PER_MINUTE', async () => {
     const world = await startWorld({ env: { IMAGES_PER_MINUTE: '30' } });
     await world.deps.store.put('batches/paced/personas.jsonl', [personaLine('a'), personaLine('b', { images: 8 }), personaLine('c')].join('\n'), 'application/x-ndjson');
     const plan = await invoke(world, 'plan-batch', { personasKey: 'batches/paced/personas.jsonl', batchId: 'paced' });
     const items = (await world.deps.store.getText(plan.itemsKey)).trim().split('\n').map((l) => JSON.parse(l) as BatchItem);
     const turns = items.map((i) => Date.parse(i.notBefore));
-    // a: 2 calls, 4 s at 30 a minute; b: 3 calls, 6 s.
-    expect([turns[1]! - turns[0]!, turns[2]! - turns[1]!]).toEqual([4000, 6000]);
+    // a: 2 calls, 4 s at 30 a minute, 4.2 s at the governor's pace, 5% under it; b: 3 calls, 6.3 s.
+    expect([turns[1]! - turns[0]!, turns[2]! - turns[1]!]).toEqual([4200, 6300]);
     expect(plan).toMatchObject({ toRun: 3, imageCalls: 7, imagesPerMinute: 30 });
   });
 

@@ -82,13 +82,27 @@ describe('the image governor', () => {
     expect((await store.amounts(spendKeys.batch('b')))).toEqual([]);
   });
 
-  it('sends a turn minutes away back to Step Functions as ImageTurnLater, reserving nothing', async () => {
+  it('refuses a try whose turn is minutes away as RateLimited, reserving nothing: the stage comes back and claims one', async () => {
     const store = memoryStore();
     const turns = governor(store, { imagesPerMinute: 1 }, clock);
     await turns.take(call(0.01), 0);
     const error = (await turns.take(call(0.01), 20_000).catch((e: unknown) => e)) as Error;
-    expect(error.name).toBe('ImageTurnLater');
-    expect(error.message).toMatch(/^grid 0 for persona ada: the account's next image turn at 1 images a minute is 6[0-3] s away; Step Functions waits and tries again$/);
+    expect(error.name).toBe('RateLimited');
+    expect(error.message).toMatch(/^grid 0 for persona ada: the account's next image turn at 1 images a minute is 6[0-3] s away; the stage is tried again/);
     expect(await store.amounts(spendKeys.day('2026-12-03'))).toEqual([{ key: spendKeys.day('2026-12-03'), usd: 0.01 }]);
+  });
+
+  it('gives each call its turn first come, first served, however far away, held for it until it is used', async () => {
+    const store = memoryStore();
+    const turns = governor(store, { imagesPerMinute: 60 }, clock);
+    const first = await turns.claimTurn('run-a/base', 'gpt-image-2', 1);
+    const queued = await Promise.all(Array.from({ length: 100 }, (_, i) => turns.claimTurn(`run-${i}/grid-0`, 'gpt-image-2', 1)));
+    // A second apiece, a little slower than the limit: the hundredth is about 105 s after the first.
+    expect(Math.round((queued.at(-1)! - first) / 1000)).toBe(105);
+    // Asked again before it is used (the stage back from its Wait), the call finds the same turn.
+    expect(await turns.claimTurn('run-50/grid-0', 'gpt-image-2', 1)).toBe(queued[50]);
+    await (await turns.takeHeld('run-50/grid-0', call(0.01))).settle(0.01);
+    // Used: the call's next claim (a retry) is a new turn, behind everyone's.
+    expect(await turns.claimTurn('run-50/grid-0', 'gpt-image-2', 1)).toBeGreaterThan(queued.at(-1)!);
   });
 });

@@ -265,8 +265,10 @@ describe('the state machine definition', () => {
     expect(map.Type).toBe('Map');
     expect(map.MaxConcurrency).toBe(4);
     expect((map.ItemProcessor as unknown as { ProcessorConfig: { Mode: string } }).ProcessorConfig.Mode).toBe('INLINE');
-    expect(states.GenerateGrid!.Next).toBe('SplitGrid');
-    expect(states.GenerateGridSafer!.Next).toBe('SplitGrid');
+    for (const name of ['GenerateGrid', 'GenerateGridSafer']) {
+      expect(states[name]!.Next).toBe(`${name}Turn`);
+      expect(states[`${name}Turn`]!.Default, name).toBe('SplitGrid');
+    }
   });
 
   it('retries Lambda service errors, throttles included, on every task', () => {
@@ -291,14 +293,16 @@ describe('the state machine definition', () => {
     expect(retry.MaxAttempts).toBe(3);
   });
 
-  it('waits for a far image turn in Step Functions, retrying ImageTurnLater with backoff for as long as a batch queues, on every image stage', () => {
+  it('waits for a far image turn in a Wait until it comes, then runs the stage again, on every image stage: no retrier to run out', () => {
     for (const name of ['GenerateBase', 'GenerateBaseSafer', 'GenerateGrid', 'GenerateGridSafer']) {
-      const retry = (states[name]!.Retry as Record<string, unknown>[]).find((r) => (r.ErrorEquals as string[]).includes('ImageTurnLater'))!;
-      expect(retry, name).toMatchObject({ JitterStrategy: 'FULL', MaxDelaySeconds: 120 });
-      const attempts = retry.MaxAttempts as number;
-      const total = Array.from({ length: attempts }, (_, i) => Math.min((retry.IntervalSeconds as number) * (retry.BackoffRate as number) ** i, retry.MaxDelaySeconds as number)).reduce((a, b) => a + b, 0);
-      expect(total / 60, name).toBeGreaterThan(60);
+      const later = `${states[name]!.ResultPath}.later`;
+      expect(states[`${name}Turn`], name).toMatchObject({ Type: 'Choice', Choices: [{ Variable: later, IsPresent: true, Next: `WaitFor${name}Turn` }] });
+      expect(states[`WaitFor${name}Turn`], name).toEqual({ Type: 'Wait', TimestampPath: later, Next: name });
     }
+    const retried = Object.values(states).flatMap((s) => ((s.Retry ?? []) as { ErrorEquals: string[] }[]).flatMap((r) => r.ErrorEquals));
+    expect(retried).not.toContain('ImageTurnLater');
+    // Waiting is never what fails a run: days of queue fit in its timeout.
+    expect(definition.TimeoutSeconds).toBeGreaterThanOrEqual(24 * 3600);
   });
 
   it('retries a persona\u2019s start on Step Functions\u2019 own limit under the name the integration gives it', () => {

@@ -3,14 +3,12 @@ import OpenAI from 'openai';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildApp } from '../infra/app.ts';
-import { generateBase } from '../lambdas/generate-base/core.ts';
-import { generateGrid } from '../lambdas/generate-grid/core.ts';
 import { fixedClock } from '../lambdas/shared/clock.ts';
 import { estimateImageCost } from '../lambdas/shared/models.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import { startOfflineBackend, type OfflineBackend } from '../local/offline-openai.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, eventsDir, imageCalls, persona, startTestEnvironment, tempDir } from './support.ts';
+import { avatars, eventsDir, generateBaseNow, generateGridNow, imageCalls, persona, startTestEnvironment, tempDir } from './support.ts';
 
 const RETIRING = ['gpt-image-1.5', 'gpt-image-1-mini', 'chatgpt-image-latest'];
 // The model table's dates, seen from either side: tests about them fix the clock.
@@ -54,12 +52,12 @@ describe('image models after 2026-12-01', () => {
       retiredModels: ['gpt-image-1.5', 'chatgpt-image-latest'],
       env: { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODELS: 'chatgpt-image-latest, gpt-image-2' },
     });
-    const base = await generateBase(run, env.deps);
+    const base = await generateBaseNow(run, env.deps);
     expect(imageCalls(env.backend!).map((r) => r.model)).toEqual(['gpt-image-1.5', 'chatgpt-image-latest', 'gpt-image-2']);
     expect(base.model).toBe('gpt-image-2');
     expect(base.warnings.join('\n')).toMatch(/gpt-image-1\.5 answered model_not_found.*\n.*chatgpt-image-latest answered model_not_found/);
     // Known gone: the next call goes straight to the model that answers.
-    await generateBase(run, env.deps);
+    await generateBaseNow(run, env.deps);
     expect(imageCalls(env.backend!).at(-1)!.model).toBe('gpt-image-2');
     expect(imageCalls(env.backend!)).toHaveLength(4);
   });
@@ -110,7 +108,7 @@ describe('shutdown dates, read from the clock', () => {
       clock: shutdownDay,
       env: { IMAGE_MODEL: 'gpt-image-2', IMAGE_FALLBACK_MODELS: 'gpt-image-2.6-flare' },
     });
-    const error = (await generateBase(run, env.deps).catch((e: unknown) => e)) as Error;
+    const error = (await generateBaseNow(run, env.deps).catch((e: unknown) => e)) as Error;
     expect(error.name).toBe('ConfigurationError');
     expect(error.message).toMatch(/gpt-image-2, gpt-image-2\.6-flare do not exist/);
     const suggested = /e\.g\. (\S+)$/.exec(error.message)?.[1];
@@ -135,9 +133,9 @@ describe('what each model takes', () => {
   it('asks for input_fidelity high on edits only from models that take it', async () => {
     for (const model of ['gpt-image-1.5', 'gpt-image-2']) {
       const env = await startTestEnvironment({ clock: beforeShutdown, env: { IMAGE_MODEL: model } });
-      const base = await generateBase(run, env.deps);
+      const base = await generateBaseNow(run, env.deps);
       await env.deps.store.put('runs/p.txt', 'scenes', 'text/plain');
-      await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);
+      await generateGridNow({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);
       const edit = env.backend!.requests.find((r) => r.route === 'edits')!;
       expect(edit.options.input_fidelity, model).toBe(model === 'gpt-image-1.5' ? 'high' : undefined);
       expect(edit.options).toMatchObject({ moderation: 'auto', output_format: 'png', quality: 'medium' });
@@ -147,9 +145,9 @@ describe('what each model takes', () => {
 
   it('asks the API for webp avatars with the configured compression in separate mode, and stores them as such', async () => {
     const env = await startTestEnvironment({ env: { TILE_FORMAT: 'webp', OUTPUT_COMPRESSION: '70', IMAGE_MODERATION: 'low' } });
-    const base = await generateBase(run, env.deps);
+    const base = await generateBaseNow(run, env.deps);
     await env.deps.store.put('runs/p.txt', 'scenes', 'text/plain');
-    const result = await generateGrid({ ...run, mode: 'separate', grid: { index: 0, count: 2 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);
+    const result = await generateGridNow({ ...run, mode: 'separate', grid: { index: 0, count: 2 }, promptKey: 'runs/p.txt', baseKey: base.baseKey }, env.deps);
     expect(env.backend!.requests.at(-1)!.options).toMatchObject({ output_format: 'webp', output_compression: '70', moderation: 'low' });
     expect(result.imageKeys!.every((k) => k.endsWith('.webp'))).toBe(true);
     expect((await sharp(await env.deps.store.getBytes(result.imageKeys![0]!)).metadata()).format).toBe('webp');

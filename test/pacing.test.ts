@@ -3,7 +3,9 @@ import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import type { BatchReport } from '../lambdas/report-batch/core.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
-import { avatars, imageCalls, runBatch, startBatchWorld, startDynamoDb, team, tempDir } from './support.ts';
+import { budgetTableClient, dynamoStore, governor } from '../lambdas/shared/governor.ts';
+import { runLocally } from '../local/runner.ts';
+import { avatars, imageCalls, persona, runBatch, startBatchWorld, startDynamoDb, startTestEnvironment, team, tempDir } from './support.ts';
 
 const work = tempDir('pacing');
 
@@ -46,4 +48,21 @@ describe('a batch of personas, paced', () => {
     expect(rateOf(drawn)).toBeGreaterThanOrEqual(0.85 * 60);
     expect(rateOf(drawn)).toBeLessThanOrEqual(60);
   }, 120_000);
+});
+
+describe('an image call whose turn is far off', () => {
+  it('waits for it in Step Functions, claimed first come first served, and publishes', async () => {
+    const db = await startDynamoDb();
+    const world = await startTestEnvironment({ env: { ...db.env, IMAGE_BUDGET_TABLE: 'image-budget', IMAGES_PER_MINUTE: '60', IMAGE_TURN_WAIT_MS: '0' } });
+    // Others were first in line: three turns a second apart, claimed before this run asks.
+    const others = governor(dynamoStore(budgetTableClient(db.env), 'image-budget'), { imagesPerMinute: 60 });
+    for (const call of ['a', 'b', 'c']) await others.claimTurn(`other/${call}`, 'gpt-image-2', 1);
+    const outcome = await runLocally({ input: { persona }, deps: world.deps, runId: 'queued' });
+    expect(outcome.status).toBe('SUCCEEDED');
+    // The base stage answered that its turn was later, waited in a Wait state, and came back to it.
+    const base = outcome.events.filter((e) => ['GenerateBase', 'WaitForGenerateBaseTurn'].includes(e.state) && e.kind === 'entered').map((e) => e.state);
+    expect(base).toEqual(['GenerateBase', 'WaitForGenerateBaseTurn', 'GenerateBase']);
+    // Nothing asked of the API before its turn, and nothing refused.
+    expect(imageCalls(world.backend!).filter((c) => c.rateLimited)).toEqual([]);
+  }, 60_000);
 });

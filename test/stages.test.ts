@@ -3,8 +3,6 @@ import type { AddressInfo } from 'node:net';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { generateBase } from '../lambdas/generate-base/core.ts';
-import { generateGrid } from '../lambdas/generate-grid/core.ts';
 import { planRun as plan, type PlanRunEvent } from '../lambdas/plan-run/core.ts';
 import { publish } from '../lambdas/publish/core.ts';
 import { recordFailure } from '../lambdas/record-failure/core.ts';
@@ -17,14 +15,14 @@ import type { StageDeps } from '../lambdas/shared/stage.ts';
 import { splitGrid } from '../lambdas/split-grid/core.ts';
 import { writePrompt } from '../lambdas/write-prompt/core.ts';
 import type { Fault } from '../local/offline-openai.ts';
-import { imageCalls, persona, startTestEnvironment } from './support.ts';
+import { generateBaseNow, generateGridNow, imageCalls, persona, startTestEnvironment } from './support.ts';
 
 const environment = (faults: Fault[] = [], extra: Record<string, string> = {}, clock?: Clock) => startTestEnvironment({ faults, env: extra, ...(clock ? { clock } : {}) });
 
 const run = { personaId: persona.id, runId: 'test-run', persona };
 
 async function baseAndPrompt(deps: Awaited<ReturnType<typeof environment>>['deps']) {
-  const [prompt, base] = await Promise.all([writePrompt(run, deps), generateBase(run, deps)]);
+  const [prompt, base] = await Promise.all([writePrompt(run, deps), generateBaseNow(run, deps)]);
   return { prompt, base };
 }
 
@@ -116,7 +114,7 @@ describe('write-prompt', () => {
 describe('generate-base', () => {
   it('calls images/generations with gpt-image-2 and stores the PNG under the run', async () => {
     const { deps, backend } = await environment();
-    const result = await generateBase(run, deps);
+    const result = await generateBaseNow(run, deps);
     expect(imageCalls(backend!)[0]).toMatchObject({ route: 'generations', model: 'gpt-image-2', size: '1024x1024' });
     expect(result.baseKey).toBe('runs/ada-lovelace/test-run/base.png');
     const meta = await sharp(await deps.store.getBytes(result.baseKey)).metadata();
@@ -127,7 +125,7 @@ describe('generate-base', () => {
   it('falls back to the second model when the first answers model_not_found', async () => {
     // Before gpt-image-1.5's shutdown date: the fault, not the date, makes it answer model_not_found.
     const { deps, backend } = await environment([{ kind: 'model-gone', times: 1 }], { IMAGE_MODEL: 'gpt-image-1.5', IMAGE_FALLBACK_MODEL: 'gpt-image-2' }, fixedClock('2026-11-15'));
-    const result = await generateBase(run, deps);
+    const result = await generateBaseNow(run, deps);
     expect(result.model).toBe('gpt-image-2');
     expect(imageCalls(backend!).map((r) => r.model)).toEqual(['gpt-image-1.5', 'gpt-image-2']);
   });
@@ -141,7 +139,7 @@ describe('generate-base', () => {
   for (const [name, fault, message] of failures) {
     it(`turns ${fault.kind} from the API into ${name}, naming the persona`, async () => {
       const { deps } = await environment([fault]);
-      const error = (await generateBase(run, { ...deps, imageTimeoutMs: 1500 }).catch((e: unknown) => e)) as Error;
+      const error = (await generateBaseNow(run, { ...deps, imageTimeoutMs: 1500 }).catch((e: unknown) => e)) as Error;
       expect(error.name).toBe(name);
       expect(error.message).toMatch(message);
       expect(error.message).toContain('persona ada-lovelace');
@@ -153,7 +151,7 @@ describe('generate-grid and split-grid', () => {
   it('sends the base image as a multipart image/png part to images/edits and gets a grid', async () => {
     const { deps, backend } = await environment();
     const { prompt, base } = await baseAndPrompt(deps);
-    const grid = await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const grid = await generateGridNow({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     const edit = backend!.requests.find((r) => r.route === 'edits')!;
     expect(edit.files).toEqual([{ field: 'image', filename: 'base.png', mimeType: 'image/png' }]);
     expect(edit.prompt).toMatch(/2x2 grid/);
@@ -163,7 +161,7 @@ describe('generate-grid and split-grid', () => {
   it('splits the stored grid into four tiles with their boxes', async () => {
     const { deps } = await environment();
     const { prompt, base } = await baseAndPrompt(deps);
-    const generated = await generateGrid({ ...run, mode: 'grid', grid: { index: 1, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const generated = await generateGridNow({ ...run, mode: 'grid', grid: { index: 1, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
     expect(split.tiles.map((t) => t.key)).toEqual([0, 1, 2, 3].map((i) => `runs/ada-lovelace/test-run/tiles/grid_1_${i}.png`));
     for (const tile of split.tiles) {
@@ -175,7 +173,7 @@ describe('generate-grid and split-grid', () => {
   it('asks for n separate images in separate mode and stores each', async () => {
     const { deps, backend } = await environment();
     const { prompt, base } = await baseAndPrompt(deps);
-    const generated = await generateGrid({ ...run, mode: 'separate', grid: { index: 0, count: 3 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const generated = await generateGridNow({ ...run, mode: 'separate', grid: { index: 0, count: 3 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     expect(backend!.requests.find((r) => r.route === 'edits')!.n).toBe(3);
     expect(generated.imageKeys).toHaveLength(3);
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
@@ -187,7 +185,7 @@ describe('publish and record-failure', () => {
   it('publishes numbered images and a manifest with prompt, model, timings, usage and cost', async () => {
     const { deps } = await environment();
     const { prompt, base } = await baseAndPrompt(deps);
-    const generated = await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const generated = await generateGridNow({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
     const result = await publish({ ...run, images: 3, mode: 'grid', prompt, base, grids: [split] }, deps);
     expect(result.images.map((i) => i.key)).toEqual([1, 2, 3].map((n) => `avatars/ada-lovelace/runs/test-run/img_${n}.png`));
@@ -206,7 +204,7 @@ describe('publish and record-failure', () => {
   it('uses PUBLIC_BASE_URL for the URLs when one is configured', async () => {
     const { deps } = await environment();
     const { prompt, base } = await baseAndPrompt(deps);
-    const generated = await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const generated = await generateGridNow({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
     const settings = { ...deps.settings, publicBaseUrl: 'https://cdn.example.test' };
     const result = await publish({ ...run, images: 1, mode: 'grid', prompt, base, grids: [split] }, { ...deps, settings });
@@ -216,7 +214,7 @@ describe('publish and record-failure', () => {
   it('returns presigned URLs that fetch the image when no public or S3-compatible base URL is set', async () => {
     const { deps } = await environment();
     const { prompt, base } = await baseAndPrompt(deps);
-    const generated = await generateGrid({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
+    const generated = await generateGridNow({ ...run, mode: 'grid', grid: { index: 0, count: 4 }, promptKey: prompt.promptKey, baseKey: base.baseKey }, deps);
     const split = await splitGrid({ personaId: run.personaId, runId: run.runId, generated }, deps);
     const settings = { ...deps.settings, s3Endpoint: undefined, urlExpirySeconds: 600 };
     const result = await publish({ ...run, images: 1, mode: 'grid', prompt, base, grids: [split] }, { ...deps, settings });

@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, onTestFinished } from 'vitest';
 import { startDynaliteServer, type DynamoDbServer } from './dynamodb.ts';
+import { generateBase } from '../lambdas/generate-base/core.ts';
+import { generateGrid } from '../lambdas/generate-grid/core.ts';
+import type { TurnLater } from '../lambdas/shared/image-provider.ts';
 import { startLocalEnvironment, type LocalEnvironment, type LocalEnvironmentOptions } from '../local/environment.ts';
 import type { RecordedRequest } from '../local/offline-openai.ts';
 import { localStageRoles, runLocally } from '../local/runner.ts';
@@ -140,3 +143,11 @@ export async function invoke<S extends StageName>(w: { deps: Deps }, stage: S, e
   const core = stages[stage] as unknown as (e: unknown, d: Deps) => Promise<Awaited<ReturnType<(typeof stages)[S]>>>;
   return asStage((await localStageRoles(w.deps))[stage], () => core(event, w.deps));
 }
+
+/** What a spec calling an image stage's core gets: its drawing (no other caller takes turns here, so each turn comes at once). */
+function drawnNow<T extends object>(result: T | TurnLater): T {
+  if ('later' in result) throw new Error(`the call's turn comes at ${result.later}: these specs expect it at once`);
+  return result;
+}
+export const generateBaseNow = async (...args: Parameters<typeof generateBase>) => drawnNow(await generateBase(...args));
+export const generateGridNow = async (...args: Parameters<typeof generateGrid>) => drawnNow(await generateGrid(...args));

@@ -1,4 +1,6 @@
+import { basename } from 'node:path';
 import type { BatchBudget } from '../shared/governor.ts';
+import type { TurnLater } from '../shared/image-provider.ts';
 import type { TokenUsage } from '../shared/models.ts';
 import { runKeys } from '../shared/keys.ts';
 import { drawnInBatch, type Drawn } from '../shared/rounds.ts';
@@ -49,7 +51,7 @@ export function basePrompt(persona: Persona): string {
   ].join(' ');
 }
 
-export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<BaseResult> {
+export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<BaseResult | TurnLater> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
   const what = `base image for persona ${event.personaId}`;
@@ -57,6 +59,10 @@ export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'st
     const drawn = await drawnInBatch(deps.store, event.personaId, event.runId, 'base', what);
     return { baseKey: drawn.keys[0]!, ...batchGeneration(drawn, started) };
   }
+  // Its turn first, before anything is read, checked or reserved: a stage that comes back for it does that once.
+  const callKey = `${event.runId}/base${event.promptKey ? `/${basename(event.promptKey)}` : ''}`;
+  const later = await deps.images.turn({ what, callKey, n: 1 });
+  if (later) return later;
   let prompt: string;
   if (event.promptKey) {
     prompt = await deps.store.getText(event.promptKey);
@@ -67,7 +73,7 @@ export async function generateBase(event: GenerateBaseEvent, deps: StageDeps<'st
   }
   if (deps.settings.moderationCheck === 'on') await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
   // PNG: the base is the reference of every edit, so it stays lossless.
-  const result = await deps.images.generate({ what, prompt, n: 1, format: 'png', timeoutMs: deps.imageTimeoutMs, budget: event.budget ?? null });
+  const result = await deps.images.generate({ what, prompt, n: 1, format: 'png', timeoutMs: deps.imageTimeoutMs, budget: event.budget ?? null, callKey });
   await deps.store.put(keys.base, result.images[0]!, 'image/png');
   const { model, usage, estimatedCostUsd, warnings } = result;
   return { baseKey: keys.base, model, ...(usage ? { usage } : {}), estimatedCostUsd, warnings, ms: Date.now() - started };

@@ -1,4 +1,6 @@
+import { basename } from 'node:path';
 import type { BatchBudget } from '../shared/governor.ts';
+import type { TurnLater } from '../shared/image-provider.ts';
 import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { GenerationMode } from '../shared/persona.ts';
 import type { StageDeps } from '../shared/stage.ts';
@@ -46,7 +48,7 @@ export function separatePrompt(scenes: string): string {
 }
 
 /** Image-to-image from the base selfie: a 2x2 grid, or `count` separate images. */
-export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<GridResult> {
+export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'store' | 'images' | 'imageTimeoutMs'>): Promise<GridResult | TurnLater> {
   const started = Date.now();
   const keys = runKeys(event.personaId, event.runId);
   const separate = event.mode === 'separate';
@@ -55,15 +57,21 @@ export async function generateGrid(event: GenerateGridEvent, deps: StageDeps<'st
     const drawn = await drawnInBatch(deps.store, event.personaId, event.runId, gridCallId(event.grid.index), `grid ${event.grid.index} for persona ${event.personaId}`);
     return { ...grid, ...batchGeneration(drawn, started), ...(separate ? { imageKeys: drawn.keys } : { gridKey: drawn.keys[0]! }) };
   }
-  const [reference, scenes] = await Promise.all([deps.store.getBytes(event.baseKey), deps.store.getText(event.promptKey)]);
   const what = `grid ${event.grid.index} for persona ${event.personaId}`;
+  const n = separate ? event.grid.count : 1;
+  // Its turn first, before anything is read, checked or reserved: a stage that comes back for it does that once.
+  const callKey = `${event.runId}/grid-${event.grid.index}/${basename(event.promptKey)}`;
+  const later = await deps.images.turn({ what, callKey, n });
+  if (later) return later;
+  const [reference, scenes] = await Promise.all([deps.store.getBytes(event.baseKey), deps.store.getText(event.promptKey)]);
   const prompt = separate ? separatePrompt(scenes) : gridPrompt(scenes);
   if (deps.settings.moderationCheck === 'on') await deps.images.checkPrompt({ what, prompt, timeoutMs: deps.imageTimeoutMs });
   const result = await deps.images.edit({
     what,
     reference,
     prompt,
-    n: separate ? event.grid.count : 1,
+    n,
+    callKey,
     // A grid is cut up, so it comes lossless; separate images are avatars as they are.
     format: separate ? deps.settings.tileFormat : 'png',
     timeoutMs: deps.imageTimeoutMs,

@@ -10,6 +10,7 @@
 import { ListExecutionsCommand, type ExecutionStatus, type SFNClient } from '@aws-sdk/client-sfn';
 import type { ReportEntry } from '../report-batch/core.ts';
 import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
+import { HEADROOM } from '../shared/governor.ts';
 import { avatarKeys, batchKeys } from '../shared/keys.ts';
 import { BATCH_API_PRICE, estimateImageCallCost } from '../shared/models.ts';
 import { gridCounts, type RunRequest } from '../shared/persona.ts';
@@ -275,7 +276,8 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
     }
     // Each persona's turn comes once the image calls of those before it fit in the limit; in
     // batch mode its images are drawn before the Map starts, outside the limit.
-    const notBefore = new Date(apiMode === 'batch' ? start : start + Math.round((imageCalls * 60_000) / imagesPerMinute)).toISOString();
+    // At the governor's pace, a little under the limit: a plan at the limit itself would fall behind it.
+    const notBefore = new Date(apiMode === 'batch' ? start : start + Math.round((imageCalls * 60_000 * HEADROOM) / imagesPerMinute)).toISOString();
     const input = {
       ...request,
       ...(apiMode === 'batch' ? { imageApi: apiMode } : {}),

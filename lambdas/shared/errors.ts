@@ -13,7 +13,6 @@ export const ErrorNames = {
   IdentityMismatch: 'IdentityMismatch',
   ConfigurationError: 'ConfigurationError',
   RunAlreadyPublished: 'RunAlreadyPublished',
-  ImageTurnLater: 'ImageTurnLater',
   BudgetExhausted: 'BudgetExhausted',
   NotDrawnInBatch: 'NotDrawnInBatch',
 } as const;
@@ -91,16 +90,6 @@ export class ConfigurationError extends AvatarError {
 export class RunAlreadyPublished extends AvatarError {
   constructor(message: string) {
     super(ErrorNames.RunAlreadyPublished, message);
-  }
-}
-
-/**
- * The account's next image turn is further off than a stage waits: Step Functions waits (a retry
- * with backoff), so no Lambda idles for minutes.
- */
-export class ImageTurnLater extends AvatarError {
-  constructor(message: string) {
-    super(ErrorNames.ImageTurnLater, message);
   }
 }
 

@@ -19,7 +19,7 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { withClientPlugins } from './aws-clients.ts';
 import { dayOf, systemClock, type Clock } from './clock.ts';
-import { BudgetExhausted, ImageTurnLater } from './errors.ts';
+import { BudgetExhausted, RateLimited } from './errors.ts';
 
 /** Where turns and spending are kept. Every operation is atomic against concurrent callers. */
 export interface BudgetStore {
@@ -35,6 +35,10 @@ export interface BudgetStore {
   amount(key: string): Promise<number>;
   /** Every amount whose key starts with `prefix` (a scan: for `avatars budget`, not the stages). */
   amounts(prefix: string): Promise<{ key: string; usd: number }[]>;
+  /** The turn held at `key` (when it comes, epoch ms), if one is. */
+  heldTurn(key: string): Promise<number | undefined>;
+  /** Holds a turn at `key` (`at` undefined: lets it go), kept until `expiresAt` (epoch s) at most. */
+  holdTurn(key: string, at: number | undefined, expiresAt: number): Promise<void>;
 }
 
 /** Whose money a call spends beyond the account's: a batch and the budget it was given. */
@@ -60,7 +64,21 @@ export interface Ticket {
 }
 
 export interface ImageGovernor {
-  /** Waits for the call's turn (up to `maxWaitMs`, else ImageTurnLater) after reserving its cost (else BudgetExhausted). */
+  /**
+   * The turn of the call `callKey` (a run's base, grid, safer redraw), first come first served
+   * however far away: taken once and held for that call, so the stage that asked can go and wait
+   * for it in Step Functions and find it held when it comes back. When it comes, epoch ms.
+   */
+  claimTurn(callKey: string, model: string, images: number): Promise<number>;
+  /**
+   * Reserves the cost of the call whose held turn has come (else BudgetExhausted) and lets the
+   * turn go: the call's next claim (a retry, a redraw) takes a new one.
+   */
+  takeHeld(callKey: string, call: ImageCall): Promise<Ticket>;
+  /**
+   * Reserves the call's cost (else BudgetExhausted), then waits for its turn, up to `maxWaitMs`;
+   * a turn further off takes nothing and is RateLimited: the stage is tried again, and claims one.
+   */
   take(call: ImageCall, maxWaitMs: number): Promise<Ticket>;
   /**
    * Reserves a call's cost without a turn (else BudgetExhausted): a line of an OpenAI batch,
@@ -95,8 +113,11 @@ export const spendKeys = {
   batch: (batchId: string) => `budget#${batchId}`,
 };
 
-/** Turns come this much slower than the limit: a call that arrives a little early is not a 429. */
-const HEADROOM = 1.05;
+/** Turns come this much slower than the limit: a call that arrives a little early is not a 429. A batch's plan spaces its personas as much. */
+export const HEADROOM = 1.05;
+/** A held turn not used within a day is let go by the table's TTL. */
+const HELD_TURN_KEPT_S = DAY_S;
+export const turnKey = (callKey: string) => `turn#${callKey}`;
 
 export function governor(store: BudgetStore, limits: GovernorLimits, clock: Clock = systemClock): ImageGovernor {
   const intervalMs = (60_000 / limits.imagesPerMinute) * HEADROOM;
@@ -139,9 +160,36 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     return { usd, keys: added };
   }
 
+  const ticket = (reservation: Reservation): Ticket => {
+    let open = true;
+    const once = async (delta: number) => {
+      if (!open) return;
+      open = false;
+      await adjust(reservation.keys, delta);
+    };
+    return { settle: (actual) => once((actual ?? reservation.usd) - reservation.usd), release: () => once(-reservation.usd) };
+  };
+
   return {
     reserve,
     settle: (reservation, actual) => adjust(reservation.keys, (actual ?? reservation.usd) - reservation.usd),
+    async claimTurn(callKey, model, images) {
+      const held = await store.heldTurn(turnKey(callKey));
+      if (held !== undefined) return held;
+      // Turns are real time, as the API counts them; however far, the turn is the caller's.
+      const now = Date.now();
+      const at = now + (await store.turn(`rate#${model}`, images, intervalMs, earlyMs, Infinity, now));
+      await store.holdTurn(turnKey(callKey), at, Math.floor(at / 1000) + HELD_TURN_KEPT_S);
+      return at;
+    },
+    async takeHeld(callKey, call) {
+      const reservation = await reserve(call);
+      await store.holdTurn(turnKey(callKey), undefined, Math.floor(Date.now() / 1000) + HELD_TURN_KEPT_S).catch(async (error: unknown) => {
+        await adjust(reservation.keys, -reservation.usd);
+        throw error;
+      });
+      return ticket(reservation);
+    },
     async take(call, maxWaitMs) {
       const reservation = await reserve(call);
       // Turns are real time, as the API counts them; the clock says which day's spending this is.
@@ -151,16 +199,10 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
       });
       if (wait > maxWaitMs) {
         await adjust(reservation.keys, -reservation.usd);
-        throw new ImageTurnLater(`${call.what}: the account's next image turn at ${limits.imagesPerMinute} images a minute is ${Math.ceil(wait / 1000)} s away; Step Functions waits and tries again`);
+        throw new RateLimited(`${call.what}: the account's next image turn at ${limits.imagesPerMinute} images a minute is ${Math.ceil(wait / 1000)} s away; the stage is tried again, and then waits for its turn in Step Functions`);
       }
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      let open = true;
-      const once = async (delta: number) => {
-        if (!open) return;
-        open = false;
-        await adjust(reservation.keys, delta);
-      };
-      return { settle: (actual) => once((actual ?? reservation.usd) - reservation.usd), release: () => once(-reservation.usd) };
+      return ticket(reservation);
     },
   };
 }
@@ -169,7 +211,15 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
 export function memoryStore(): BudgetStore {
   const tats = new Map<string, number>();
   const amounts = new Map<string, number>();
+  const held = new Map<string, number>();
   return {
+    async heldTurn(key) {
+      return held.get(key);
+    },
+    async holdTurn(key, at) {
+      if (at === undefined) held.delete(key);
+      else held.set(key, at);
+    },
     async turn(key, images, intervalMs, earlyMs, maxWaitMs, now) {
       const tat = tats.get(key) ?? 0;
       const wait = Math.max(0, tat - earlyMs - now);
@@ -197,6 +247,14 @@ const contended = () => new Promise((resolve) => setTimeout(resolve, 2 + Math.ra
 /** The stack's table: partition key `pk` (string), items `{ tat }` for turns and `{ usd, expiresAt }` for spending. */
 export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore {
   return {
+    async heldTurn(key) {
+      const item = (await client.send(new GetItemCommand({ TableName: table, Key: { pk: { S: key } }, ConsistentRead: true }))).Item;
+      return item?.at?.N ? Number(item.at.N) : undefined;
+    },
+    async holdTurn(key, at, expiresAt) {
+      // A put, as the stages' role allows (no DeleteItem): a turn let go is an item without `at`.
+      await client.send(new PutItemCommand({ TableName: table, Item: { pk: { S: key }, expiresAt: { N: String(expiresAt) }, ...(at === undefined ? {} : { at: { N: String(at) } }) } }));
+    },
     async turn(key, images, intervalMs, earlyMs, maxWaitMs, now) {
       for (;;) {
         const item = (await client.send(new GetItemCommand({ TableName: table, Key: { pk: { S: key } }, ConsistentRead: true }))).Item;

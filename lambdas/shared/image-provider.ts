@@ -17,6 +17,13 @@ export interface ImageRequest {
   timeoutMs: number;
   /** The batch whose budget pays for it, beyond the account's daily cap. */
   budget?: BatchBudget | null;
+  /** The call whose turn `turn()` claimed and held: its first try takes that turn. */
+  callKey?: string;
+}
+
+/** A call's turn is further off than a stage waits: Step Functions waits until `later` (ISO 8601), then runs the stage again. */
+export interface TurnLater {
+  later: string;
 }
 
 export interface ImageResult {
@@ -33,6 +40,12 @@ export interface ImageResult {
 
 export interface ImageProvider {
   readonly name: string;
+  /**
+   * Claims the turn of the call `callKey` under the account's image limit, first come first
+   * served, before anything else is done for it: waits for it when it is at most
+   * IMAGE_TURN_WAIT_MS away, else answers when it comes, held for the call until then.
+   */
+  turn(request: { what: string; callKey: string; n: number }): Promise<TurnLater | undefined>;
   /**
    * Throws ContentPolicyViolation when the provider's moderation flags the prompt: a refusal
    * that costs nothing, before any image is paid for.

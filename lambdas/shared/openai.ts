@@ -177,8 +177,11 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       let ticket: Ticket | undefined;
       try {
         const estimatedUsd = estimateImageCallCost(model, { size: settings.imageSize, quality: settings.imageQuality, n: request.n, promptChars: request.prompt.length, edit });
-        // The call has its whole time after its turn (a stage keeps IMAGE_TURN_WAIT_MS of its own for it).
-        ticket = await turns.take({ what, model, images: request.n, estimatedUsd, budget: request.budget }, settings.imageTurnWaitMs);
+        const imageCall = { what, model, images: request.n, estimatedUsd, budget: request.budget };
+        // The first try takes the turn the stage claimed; a try after a 429 or a retired model
+        // takes one here, if it comes within the stage's wait (the call's whole time comes after).
+        const held = request.callKey !== undefined && i === 0 && deadline === undefined;
+        ticket = held ? await turns.takeHeld(request.callKey!, imageCall) : await turns.take(imageCall, settings.imageTurnWaitMs);
         deadline ??= Date.now() + request.timeoutMs;
         answer = await call(api, model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
@@ -225,6 +228,13 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
 
   return {
     name: 'openai',
+    turn: async ({ callKey, n }) => {
+      const model = modelChain(settings).find((m) => !gone.has(m)) ?? settings.imageModel;
+      const wait = (await turns.claimTurn(callKey, model, n)) - Date.now();
+      if (wait > settings.imageTurnWaitMs) return { later: new Date(Date.now() + wait).toISOString() };
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      return undefined;
+    },
     checkPrompt: async ({ what, prompt, timeoutMs }) => {
       const api = configured(what);
       let answer: OpenAI.ModerationCreateResponse;

@@ -131,7 +131,7 @@ export const SETTINGS = {
     env: 'IMAGE_TURN_WAIT_MS',
     context: 'imageTurnWaitMs',
     default: '20000',
-    doc: 'longest wait for an image call\'s turn inside a stage; a later turn goes back to Step Functions to wait (`ImageTurnLater`, retried with backoff); locally, unless set, turns are waited for in-process',
+    doc: 'longest wait for an image call\'s turn inside a stage; a later turn is held for the call and waited for in a Wait state of the workflow, however long',
     schema: wholeNumber(0, 3_600_000),
   }),
   maxSpendUsdPerDay: spec({

@@ -44,6 +44,8 @@ class BatchProgress {
   onPersonaEvent(event: ProgressEvent): void {
     // Each image call is a Generate… Task that ended, whether it drew or not.
     if ((event.kind === 'exited' || event.kind === 'failed') && event.stateType === 'Task' && /^Generate(Base|Grid)/.test(event.state)) this.imageCalls.push(event.at);
+    // …but one that answered that its turn comes later made none.
+    if (event.kind === 'entered' && /^WaitForGenerate\w+Turn$/.test(event.state)) this.imageCalls.pop();
   }
 
   count(status: string): number {
