@@ -1,5 +1,18 @@
 import { Duration } from 'aws-cdk-lib';
-import { Alarm, ComparisonOperator, TreatMissingData, type IMetric } from 'aws-cdk-lib/aws-cloudwatch';
+import {
+  Alarm,
+  ComparisonOperator,
+  Dashboard,
+  GraphWidget,
+  type HorizontalAnnotation,
+  MathExpression,
+  Metric,
+  SingleValueWidget,
+  Stats,
+  TextWidget,
+  TreatMissingData,
+  type IMetric,
+} from 'aws-cdk-lib/aws-cloudwatch';
 import { SnsAction } from 'aws-cdk-lib/aws-cloudwatch-actions';
 import { Rule, RuleTargetInput, EventField } from 'aws-cdk-lib/aws-events';
 import { LambdaFunction } from 'aws-cdk-lib/aws-events-targets';
@@ -11,6 +24,7 @@ import { EmailSubscription } from 'aws-cdk-lib/aws-sns-subscriptions';
 import type { IQueue } from 'aws-cdk-lib/aws-sqs';
 import type { StateMachine } from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
+import { METRICS_NAMESPACE, METRICS_SERVICE, type MetricName } from '../lambdas/shared/metrics.ts';
 
 export interface OperationsProps {
   stateMachine: StateMachine;
@@ -20,7 +34,16 @@ export interface OperationsProps {
   recordFailure: IFunction;
   /** Where alarms are mailed (context alarmEmail); the topic exists either way. */
   alarmEmail?: string;
+  /** Every stage's function, for its errors and durations. */
+  functions: Record<string, IFunction>;
+  /** The account's image limit and daily spending cap, as the stages are configured. */
+  imagesPerMinute: number;
+  maxSpendUsdPerDay: number | undefined;
 }
+
+/** A metric the stages write (lambdas/shared/metrics.ts), summed or as given over `period`. */
+const stageMetric = (name: MetricName, statistic: string = Stats.SUM, period = Duration.minutes(1)) =>
+  new Metric({ namespace: METRICS_NAMESPACE, metricName: name, dimensionsMap: { service: METRICS_SERVICE }, statistic, period });
 
 /**
  * What an operator sees when something fails:
@@ -32,6 +55,7 @@ export interface OperationsProps {
  */
 export class Operations extends Construct {
   readonly topic: Topic;
+  readonly dashboard: Dashboard;
 
   constructor(scope: Construct, id: string, props: OperationsProps) {
     super(scope, id);
@@ -53,16 +77,70 @@ export class Operations extends Construct {
         'upload notifications the trigger gave up on wait in the FailedUploads queue: fix the cause, then replay them',
       ],
     ];
-    for (const [name, metric, description] of alarms) {
-      new Alarm(this, name, {
-        metric,
-        threshold: 1,
-        evaluationPeriods: 1,
-        comparisonOperator: ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: TreatMissingData.NOT_BREACHING,
-        alarmDescription: `persona-avatars: ${description}`,
-      }).addAlarmAction(new SnsAction(this.topic));
+    for (const [name, metric, description] of alarms) this.alarm(name, metric, 1, description);
+
+    // Images, money and waiting (the stages' own metrics).
+    const rateLimitedShare = new MathExpression({
+      expression: '100 * limited / FILL(calls, 1)',
+      usingMetrics: { limited: stageMetric('ImageCallsRateLimited', Stats.SUM, Duration.minutes(5)), calls: stageMetric('ImageCalls', Stats.SUM, Duration.minutes(5)) },
+      label: '429s, % of image calls',
+      period: Duration.minutes(5),
+    });
+    this.alarm('ImageCallsRateLimited', rateLimitedShare, 5, 'more than 5% of image calls were answered 429 over 5 minutes: IMAGES_PER_MINUTE is above the account\'s limit, or another client shares it', ComparisonOperator.GREATER_THAN_THRESHOLD);
+    const turnWait = stageMetric('TurnWaitSeconds', Stats.MAXIMUM, Duration.minutes(5));
+    this.alarm('TurnWaitOverAnHour', turnWait, 3600, 'an image call\'s turn was more than an hour away: the queue is longer than the image limit drains in an hour (batches, uploads); nothing fails, runs wait', ComparisonOperator.GREATER_THAN_THRESHOLD);
+    const spent = stageMetric('SpentTodayUsd', Stats.MAXIMUM, Duration.minutes(5));
+    if (props.maxSpendUsdPerDay !== undefined) {
+      this.alarm('SpendNearDailyCap', spent, 0.8 * props.maxSpendUsdPerDay, `image spending today reached 80% of MAX_SPEND_USD_PER_DAY ($${props.maxSpendUsdPerDay}): past the cap, image calls are refused with BudgetExhausted until midnight UTC`);
     }
+
+    const stages = Object.entries(props.functions);
+    const perStage = (metric: (fn: IFunction) => Metric) => stages.map(([stage, fn]) => metric(fn).with({ label: stage, period: Duration.minutes(5) }));
+    const stageError = (error: string) =>
+      new Metric({ namespace: METRICS_NAMESPACE, metricName: 'StageErrors', dimensionsMap: { service: METRICS_SERVICE, error }, statistic: Stats.SUM, period: Duration.minutes(5), label: error });
+    this.dashboard = new Dashboard(this, 'Dashboard', { dashboardName: 'persona-avatars' });
+    this.dashboard.addWidgets(
+      new TextWidget({ markdown: '# persona-avatars\nImages, money and waiting (namespace `PersonaAvatars`), then runs and stages. README: Operations says what each answers.', width: 24, height: 2 }),
+    );
+    this.dashboard.addWidgets(
+      new GraphWidget({
+        title: 'Images a minute, against IMAGES_PER_MINUTE',
+        left: [stageMetric('ImagesDrawn').with({ label: 'images drawn' }), stageMetric('ImageCalls').with({ label: 'image calls' })],
+        leftAnnotations: [{ value: props.imagesPerMinute, label: `IMAGES_PER_MINUTE (${props.imagesPerMinute})` } satisfies HorizontalAnnotation],
+        width: 12,
+      }),
+      new GraphWidget({ title: '429s, % of image calls (alarm above 5%)', left: [rateLimitedShare], leftAnnotations: [{ value: 5, label: 'alarm' }], width: 12 }),
+      new GraphWidget({
+        title: 'Spent today (UTC), USD, against MAX_SPEND_USD_PER_DAY',
+        left: [spent.with({ label: 'spent and reserved today' }), stageMetric('ImageCostUsd', Stats.SUM, Duration.minutes(5)).with({ label: 'drawn in 5 minutes' })],
+        leftAnnotations: props.maxSpendUsdPerDay === undefined ? [] : [{ value: props.maxSpendUsdPerDay, label: 'cap' }, { value: 0.8 * props.maxSpendUsdPerDay, label: 'alarm (80%)' }],
+        width: 12,
+      }),
+      new GraphWidget({ title: 'Turn wait, seconds (alarm above an hour)', left: [turnWait.with({ label: 'longest' }), stageMetric('TurnWaitSeconds', Stats.AVERAGE, Duration.minutes(5)).with({ label: 'average' })], width: 12 }),
+    );
+    this.dashboard.addWidgets(
+      new GraphWidget({
+        title: 'Runs',
+        left: [machine.metricSucceeded({ label: 'succeeded' }), machine.metricFailed({ label: 'failed' }), machine.metricTimedOut({ label: 'timed out' }), machine.metricAborted({ label: 'stopped' })],
+        width: 8,
+      }),
+      new GraphWidget({
+        title: 'Batches and their personas',
+        left: [props.batchStateMachine.metricSucceeded({ label: 'batches succeeded' }), props.batchStateMachine.metricFailed({ label: 'batches failed' })],
+        right: (['PersonasPlanned', 'PersonasSkipped', 'PersonasSucceeded', 'PersonasFailed'] as const).map((name) => stageMetric(name, Stats.SUM, Duration.minutes(5)).with({ label: name })),
+        width: 8,
+      }),
+      new GraphWidget({
+        title: 'Redraws and refusals, by error',
+        left: ['IdentityMismatch', 'GridLayoutMismatch', 'ContentPolicyViolation', 'BudgetExhausted', 'RateLimited'].map(stageError),
+        width: 8,
+      }),
+    );
+    this.dashboard.addWidgets(
+      new GraphWidget({ title: 'Lambda errors per stage', left: perStage((fn) => fn.metricErrors()), width: 12 }),
+      new GraphWidget({ title: 'Lambda duration per stage (p95, ms)', left: perStage((fn) => fn.metricDuration({ statistic: Stats.p(95) })), width: 12 }),
+      new SingleValueWidget({ title: 'Avatars published (24 h)', metrics: [stageMetric('AvatarsPublished', Stats.SUM, Duration.days(1))], width: 6 }),
+    );
 
     // Recording is idempotent: a run the workflow recorded itself keeps that record.
     const recorded: [string, string, string[], string][] = [
@@ -85,5 +163,17 @@ export class Operations extends Construct {
         ],
       });
     }
+  }
+
+  /** An alarm to the topic: `metric` past `threshold` over one period; no data is no alarm. */
+  private alarm(id: string, metric: IMetric, threshold: number, description: string, comparisonOperator = ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD): void {
+    new Alarm(this, id, {
+      metric,
+      threshold,
+      evaluationPeriods: 1,
+      comparisonOperator,
+      treatMissingData: TreatMissingData.NOT_BREACHING,
+      alarmDescription: `persona-avatars: ${description}`,
+    }).addAlarmAction(new SnsAction(this.topic));
   }
 }

@@ -67,8 +67,15 @@ export class PersonaAvatarsStack extends Stack {
       failedUploads: uploads.failedUploads,
       recordFailure: this.stages.functions['record-failure'],
       alarmEmail: props.alarmEmail,
+      functions: this.stages.functions,
+      imagesPerMinute: props.settings.imagesPerMinute,
+      maxSpendUsdPerDay: props.settings.maxSpendUsdPerDay,
     });
-    new CfnOutput(this, 'AlarmTopicArn', { value: operations.topic.topicArn, description: 'alarms on failed runs and dead-lettered uploads' });
+    new CfnOutput(this, 'AlarmTopicArn', { value: operations.topic.topicArn, description: 'alarms on failed runs, dead-lettered uploads, 429s, spending and turn waits' });
+    new CfnOutput(this, 'DashboardUrl', {
+      value: `https://console.aws.amazon.com/cloudwatch/home?region=${this.region}#dashboards:name=${operations.dashboard.dashboardName}`,
+      description: 'images a minute, 429s, spending against the cap, turn waits, runs, batches and stages (README: Operations)',
+    });
 
     new CfnOutput(this, 'BucketName', { value: bucket.bucketName });
     new CfnOutput(this, 'ImageBudgetTable', { value: imageBudget.tableName, description: 'IMAGE_BUDGET_TABLE: the image turns and spending every run shares (`avatars budget`)' });

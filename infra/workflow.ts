@@ -57,10 +57,11 @@ export function stageTask(scope: Construct, name: string, props: StageTaskProps)
   return state;
 }
 
-/** The run's identity, as every stage's payload starts with it. */
+/** The run's identity, as every stage's payload starts with it (and its logs: stage.ts, correlationOf). */
 const RUN = {
   personaId: JsonPath.stringAt('$.personaId'),
   runId: JsonPath.stringAt('$.runId'),
+  batchId: JsonPath.stringAt('$.batchId'),
 };
 
 /**

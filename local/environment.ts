@@ -152,6 +152,9 @@ export async function startLocalEnvironment(options: LocalEnvironmentOptions): P
       await ensureBudgetTable(client, env.IMAGE_BUDGET_TABLE).finally(() => client.destroy());
     }
     const logger = new Logger({ serviceName: 'persona-avatars', logLevel: options.logLevel ?? 'SILENT' });
+    // Metrics are CloudWatch's (README: Operations): off here, so commands print only what they say
+    // (POWERTOOLS_METRICS_DISABLED=false writes their EMF records to stdout, as a Lambda does).
+    process.env.POWERTOOLS_METRICS_DISABLED ??= 'true';
     const deps = await depsFromEnv(env, logger, [storeClient, openAiClients, sfnClient, localFaceFinder, signingClient, governorClient], clock);
     useBudgetTable(deps, env.IMAGE_BUDGET_TABLE);
     const clients = [deps.store.s3, deps.sfn];

@@ -40,4 +40,14 @@ describe('a stage handler', () => {
     expect(error).toMatchObject({ name: 'InvalidPersona' });
     expect(logs.lines().find((l) => l.message === 'stage failed')).toMatchObject({ level: 'ERROR', stage: 'plan-run' });
   });
+
+  it('tags every line of a run it logs with the persona, the run and, in a batch, the batch', async () => {
+    const logs = capturedLogs();
+    await handler({ input: { persona, batchId: 'team-1' }, runId: 'exec-3' }, context);
+    const line = logs.lines().find((l) => l.message === 'stage succeeded')!;
+    expect(line).toMatchObject({ stage: 'plan-run', personaId: 'ada-lovelace', runId: 'exec-3', batchId: 'team-1' });
+    // Not carried over to the next invocation.
+    await handler({ input: { persona }, runId: 'exec-4' }, context);
+    expect(logs.lines().filter((l) => l.message === 'stage succeeded').at(-1)).not.toHaveProperty('batchId');
+  });
 });

@@ -227,12 +227,30 @@ describe('the synthesized stack', () => {
 
   it('raises alarms on failed, timed-out and stopped runs, failed batches and dead-lettered uploads, mailed when alarmEmail is set', () => {
     const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm'));
-    expect(alarms.map((a) => a.Properties.MetricName).sort()).toEqual(['ApproximateNumberOfMessagesVisible', 'ExecutionsAborted', 'ExecutionsFailed', 'ExecutionsFailed', 'ExecutionsTimedOut']);
+    expect(alarms.map((a) => a.Properties.MetricName).filter(Boolean).sort()).toEqual(['ApproximateNumberOfMessagesVisible', 'ExecutionsAborted', 'ExecutionsFailed', 'ExecutionsFailed', 'ExecutionsTimedOut', 'TurnWaitSeconds']);
     const topicId = Object.keys(template.findResources('AWS::SNS::Topic'))[0]!;
     for (const alarm of alarms) expect(alarm.Properties.AlarmActions).toEqual([{ Ref: topicId }]);
     expect(template.findResources('AWS::SNS::Subscription')).toEqual({});
     const mailed = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { alarmEmail: 'ops@example.com' } }).stack);
     mailed.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com' });
+  });
+
+  it('alarms on a 429 share above 5% over 5 minutes, on turns more than an hour away and, with a daily cap, on spending at 80% of it', () => {
+    const alarmOn = (t: Template, name: string) => Object.values(t.findResources('AWS::CloudWatch::Alarm')).find((a) => JSON.stringify(a.Properties).includes(name))?.Properties;
+    expect(alarmOn(template, 'ImageCallsRateLimited')).toMatchObject({ Threshold: 5, ComparisonOperator: 'GreaterThanThreshold', Metrics: expect.arrayContaining([expect.objectContaining({ Expression: '100 * limited / FILL(calls, 1)' })]) });
+    expect(alarmOn(template, 'TurnWaitSeconds')).toMatchObject({ Namespace: 'PersonaAvatars', Statistic: 'Maximum', Threshold: 3600 });
+    // No cap, nothing to near.
+    expect(alarmOn(template, 'SpentTodayUsd')).toBeUndefined();
+    const capped = Template.fromStack(buildApp({ bundle: false, validate: false, outdir, context: { maxSpendUsdPerDay: 50 } }).stack);
+    expect(alarmOn(capped, 'SpentTodayUsd')).toMatchObject({ Namespace: 'PersonaAvatars', Statistic: 'Maximum', Threshold: 40, Dimensions: [{ Name: 'service', Value: 'persona-avatars' }] });
+  });
+
+  it('has a dashboard of images against the limit, 429s, spending against the cap and turn waits, from the metrics the stages write', () => {
+    const body = JSON.stringify(Object.values(template.findResources('AWS::CloudWatch::Dashboard'))[0]!.Properties.DashboardBody);
+    for (const name of ['ImagesDrawn', 'ImageCalls', 'ImageCostUsd', 'ImageCallsRateLimited', 'SpentTodayUsd', 'TurnWaitSeconds', 'StageErrors', 'AvatarsPublished', 'PersonasFailed']) {
+      expect(body, name).toContain(`\\"PersonaAvatars\\",\\"${name}\\"`);
+    }
+    expect(Object.keys(template.toJSON().Outputs)).toContain('DashboardUrl');
   });
 
   it('records runs that timed out, were stopped or failed without a record, which the workflow\u2019s own Catch cannot see', () => {
@@ -433,7 +451,7 @@ describe('the stack outputs', () => {
       ...[...readme.matchAll(/`([A-Z]\w+)` output/g)].map((m) => m[1]!),
       ...[...(/The stack's outputs name([^]*?)\n\n/.exec(readme)?.[1] ?? '').matchAll(/\(`([A-Z]\w+)`/g)].map((m) => m[1]!),
     ]);
-    expect([...named].sort()).toEqual(['AlarmTopicArn', 'AvatarsUrl', 'BatchStateMachineArn', 'BucketName', 'FailedUploadsQueueUrl', 'ImageBudgetTable', 'StateMachineArn']);
+    expect([...named].sort()).toEqual(['AlarmTopicArn', 'AvatarsUrl', 'BatchStateMachineArn', 'BucketName', 'DashboardUrl', 'FailedUploadsQueueUrl', 'ImageBudgetTable', 'StateMachineArn']);
     expect(Object.keys(template.toJSON().Outputs).sort()).toEqual([...named].sort());
   });
 });

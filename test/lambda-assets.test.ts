@@ -14,6 +14,8 @@ import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { issueSigningCertificate } from '../local/certificates.ts';
 import { synthesizeWorkflows, workflowFromTemplate } from '../local/definition.ts';
 import { startEmbeddedS3 } from '../local/embedded-s3.ts';
+import { startOfflineBackend } from '../local/offline-openai.ts';
+import { METRICS_NAMESPACE, METRICS_SERVICE } from '../lambdas/shared/metrics.ts';
 import { runLocally } from '../local/runner.ts';
 import { persona, sameClock, startTestEnvironment } from './support.ts';
 import { stageNames } from '../lambdas/stages.ts';
@@ -54,6 +56,15 @@ function assetOf(stage: string): string {
   // The code's S3 key is the asset hash; the staged folder is named after it.
   return join(outdir, `asset.${String(fn.Properties.Code.S3Key).replace(/\.zip$/, '')}`);
 }
+
+/** What a bundle run as deployed needs to reach the embedded S3. */
+const s3Env = (s3: { endpoint: string; accessKey: string; secretKey: string }) => ({
+  PATH: process.env.PATH!,
+  S3_ENDPOINT: s3.endpoint,
+  S3_ACCESS_KEY: s3.accessKey,
+  S3_SECRET_KEY: s3.secretKey,
+  S3_BUCKET_NAME: 'avatars',
+});
 
 describe('the bundled Lambda assets', () => {
   it('come with the same template that the tests, the local runner and the bench synthesize', () => {
@@ -144,11 +155,7 @@ describe('the bundled Lambda assets', () => {
       };
       const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r.images[0])))`;
       const env = {
-        PATH: process.env.PATH!,
-        S3_ENDPOINT: s3.endpoint,
-        S3_ACCESS_KEY: s3.accessKey,
-        S3_SECRET_KEY: s3.secretKey,
-        S3_BUCKET_NAME: 'avatars',
+        ...s3Env(s3),
         PUBLIC_BASE_URL: 'https://avatars.example.com',
         C2PA_CERTIFICATE: join(work, 'chain.pem'),
         C2PA_PRIVATE_KEY: join(work, 'key.pem'),
@@ -161,6 +168,34 @@ describe('the bundled Lambda assets', () => {
       expect((await readC2pa({ bytes: stored, format: 'png' }, issued.caPem))?.state).toBe('Trusted');
     } finally {
       client.destroy();
+      await s3.close();
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  it('ships generate-base, whose bundle draws a base and prints its image count and cost as CloudWatch metrics in one namespace', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'avatars-asset-base-'));
+    const [s3, backend] = await Promise.all([startEmbeddedS3(join(work, 's3'), 'avatars'), startOfflineBackend()]);
+    try {
+      const event = { personaId: persona.id, runId: 'r', batchId: null, persona, budget: null, imageApi: 'sync' };
+      const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify({ base: r })))`;
+      const env = { ...s3Env(s3), OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, ...sameClock() };
+      const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: assetOf('generate-base'), env });
+      const lines = stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+      expect(lines.at(-1)!.base).toMatchObject({ baseKey: expect.stringMatching(/base\.png$/), model: 'gpt-image-2' });
+      // Embedded metric format: what CloudWatch turns into metrics from the function's log.
+      const emf = lines.filter((l) => l._aws);
+      const named = (name: string) => emf.filter((l) => l._aws.CloudWatchMetrics[0].Metrics.some((m: { Name: string }) => m.Name === name));
+      for (const record of emf) expect(record._aws.CloudWatchMetrics[0].Namespace).toBe(METRICS_NAMESPACE);
+      const totals = named('ImagesDrawn').find((l) => l._aws.CloudWatchMetrics[0].Dimensions[0].length === 1)!;
+      expect(totals).toMatchObject({ service: METRICS_SERVICE, ImagesDrawn: 1, ImageCalls: 1, ImageCostUsd: lines.at(-1)!.base.estimatedCostUsd });
+      expect(named('ImageCostUsd').some((l) => l.model === 'gpt-image-2' && l.api === 'sync')).toBe(true);
+      // A named error the function lets through is counted by its name.
+      const refused = `require('./index.js').handler({ personaId: 'x', runId: 'r', batchId: null, persona: { id: 'x' }, imageApi: 'batch' }, { getRemainingTimeInMillis: () => 60000 }).catch((e) => console.log(JSON.stringify({ error: e.name })))`;
+      const failed = (await promisify(execFile)(process.execPath, ['-e', refused], { cwd: assetOf('generate-base'), env })).stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+      expect(failed).toContainEqual(expect.objectContaining({ error: failed.at(-1)!.error, StageErrors: 1, service: METRICS_SERVICE }));
+    } finally {
+      await backend.close();
       await s3.close();
       rmSync(work, { recursive: true, force: true });
     }
@@ -180,7 +215,7 @@ describe('the bundled Lambda assets', () => {
       const tiles = ['runs/p/r/t0.png', 'runs/p/r/t1.png'].map((key) => ({ key, box: { left: 0, top: 0, width: 512, height: 512 }, bytes: 1 }));
       const event = { personaId: 'p', runId: 'r', baseKey: 'runs/p/r/base.png', split: { gridIndex: 0, tiles, generation: {}, ms: 0 } };
       const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r.identity)))`;
-      const env = { PATH: process.env.PATH!, S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars', IDENTITY_POLICY: 'flag' };
+      const env = { ...s3Env(s3), IDENTITY_POLICY: 'flag' };
       const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
       const identity = JSON.parse(stdout.trim().split('\n').at(-1)!) as { verdicts: { pass: boolean }[] };
       expect(identity.verdicts.map((v) => v.pass)).toEqual([true, false]);

@@ -85,6 +85,9 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
       // Paid for either way: an unusable answer is drawn again next round.
       settlements.push([reservation, call.drawn?.estimatedCostUsd ?? (estimateImageCost(model, body.usage) ?? 0) * BATCH_API_PRICE]);
       if (call.drawn) {
+        const by = { model, api: 'batch' };
+        deps.metrics.record('ImagesDrawn', call.drawn.keys.length, by);
+        deps.metrics.record('ImageCostUsd', call.drawn.estimatedCostUsd ?? 0, by);
         state.costUsd += call.drawn.estimatedCostUsd ?? 0;
         state.syncCostUsd += (call.drawn.estimatedCostUsd ?? 0) / BATCH_API_PRICE;
       } else {
@@ -167,6 +170,7 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
   await inPool(more ? [...touched] : state.personas, WRITE_CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
   await saveRounds(deps.store, state);
   for (const [reservation, usd] of settlements) await deps.governor.settle(reservation, usd);
+  if (settlements.length > 0) deps.metrics.record('SpentTodayUsd', await deps.governor.spentToday());
   deps.logger.info('OpenAI batch round collected', { batchId: plan.batchId, round: round.n, statuses: batches.map((b) => b.status), costUsd: state.costUsd });
   return { ...round, status: 'collected', next: more ? 'submit' : 'run' };
 }

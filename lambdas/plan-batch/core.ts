@@ -280,6 +280,7 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
     const notBefore = new Date(apiMode === 'batch' ? start : start + Math.round((imageCalls * 60_000 * HEADROOM) / imagesPerMinute)).toISOString();
     const input = {
       ...request,
+      batchId: event.batchId,
       ...(apiMode === 'batch' ? { imageApi: apiMode } : {}),
       ...(budgetUsd === undefined ? {} : { budget: { batchId: event.batchId, usd: budgetUsd } }),
     };
@@ -306,6 +307,8 @@ export async function planBatch(event: PlanBatchEvent, deps: StageDeps<'store' |
     concurrency: Math.max(1, Math.min(items.length, MAX_CHILD_WORKFLOWS, Math.ceil(((imagesPerMinute * items.length) / Math.max(1, imageCalls)) * PERSONA_MINUTES))),
   };
   await deps.store.putJson(keys.plan, { ...plan, skippedLines: skipped, refusedLines: refused });
+  deps.metrics.record('PersonasPlanned', items.length);
+  deps.metrics.record('PersonasSkipped', skipped.length);
   deps.logger.info('batch planned', { batchId: event.batchId, toRun: items.length, skipped: skipped.length, imageCalls, imagesPerMinute });
   return plan;
 }

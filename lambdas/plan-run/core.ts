@@ -26,6 +26,8 @@ export interface RunPlan {
   budget: BatchBudget | null;
   /** `batch`: its images were drawn by OpenAI's Batch API before it started. */
   imageApi: 'sync' | 'batch';
+  /** The batch that runs it, if one does: every stage's log lines name it. */
+  batchId: string | null;
 }
 
 /** Execution names may hold characters that are awkward in keys; keep a safe, recognisable id. */
@@ -48,5 +50,6 @@ export async function planRun(event: PlanRunEvent, deps: StageDeps): Promise<Run
     grids,
     budget: request.budget ?? null,
     imageApi: request.imageApi ?? 'sync',
+    batchId: request.batchId ?? null,
   };
 }

@@ -1,4 +1,4 @@
-import { lambdaHandler } from '../shared/stage.ts';
+import { lambdaHandler } from '../shared/handler.ts';
 import { planRun } from './core.ts';
 
 export const handler = lambdaHandler('plan-run', planRun);

@@ -208,6 +208,8 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
   // A run of the same persona that wrote after this one read: this run is the one replaced.
   const current = await currentRun(deps, keys.manifest);
   if (current && current.runId !== event.runId) await markSuperseded(deps, { runId: event.runId, manifestKey: runKeys.manifest, images }, keys.manifest);
+  deps.metrics.record('RunsPublished', 1);
+  deps.metrics.record('AvatarsPublished', images.length);
   return {
     personaId: event.personaId,
     runId: event.runId,

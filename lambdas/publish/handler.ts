@@ -1,5 +1,5 @@
 import { storeClient } from '../shared/s3.ts';
-import { lambdaHandler } from '../shared/stage.ts';
+import { lambdaHandler } from '../shared/handler.ts';
 import { publish } from './core.ts';
 import { signingClient } from './signer.ts';
 

@@ -207,6 +207,8 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   }
   await putStreamed(deps.store, keys.report, reportJson(head, withUrls()), 'application/json');
   await putStreamed(deps.store, keys.index, contactSheetChunks(head, withUrls()), 'text/html; charset=utf-8');
+  deps.metrics.record('PersonasSucceeded', head.counts.SUCCEEDED);
+  deps.metrics.record('PersonasFailed', head.counts.FAILED);
   deps.logger.info('batch reported', { batchId: plan.batchId, ...head.counts });
   return { batchId: plan.batchId, reportKey: keys.report, indexKey: keys.index, counts: head.counts };
 }

@@ -87,6 +87,8 @@ export interface ImageGovernor {
    */
   reserve(call: ImageCall): Promise<Reservation>;
   settle(reservation: Reservation, usd: number | null): Promise<void>;
+  /** The account's image spending today (UTC), settled and reserved. */
+  spentToday(): Promise<number>;
 }
 
 /** What a call reserved, and where: kept with the call until its answer is read. */
@@ -173,6 +175,7 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
   return {
     reserve,
     settle: (reservation, actual) => adjust(reservation.keys, (actual ?? reservation.usd) - reservation.usd),
+    spentToday: () => store.amount(spendKeys.day(dayOf(clock))),
     async claimTurn(callKey, model, images) {
       const held = await store.heldTurn(turnKey(callKey));
       if (held !== undefined) return held;

@@ -11,6 +11,7 @@ import { withClientPlugins } from './aws-clients.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { ConfigurationError, ContentPolicyViolation, ImageTimeout, RateLimited, UpstreamError, AvatarError } from './errors.ts';
 import { formatOf, type ImageProvider, type ImageRequest, type ImageResult } from './image-provider.ts';
+import type { StageMetrics } from './metrics.ts';
 import { imageProblem } from './image-check.ts';
 import { budgetStoreFromEnv, governor, type ImageGovernor, type Ticket } from './governor.ts';
 import { IMAGE_MODELS, estimateImageCallCost, estimateImageCost, modelAdvice, modelChain, parseSize, type TokenUsage } from './models.ts';
@@ -147,7 +148,14 @@ const MODERATION_MODEL = 'omni-moderation-latest';
  * A model that answers `model_not_found` (OpenAI retires image models) is skipped for the next in
  * IMAGE_FALLBACK_MODELS, and for the rest of this container's life.
  */
-export function openAiImages(client: OpenAI | undefined, settings: Settings, logger: Pick<Logger, 'warn'>, clock: Clock = systemClock, turns: ImageGovernor = governor(budgetStoreFromEnv({}), settings, clock)): ImageProvider {
+export function openAiImages(
+  client: OpenAI | undefined,
+  settings: Settings,
+  logger: Pick<Logger, 'warn'>,
+  metrics: StageMetrics,
+  clock: Clock = systemClock,
+  turns: ImageGovernor = governor(budgetStoreFromEnv({}), settings, clock),
+): ImageProvider {
   const gone = new Set<string>();
   // Every configured model answered model_not_found: name them, and one to use instead.
   const noModelLeft = (what: string) => {
@@ -175,6 +183,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       const model = chain[i]!;
       let answer: OpenAI.ImagesResponse;
       let ticket: Ticket | undefined;
+      let called = false;
       try {
         const estimatedUsd = estimateImageCallCost(model, { size: settings.imageSize, quality: settings.imageQuality, n: request.n, promptChars: request.prompt.length, edit });
         const imageCall = { what, model, images: request.n, estimatedUsd, budget: request.budget };
@@ -183,8 +192,14 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
         const held = request.callKey !== undefined && i === 0 && deadline === undefined;
         ticket = held ? await turns.takeHeld(request.callKey!, imageCall) : await turns.take(imageCall, settings.imageTurnWaitMs);
         deadline ??= Date.now() + request.timeoutMs;
+        metrics.record('ImageCalls', 1);
+        called = true;
         answer = await call(api, model, optionsFor(model, request, edit), Math.max(1000, deadline - Date.now()));
       } catch (error) {
+        if (called) {
+          if (error instanceof OpenAI.APIError && error.status === 429) metrics.record('ImageCallsRateLimited', 1);
+          else metrics.record('ImageCallsFailed', 1, { error: toAvatarError(error, what, request.timeoutMs).name });
+        }
         // An answer means nothing was drawn, so nothing was paid; no answer may have been paid for.
         if (error instanceof OpenAI.APIError && error.status !== undefined) await ticket?.release();
         else await ticket?.settle(null);
@@ -212,6 +227,10 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
       const usage = answer.usage as TokenUsage | undefined;
       const estimatedCostUsd = estimateImageCost(model, usage);
       await ticket.settle(estimatedCostUsd);
+      const by = { model, api: 'sync' };
+      metrics.record('ImagesDrawn', answer.data?.length ?? 0, by);
+      metrics.record('ImageCostUsd', estimatedCostUsd ?? 0, by);
+      metrics.record('SpentTodayUsd', await turns.spentToday());
       const images = (answer.data ?? []).map((d) => {
         if (!d.b64_json) throw new UpstreamError(`${what}: the image API answered without image data; retried`);
         return Buffer.from(d.b64_json, 'base64');
@@ -231,6 +250,7 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
     turn: async ({ callKey, n }) => {
       const model = modelChain(settings).find((m) => !gone.has(m)) ?? settings.imageModel;
       const wait = (await turns.claimTurn(callKey, model, n)) - Date.now();
+      metrics.record('TurnWaitSeconds', Math.max(0, wait) / 1000);
       if (wait > settings.imageTurnWaitMs) return { later: new Date(Date.now() + wait).toISOString() };
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       return undefined;
@@ -275,8 +295,8 @@ export function openAiImages(client: OpenAI | undefined, settings: Settings, log
 }
 
 /** For the stages that draw or write prompts: the image provider and the text client, sharing one key. */
-export async function openAiClients(env: Env, settings: Settings, logger: Logger, clock: Clock): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
+export async function openAiClients(env: Env, settings: Settings, logger: Logger, clock: Clock, metrics: StageMetrics): Promise<{ images: ImageProvider; text: OpenAI | undefined }> {
   const key = await openAiKeyFromEnv(env);
   const client = key ? openAiClient(key, env.OPENAI_BASE_URL, Math.max(settings.imageTimeoutMs, settings.textTimeoutMs)) : undefined;
-  return { images: openAiImages(client, settings, logger, clock, governor(budgetStoreFromEnv(env), settings, clock)), text: client };
+  return { images: openAiImages(client, settings, logger, metrics, clock, governor(budgetStoreFromEnv(env), settings, clock)), text: client };
 }

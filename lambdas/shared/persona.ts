@@ -46,10 +46,12 @@ export const runRequestSchema = z.object({
   budget: z.optional(z.object({ batchId: z.string().check(z.minLength(1)), usd: z.number().check(z.positive()) })),
   /** Set by a batch in batch mode: the images were drawn by OpenAI's Batch API; the run calls no image endpoint. */
   imageApi: z.optional(z.enum(['sync', 'batch'])),
+  /** Set by a batch: its id, on every log line of the run. */
+  batchId: z.optional(z.string().check(z.minLength(1))),
 });
 
 /** A run as asked for: `images` stays unset when not given, for the deployment's default to fill. */
-export type RunRequest = { persona: Persona; images?: number; mode: GenerationMode; budget?: BatchBudget; imageApi?: 'sync' | 'batch' };
+export type RunRequest = { persona: Persona; images?: number; mode: GenerationMode; budget?: BatchBudget; imageApi?: 'sync' | 'batch'; batchId?: string };
 
 function firstIssue(error: z.core.$ZodError, prefix: string): InvalidPersona {
   const issue = error.issues[0]!;
@@ -72,8 +74,15 @@ export function parseRunRequest(value: unknown): RunRequest {
   const request = value && typeof value === 'object' && !Array.isArray(value) && !('persona' in value) ? { persona: value } : value;
   const parsed = runRequestSchema.safeParse(request);
   if (!parsed.success) throw firstIssue(parsed.error, '');
-  const { images, mode, budget, imageApi } = parsed.data;
-  return { persona: parsePersona(parsed.data.persona, 'persona'), ...(images !== undefined ? { images } : {}), mode, ...(budget ? { budget } : {}), ...(imageApi ? { imageApi } : {}) };
+  const { images, mode, budget, imageApi, batchId } = parsed.data;
+  return {
+    persona: parsePersona(parsed.data.persona, 'persona'),
+    ...(images !== undefined ? { images } : {}),
+    mode,
+    ...(budget ? { budget } : {}),
+    ...(imageApi ? { imageApi } : {}),
+    ...(batchId ? { batchId } : {}),
+  };
 }
 
 /** The first bio the persona has, preferring Facebook's as the seed service did. */

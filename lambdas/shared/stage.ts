@@ -1,5 +1,4 @@
-import { Logger } from '@aws-lambda-powertools/logger';
-import type { Context } from 'aws-lambda';
+import type { Logger } from '@aws-lambda-powertools/logger';
 import type { SFNClient } from '@aws-sdk/client-sfn';
 import type OpenAI from 'openai';
 import type { FaceFinder } from '../check-identity/faces.ts';
@@ -7,6 +6,7 @@ import type { SigningSource } from '../publish/signer.ts';
 import { systemClock, type Clock } from './clock.ts';
 import type { ImageGovernor } from './governor.ts';
 import type { ImageProvider } from './image-provider.ts';
+import { stageMetrics, type StageMetrics } from './metrics.ts';
 import { settingsFromEnv, type Settings } from './settings.ts';
 import type { ObjectStore } from './store.ts';
 
@@ -34,19 +34,21 @@ export interface Deps {
   signing: SigningSource;
   /** What time it is for the stages that plan by it (a batch's turns). */
   clock: Clock;
+  /** What the operator's dashboard and alarms read (README: Operations), published as each stage ends. */
+  metrics: StageMetrics;
   /** Timeouts for one call, kept below what is left of the Lambda's own time. */
   imageTimeoutMs: number;
   textTimeoutMs: number;
 }
 
-export type StageDeps<K extends keyof Deps = never> = Pick<Deps, 'settings' | 'logger' | K>;
+export type StageDeps<K extends keyof Deps = never> = Pick<Deps, 'settings' | 'logger' | 'metrics' | K>;
 
 export type StageCore<E, R, K extends keyof Deps = never> = (event: E, deps: StageDeps<K>) => Promise<R>;
 
 type Env = Record<string, string | undefined>;
 
 /** Builds some of a stage's clients; a handler lists the ones its core uses. */
-export type ClientFactory = (env: Env, settings: Settings, logger: Logger, clock: Clock) => Partial<Deps> | Promise<Partial<Deps>>;
+export type ClientFactory = (env: Env, settings: Settings, logger: Logger, clock: Clock, metrics: StageMetrics) => Partial<Deps> | Promise<Partial<Deps>>;
 
 /** Time kept back from the Lambda's remaining time so a call times out before the Lambda does. */
 const LAMBDA_SAFETY_MARGIN_MS = 20_000;
@@ -59,7 +61,17 @@ export function callTimeout(capMs: number, remainingMs: number | undefined): num
 interface StageEvent {
   personaId?: string;
   persona?: { id?: unknown };
-  input?: { persona?: { id?: unknown } };
+  input?: { persona?: { id?: unknown }; batchId?: unknown };
+  runId?: unknown;
+  batchId?: unknown;
+  plan?: { batchId?: unknown };
+}
+
+/** What ties a stage's log lines to their run: the persona, the run (execution) name and, in a batch, the batch. */
+export function correlationOf(event: unknown): Record<string, string> {
+  const e = (event ?? {}) as StageEvent;
+  const keys = { personaId: personaIdOf(event), runId: e.runId, batchId: e.batchId ?? e.plan?.batchId ?? e.input?.batchId };
+  return Object.fromEntries(Object.entries(keys).filter((entry): entry is [string, string] => typeof entry[1] === 'string'));
 }
 
 export function personaIdOf(event: unknown): string | undefined {
@@ -81,47 +93,28 @@ export async function loggedStage<E, R, K extends keyof Deps>(stage: string, cor
     return result;
   } catch (error) {
     deps.logger.error('stage failed', { ...keys, ms: Date.now() - started, error: error as Error });
+    // By name: BudgetExhausted refusals, IdentityMismatch and GridLayoutMismatch redraws, RateLimited…
+    deps.metrics.record('StageErrors', 1, { error: (error as Error)?.name ?? 'Error' });
     throw error;
+  } finally {
+    deps.metrics.publish();
   }
 }
 
 /** Settings, logger and the clients the factories build, once per container; `clock` tells them the date. */
 export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFactory[], clock: Clock = systemClock): Promise<Deps> {
   const settings = settingsFromEnv(env, clock);
-  const built = await Promise.all(clients.map((make) => make(env, settings, logger, clock)));
+  const metrics = stageMetrics();
+  const built = await Promise.all(clients.map((make) => make(env, settings, logger, clock, metrics)));
   return {
     settings,
     logger,
     fetch: globalThis.fetch,
     clock,
+    metrics,
     imageTimeoutMs: settings.imageTimeoutMs,
     textTimeoutMs: settings.textTimeoutMs,
     ...Object.assign({}, ...built),
   } as Deps;
 }
 
-/**
- * Wraps a stage core as a Lambda handler: builds its clients once per container, tags logs with
- * stage and persona, and lets named errors through unchanged for the state machine to match.
- */
-export function lambdaHandler<E, R, K extends keyof Deps>(stage: string, core: StageCore<E, R, K>, clients: ClientFactory[] = []) {
-  const logger = new Logger({ serviceName: 'persona-avatars', persistentKeys: { stage } });
-  let base: Promise<Deps> | undefined;
-  return async (event: E, context: Context): Promise<R> => {
-    // A failed set-up (a throttled secret fetch, say) is not kept: the next call tries again.
-    base ??= depsFromEnv(process.env, logger, clients).catch((error: unknown) => {
-      base = undefined;
-      throw error;
-    });
-    const deps = await base;
-    logger.addContext(context);
-    const remaining = context.getRemainingTimeInMillis();
-    const call: Deps = {
-      ...deps,
-      // An image call may first wait IMAGE_TURN_WAIT_MS for its turn.
-      imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining - deps.settings.imageTurnWaitMs),
-      textTimeoutMs: callTimeout(deps.settings.textTimeoutMs, remaining),
-    };
-    return loggedStage(stage, core, event, call);
-  };
-}
