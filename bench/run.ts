@@ -43,7 +43,7 @@ import { startEmbeddedS3 } from '../local/embedded-s3.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
 import { runLocally } from '../local/runner.ts';
-import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
+import type { BatchReport, BatchSummary } from '../lambdas/shared/batch.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 
 const LATENCY_MS = 1500;

@@ -3,7 +3,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 import type { PublishResult } from '../lambdas/publish/core.ts';
 import { contactSheet } from '../lambdas/report-batch/contact-sheet.ts';
-import type { BatchReport } from '../lambdas/report-batch/core.ts';
+import type { BatchReport } from '../lambdas/shared/batch.ts';
 import type { Clock } from '../lambdas/shared/clock.ts';
 import { runKeys } from '../lambdas/shared/keys.ts';
 import { isMissingObject, type ObjectStore } from '../lambdas/shared/store.ts';

@@ -5,7 +5,7 @@ import sharp from 'sharp';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { manifestActions, readC2pa } from '../lambdas/publish/c2pa.ts';
 import { marked, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/marking.ts';
-import type { BatchReport } from '../lambdas/report-batch/core.ts';
+import type { BatchReport } from '../lambdas/shared/batch.ts';
 import { s3ClientFromEnv } from '../lambdas/shared/s3.ts';
 import { ObjectStore } from '../lambdas/shared/store.ts';
 import { DEV_SIGNER_NAME } from '../local/certificates.ts';

@@ -6,7 +6,7 @@ import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/gov
 import { loadRounds } from '../lambdas/shared/rounds.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
-import type { BatchReport } from '../lambdas/report-batch/core.ts';
+import type { BatchReport } from '../lambdas/shared/batch.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
 import { avatars, imageCalls, invoke, personaLine, runBatch, startBatchWorld, startDynamoDb, team, tempDir } from './support.ts';
 

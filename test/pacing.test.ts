@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import type { BatchReport } from '../lambdas/report-batch/core.ts';
+import type { BatchReport } from '../lambdas/shared/batch.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
 import { budgetTableClient, dynamoStore, governor } from '../lambdas/shared/governor.ts';
 import { runLocally } from '../local/runner.ts';

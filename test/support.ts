@@ -14,7 +14,7 @@ import { localStageRoles, runLocally } from '../local/runner.ts';
 import { asStage } from '../local/iam.ts';
 import { stages, type StageName } from '../lambdas/stages.ts';
 import type { Deps } from '../lambdas/shared/stage.ts';
-import type { BatchReport, BatchSummary } from '../lambdas/report-batch/core.ts';
+import type { BatchReport, BatchSummary } from '../lambdas/shared/batch.ts';
 import type { TileFormat } from '../lambdas/shared/keys.ts';
 import persona from '../events/persona.json' with { type: 'json' };
 

@@ -19,7 +19,7 @@ import { inPool } from '../shared/pool.ts';
 import type { Reservation } from '../shared/governor.ts';
 import { drawnKeys, loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, roundsSpent, saveDrawnRecord, saveRounds, type CallState, type PersonaDraws, type RoundStatus } from '../shared/rounds.ts';
 import type { StageDeps } from '../shared/stage.ts';
-import type { RoundEvent } from '../submit-round/core.ts';
+import type { RoundEvent } from '../shared/rounds.ts';
 
 type CollectDeps = StageDeps<'store' | 'text' | 'governor' | 'imageTimeoutMs'>;
 

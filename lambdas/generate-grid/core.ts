@@ -3,6 +3,7 @@ import type { BatchBudget } from '../shared/governor.ts';
 import type { TurnLater } from '../shared/image-provider.ts';
 import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { GenerationMode } from '../shared/persona.ts';
+import { gridPrompt, separatePrompt } from '../shared/prompts.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { batchGeneration, type Generation } from '../generate-base/core.ts';
 import { drawnInBatch, gridCallId } from '../shared/rounds.ts';
@@ -29,22 +30,6 @@ export interface GridResult extends Generation {
   gridKey?: string;
   /** Separate mode: the images themselves, already one per file. */
   imageKeys?: string[];
-}
-
-export const GRID_ROWS = 2;
-export const GRID_COLS = 2;
-
-export function gridPrompt(scenes: string): string {
-  return [
-    `One image divided into a ${GRID_ROWS}x${GRID_COLS} grid of four equal panels separated by thin white gutters.`,
-    'Every panel shows the same person as the reference photo: same face, hair and build.',
-    'Each panel is a different photo:',
-    scenes,
-  ].join(' ');
-}
-
-export function separatePrompt(scenes: string): string {
-  return `A photo of the same person as the reference photo (same face, hair and build). ${scenes}`;
 }
 
 /** Image-to-image from the base selfie: a 2x2 grid, or `count` separate images. */

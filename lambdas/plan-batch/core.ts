@@ -8,7 +8,7 @@
  * the limit, whatever else runs and however late the schedule is (README: Batches).
  */
 import { ListExecutionsCommand, type ExecutionStatus, type SFNClient } from '@aws-sdk/client-sfn';
-import type { ReportEntry } from '../report-batch/core.ts';
+import type { Avatar, BatchItem, BatchPlan, ImageApiMode, ReportEntry, SkippedLine } from '../shared/batch.ts';
 import { ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { HEADROOM } from '../shared/governor.ts';
 import { avatarKeys, batchKeys } from '../shared/keys.ts';
@@ -20,8 +20,6 @@ import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../sha
 import type { Settings } from '../shared/settings.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
-export type ImageApiMode = Settings['imageApiMode'];
-
 export interface PlanBatchEvent {
   /** The batch's JSON Lines file: an upload under personas/, or batches/{batchId}/personas.jsonl. */
   personasKey: string;
@@ -29,59 +27,6 @@ export interface PlanBatchEvent {
   batchId: string;
   /** The batch execution's input: `{ personasKey, budgetUsd?, openAiBatch? }`. */
   input?: { budgetUsd?: unknown; openAiBatch?: unknown };
-}
-
-/** One persona the batch runs: a line of items.jsonl, read by the Distributed Map. */
-export interface BatchItem {
-  personaId: string;
-  line: number;
-  /** The per-persona execution's name. */
-  name: string;
-  input: RunRequest;
-  /** Batch mode: the names of the request's earlier attempts, whose drawn images it takes over. */
-  earlier?: string[];
-  /** Its turn (ISO 8601): the child execution starts no earlier. */
-  notBefore: string;
-}
-
-export interface SkippedLine {
-  line: number;
-  personaId?: string;
-  status: 'SKIPPED';
-  reason: string;
-  /** For a request already published: that run's manifest and avatars. */
-  manifestKey?: string;
-  avatars?: Avatar[];
-}
-
-/** A published avatar, as a report lists it: its URL made when the report is. */
-export interface Avatar {
-  key: string;
-  url?: string;
-}
-
-export interface BatchPlan {
-  batchId: string;
-  personasKey: string;
-  itemsKey: string;
-  planKey: string;
-  /** Where the Map Run writes its results. */
-  resultsPrefix: string;
-  toRun: number;
-  skipped: number;
-  /** Personas the batch's budget could not pay for: reported failed with BudgetExhausted, nothing paid. */
-  refused: number;
-  imagesPerMinute: number;
-  /** `batch`: the image calls go through OpenAI's Batch API in rounds, at half the price. */
-  apiMode: ImageApiMode;
-  /** What the batch's image calls may spend, in USD; none when undefined. */
-  budgetUsd?: number;
-  /** Image calls the batch is planned to make (a redrawn grid adds one). */
-  imageCalls: number;
-  /** When the last persona's turn comes. */
-  lastTurn: string;
-  /** Child workflows at once: enough that only the turns pace the batch. */
-  concurrency: number;
 }
 
 /**

@@ -1,5 +1,4 @@
-import type { Avatar } from '../plan-batch/core.ts';
-import type { BatchReport, ReportEntry } from './core.ts';
+import type { Avatar, BatchReport, ReportEntry } from '../shared/batch.ts';
 
 export const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 

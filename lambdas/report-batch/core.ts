@@ -9,55 +9,16 @@ import { Readable } from 'node:stream';
 import { Upload } from '@aws-sdk/lib-storage';
 import { batchKeys } from '../shared/keys.ts';
 import { loadRounds } from '../shared/rounds.ts';
-import type { Avatar, BatchItem, BatchPlan, SkippedLine } from '../plan-batch/core.ts';
+import type { BatchItem, BatchPlan, BatchReport, BatchSummary, MapRunResults, PersonaStatus, ReportEntry, SkippedLine } from '../shared/batch.ts';
 import type { ObjectStore } from '../shared/store.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
 import { contactSheetChunks } from './contact-sheet.ts';
 
-/** What the Distributed Map answers when its results were written to S3. */
-export interface MapRunResults {
-  MapRunArn: string;
-  ResultWriterDetails: { Bucket: string; Key: string };
-}
-
 export interface ReportBatchEvent {
   plan: BatchPlan;
   /** Absent when nothing was left to run; the Map's own error when it could not read its items or write its results. */
   map?: Partial<MapRunResults> & { Error?: string; Cause?: string };
-}
-
-export type PersonaStatus = 'SUCCEEDED' | 'FAILED' | 'SKIPPED';
-
-export interface ReportEntry {
-  line: number;
-  personaId?: string;
-  status: PersonaStatus;
-  /** The persona's execution. */
-  name?: string;
-  manifestKey?: string;
-  avatars?: Avatar[];
-  error?: string;
-  cause?: string;
-  /** Why it was skipped. */
-  reason?: string;
-}
-
-export interface BatchReport {
-  batchId: string;
-  personasKey: string;
-  finishedAt: string;
-  counts: Record<PersonaStatus, number> & { total: number };
-  /** Batch mode: the OpenAI batches of its rounds, what their images cost, and what sync mode would have. */
-  openAiBatch?: { rounds: number; batches: string[]; costUsd: number; syncCostUsd: number };
-  personas: ReportEntry[];
-}
-
-export interface BatchSummary {
-  batchId: string;
-  reportKey: string;
-  indexKey: string;
-  counts: BatchReport['counts'];
 }
 
 /** What each child workflow of the Map returns (infra/batch-workflow.ts). */

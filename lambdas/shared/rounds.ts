@@ -6,7 +6,7 @@
  * only); what each run got is also written beside the run (`openai-batch.json`), where its
  * persona's workflow takes its images from instead of calling the image API.
  */
-import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
+import type { BatchItem, BatchPlan, MapRunResults } from './batch.ts';
 import { NotDrawnInBatch } from './errors.ts';
 import { batchKeys, runKeys, type TileFormat } from './keys.ts';
 import type { Reservation } from './governor.ts';
@@ -86,6 +86,15 @@ export interface RoundsState {
 export interface DrawnRecord {
   calls: Record<string, Drawn>;
   failures: Record<string, Failure>;
+}
+
+/** What the round stages are given: the plan, the round so far, and after the personas ran, their Map's results. */
+export interface RoundEvent {
+  plan: BatchPlan;
+  /** The round so far: absent before the first. */
+  round?: RoundStatus;
+  /** Set after the personas ran: what their Map wrote. Their refused grids are drawn again. */
+  map?: Partial<MapRunResults>;
 }
 
 /** What the round stages return: the batch state machine's next step is read from it. */

@@ -2,7 +2,7 @@ import sharp from 'sharp';
 import { contentTypes, runKeys } from '../shared/keys.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { GridResult } from '../generate-grid/core.ts';
-import { GRID_COLS, GRID_ROWS } from '../generate-grid/core.ts';
+import { GRID_COLS, GRID_ROWS } from '../shared/prompts.ts';
 import type { Box } from './detect.ts';
 import { splitGrid as splitImage } from './split.ts';
 import { GridLayoutMismatch, REDRAWN } from '../shared/errors.ts';

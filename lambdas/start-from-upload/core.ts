@@ -7,7 +7,7 @@
  */
 import { ConfigurationError } from '../shared/errors.ts';
 import { batchKeys, Prefixes, rejectedKey } from '../shared/keys.ts';
-import type { BatchReport } from '../report-batch/core.ts';
+import type { BatchReport } from '../shared/batch.ts';
 import type { RunRequest } from '../shared/persona.ts';
 import { idFromFileName, parsePersonaFile, personaFileKind, readPersonaLines, type Problem } from '../shared/run-input.ts';
 import { batchName, contentHash, executionName } from '../shared/run-name.ts';

@@ -7,14 +7,12 @@
  */
 import type OpenAI from 'openai';
 import { toFile } from 'openai';
-import { basePrompt } from '../generate-base/core.ts';
-import { gridPrompt, separatePrompt } from '../generate-grid/core.ts';
-import type { BatchItem, BatchPlan } from '../plan-batch/core.ts';
+import { basePrompt, gridPrompt, separatePrompt } from '../shared/prompts.ts';
+import type { BatchItem, BatchPlan } from '../shared/batch.ts';
 import { writePrompt } from '../write-prompt/core.ts';
 import { AvatarError, ConfigurationError, ErrorNames } from '../shared/errors.ts';
 import { avatarKeys, batchKeys, contentTypes, runKeys } from '../shared/keys.ts';
 import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
-import type { MapRunResults } from '../report-batch/core.ts';
 import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
 import { imageCallOptions } from '../shared/openai.ts';
 import { filesOf, submitLines, type BatchRequestLine } from '../shared/openai-batch.ts';
@@ -34,18 +32,11 @@ import {
   type Drawn,
   type DrawnRecord,
   type PersonaDraws,
+  type RoundEvent,
   type RoundsState,
   type RoundStatus,
 } from '../shared/rounds.ts';
 import type { StageDeps } from '../shared/stage.ts';
-
-export interface RoundEvent {
-  plan: BatchPlan;
-  /** The round so far: absent before the first. */
-  round?: RoundStatus;
-  /** Set after the personas ran: what their Map wrote. Their refused grids are drawn again. */
-  map?: Partial<MapRunResults>;
-}
 
 type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs'>;
 

@@ -1,6 +1,5 @@
 import { join, resolve } from 'node:path';
-import type { BatchPlan } from '../../lambdas/plan-batch/core.ts';
-import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
+import type { BatchPlan, BatchReport, BatchSummary } from '../../lambdas/shared/batch.ts';
 import { projectContext } from '../../infra/context.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
 import { ErrorNames } from '../../lambdas/shared/errors.ts';

@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
-import type { BatchReport, BatchSummary } from '../../lambdas/report-batch/core.ts';
+import type { BatchReport, BatchSummary } from '../../lambdas/shared/batch.ts';
 import { startFromUpload, type S3Notification } from '../../lambdas/start-from-upload/core.ts';
 import { startLocalEnvironment, type LocalEnvironment } from '../environment.ts';
 import { describeFiredFault, parseFaults } from '../faults.ts';

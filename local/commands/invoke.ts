@@ -1,5 +1,5 @@
 import type { PublishResult } from '../../lambdas/publish/core.ts';
-import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
+import type { BatchSummary } from '../../lambdas/shared/batch.ts';
 import { readFile } from 'node:fs/promises';
 import { stageNames, stages, type StageName } from '../../lambdas/stages.ts';
 import type { Deps } from '../../lambdas/shared/stage.ts';

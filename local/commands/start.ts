@@ -4,7 +4,7 @@ import type { PublishResult } from '../../lambdas/publish/core.ts';
 import { executionName } from '../../lambdas/shared/run-name.ts';
 import { consoleUrl, followExecution } from '../follow.ts';
 import { nothingToRun, readBatchFile } from '../batch-file.ts';
-import type { BatchSummary } from '../../lambdas/report-batch/core.ts';
+import type { BatchSummary } from '../../lambdas/shared/batch.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
 import { describeProblem, personaFileKind } from '../../lambdas/shared/run-input.ts';
 import { storeClient } from '../../lambdas/shared/s3.ts';
