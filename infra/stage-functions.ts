@@ -32,7 +32,8 @@ export interface StageFunctionsProps {
 
 /**
  * What each stage may do to the bucket: the least its code needs, as explicit statements per
- * prefix. No stage may list the bucket, hold or retain objects; only the upload trigger deletes.
+ * prefix. No stage may list the bucket, hold or retain objects; only the upload trigger deletes
+ * (its own reports), and submit-round (a round's request files, once submitted).
  */
 interface StageSpec {
   reads: string[];
@@ -61,6 +62,7 @@ const rejected = `${Prefixes.rejected}*`;
 const batches = `${Prefixes.batches}*`;
 const runManifests = `${Prefixes.avatars}*/runs/*/manifest.json`;
 const runFolders = `${Prefixes.avatars}*/runs/*`;
+const roundFiles = `${Prefixes.batches}*/rounds/*`;
 
 /** Image calls may take minutes (the seed allowed 600 s); a Lambda may run 15. */
 const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
@@ -85,7 +87,7 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'report-batch': { reads: [batches], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   // Batch mode's rounds (batch-workflow.ts): prompts, OpenAI batch files in and out, images to the runs.
   // Reads the run's manifest: a persona published meanwhile is not drawn again.
-  'submit-round': { reads: [batches, runs, runManifests], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
+  'submit-round': { reads: [batches, runs, runManifests], writes: [batches, runs], deletes: [roundFiles], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   'collect-round': { reads: [batches, runs], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
 };
 

@@ -54,6 +54,7 @@ export interface BatchEndpointsDeps {
   clock: Clock;
   /** Where files and batches are kept between processes; in memory only without it. */
   dir?: string | undefined;
+  onCreated?: ((batchId: string) => void) | undefined;
   /** Lines that may be enqueued at once (validating, in progress, finalizing), across batches. */
   queueLimit?: number | undefined;
   stepMs: number;
@@ -214,6 +215,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     };
     batches.set(batch.id, batch);
     save();
+    deps.onCreated?.(batch.id);
     if (wrong < 0) {
       lines.push(...requests);
       const job = run(batch, requests, fault?.kind === 'expire', fault?.kind === 'rate-limit').finally(() => running.delete(job));
@@ -274,6 +276,16 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
           res.writeHead(200, { 'content-type': 'application/octet-stream' });
           res.end(stored.bytes);
         } else sendJson(res, 200, fileObject(stored));
+        return true;
+      }
+      if (path === '/batches' && req.method === 'GET') {
+        // Newest first, a page of `limit` after the id `after`, as OpenAI lists batches.
+        const query = new URL(req.url ?? '', 'http://offline').searchParams;
+        const all = [...batches.values()].reverse();
+        const from = query.get('after') ? all.findIndex((b) => b.id === query.get('after')) + 1 : 0;
+        const limit = Math.min(100, Math.max(1, Number(query.get('limit') ?? 20)));
+        const data = all.slice(from, from + limit);
+        sendJson(res, 200, { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: from + limit < all.length });
         return true;
       }
       if (path === '/batches' && req.method === 'POST') {

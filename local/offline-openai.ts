@@ -64,6 +64,8 @@ export interface OfflineBackendOptions {
   onFault?: (fired: FiredFault) => void;
   /** Where the Batch API keeps its files and batches between processes (in memory only without it). */
   batchDir?: string;
+  /** Told the moment a batch exists, before its creator hears of it: a spec stops a stage there. */
+  onBatchCreated?: (batchId: string) => void;
 }
 
 export interface OfflineBackend {
@@ -335,7 +337,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     return invalid && errorReply(400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
   };
 
-  const batchApi = batchEndpoints({ clock, dir: options.batchDir, stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
+  const batchApi = batchEndpoints({ clock, dir: options.batchDir, onCreated: options.onBatchCreated, stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
   await batchApi.resume();
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {

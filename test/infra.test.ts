@@ -116,12 +116,14 @@ describe('the synthesized stack', () => {
     expect(resourcesOf('start-from-upload')).not.toMatch(/\/(runs|avatars)\//);
   });
 
-  it('gives each stage explicit S3 actions on its prefixes only: no listing, no legal hold or retention, deletes only in the trigger', () => {
+  it('gives each stage explicit S3 actions on its prefixes only: no listing, no legal hold or retention, deletes only of the trigger\u2019s reports and the rounds\u2019 request files', () => {
     for (const stage of stageNames) {
       const s3 = statementsOf(stage).filter((st) => JSON.stringify(st.Action).includes('s3:'));
       const actions = s3.flatMap((st) => [st.Action].flat());
       expect(actions.filter((a) => /s3:List|LegalHold|Retention|\*/.test(a)), stage).toEqual([]);
-      expect(actions.includes('s3:DeleteObject'), stage).toBe(stage === 'start-from-upload');
+      expect(actions.includes('s3:DeleteObject'), stage).toBe(stage === 'start-from-upload' || stage === 'submit-round');
+      const deletes = s3.filter((st) => [st.Action].flat().includes('s3:DeleteObject'));
+      for (const st of deletes) expect(JSON.stringify(st.Resource), stage).toMatch(stage === 'submit-round' ? /\/batches\/\*\/rounds\/\*"/ : /\/rejected\/\*"/);
       for (const st of s3) expect(JSON.stringify(st.Resource), stage).toMatch(/\/(runs|avatars|personas|rejected|batches)\//);
     }
   });

@@ -1,6 +1,9 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { projectRoot } from '../infra/context.ts';
 import { estimatedCost } from '../lambdas/plan-batch/core.ts';
 import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/governor.ts';
 import { loadRounds } from '../lambdas/shared/rounds.ts';
@@ -150,6 +153,40 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(error.name).toBe('AccessDenied');
     const budget = dynamoStore(budgetTableClient(dynamo.env), 'image-budget');
     expect(await budget.amount(spendKeys.batch('leaky'))).toBeCloseTo(paid, 6);
+  }, 120_000);
+
+  it('runs a SubmitRound killed mid-way again from its checkpoint: the batch it made adopted, nothing sent or reserved twice, and the batch completes', async () => {
+    const dynamo = await startDynamoDb();
+    let stage: ChildProcess | undefined;
+    // Killed the moment OpenAI made its first batch, before the stage heard: a Lambda timing out there.
+    const backend = await startOfflineBackend({ batchStepMs: 100, onBatchCreated: () => stage?.kill('SIGKILL') });
+    onTestFinished(backend.close);
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IMAGE_BUDGET_TABLE: 'image-budget', OPENAI_BATCH_POLL_SECONDS: '1', ...dynamo.env };
+    const world = await startBatchWorld({ env });
+    const lines = team(3, 'killed');
+    await world.deps.store.put('batches/killed/personas.jsonl', `${lines.join('\n')}\n`, 'application/x-ndjson');
+    const plan = await invoke(world, 'plan-batch', { personasKey: 'batches/killed/personas.jsonl', batchId: 'killed', input: { openAiBatch: true, budgetUsd: 5 } });
+    const script = `
+      const { Logger } = await import('@aws-lambda-powertools/logger');
+      const { depsFromEnv } = await import('./lambdas/shared/stage.ts');
+      const { storeClient } = await import('./lambdas/shared/s3.ts');
+      const { openAiClients } = await import('./lambdas/shared/openai.ts');
+      const { governorClient } = await import('./lambdas/shared/governor.ts');
+      const { submitRound } = await import('./lambdas/submit-round/core.ts');
+      const deps = await depsFromEnv(process.env, new Logger({ logLevel: 'SILENT' }), [storeClient, openAiClients, governorClient]);
+      await submitRound(JSON.parse(process.argv[1]), deps);
+      console.log('not killed');`;
+    stage = spawn(process.execPath, ['--input-type=module', '-e', script, JSON.stringify({ plan })], { cwd: projectRoot, env: { ...process.env, ...world.env, ...env, S3_SECRET_KEY: world.embeddedS3!.secretKey } });
+    const [, signal] = (await once(stage, 'exit')) as [number | null, string | null];
+    expect(signal).toBe('SIGKILL');
+    expect(backend.batchLines.map((l) => l.custom_id)).toEqual(['1:base:1:r1', '2:base:1:r1', '3:base:1:r1']);
+    // Run again as Step Functions would: the whole batch, whose SubmitRound finds the round half done.
+    const report = await runBatch(world, lines, 'killed', { openAiBatch: true, budgetUsd: 5 });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 3, FAILED: 0 });
+    expect(linesPer(backend.batchLines, report)).toEqual({ 'killed-1': ['base', 'grid-0'], 'killed-2': ['base', 'grid-0'], 'killed-3': ['base', 'grid-0'] });
+    // Reserved once, settled once: the batch's budget holds what its images cost, nothing more.
+    const budget = dynamoStore(budgetTableClient(dynamo.env), 'image-budget');
+    expect(await budget.amount(spendKeys.batch('killed'))).toBeCloseTo(report.openAiBatch!.costUsd, 6);
   }, 120_000);
 
   it('publishes all of a batch of twelve against a queue limit of six enqueued lines', async () => {

@@ -95,5 +95,7 @@ export function batchKeys(batchId: string) {
     index: `${root}/index.html`,
     /** Batch mode: each round's OpenAI batches and what every persona's image calls came to. */
     rounds: `${root}/openai-rounds.json`,
+    /** A round's request file, kept until it is submitted (a SubmitRound run again reads it). */
+    roundFile: (round: number, file: string) => `${root}/rounds/${round}/${file}.jsonl`,
   };
 }

@@ -4,6 +4,9 @@
  * price; their output and error files read back a line at a time. Shapes from OpenAI's API
  * reference (CreateBatchRequest, the batch request and output line objects).
  */
+import { createReadStream } from 'node:fs';
+import { open as fsOpen, readFile, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 import OpenAI, { toFile } from 'openai';
@@ -44,33 +47,78 @@ export const failedForQueueLimit = (batch: { status: string; errors?: { data?: {
 /** Statuses after which a batch changes no more. */
 export const FINISHED = new Set(['completed', 'failed', 'expired', 'cancelled']);
 
+/** A file of a round's request lines: one endpoint's, within the API's limits; what became of it. */
+export interface RoundFile {
+  /** Its name in the round, and its copy in the bucket until the round is submitted. */
+  key: string;
+  endpoint: ImageEndpoint;
+  customIds: string[];
+  /** The OpenAI batches made of it, once created (several when the queue limit split it). */
+  batchIds?: string[];
+  /** Not submitted: its lines go again next round. */
+  failed?: { error: string; cause: string };
+}
+
 /**
- * Lines in files within the API's limits (and `maxLines`, once the queue limit refused more),
- * each file holding one endpoint's lines: its body, and which lines it holds.
+ * Writes a round's lines to files in `dir` as they are built, one endpoint's lines to a file and
+ * a new file past OpenAI's limits (or `maxLines`, once the queue limit refused more): a line's
+ * body (an edit's base as a data URL is megabytes) leaves memory once written.
  */
-export function filesOf(lines: BatchRequestLine[], maxLines = MAX_LINES_PER_FILE): { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] {
-  const files: { endpoint: ImageEndpoint; body: string; lines: BatchRequestLine[] }[] = [];
-  for (const endpoint of ['/v1/images/generations', '/v1/images/edits'] as const) {
-    let texts: string[] = [];
-    let held: BatchRequestLine[] = [];
-    let bytes = 0;
-    const flush = () => {
-      if (held.length > 0) files.push({ endpoint, body: texts.join(''), lines: held });
-      texts = [];
-      held = [];
-      bytes = 0;
-    };
-    for (const line of lines.filter((l) => l.url === endpoint)) {
-      const text = `${JSON.stringify(line)}\n`;
-      const size = Buffer.byteLength(text);
-      if (held.length >= Math.min(maxLines, MAX_LINES_PER_FILE) || bytes + size > MAX_BYTES_PER_FILE) flush();
-      texts.push(text);
-      held.push(line);
-      bytes += size;
-    }
-    flush();
-  }
-  return files;
+export function roundFileWriter(dir: string, maxLines = MAX_LINES_PER_FILE) {
+  const open = new Map<ImageEndpoint, { file: RoundFile; handle: FileHandle; bytes: number }>();
+  const written: RoundFile[] = [];
+  let queue: Promise<unknown> = Promise.resolve();
+  const close = async (endpoint: ImageEndpoint) => {
+    const current = open.get(endpoint);
+    if (!current) return;
+    open.delete(endpoint);
+    await current.handle.close();
+    written.push(current.file);
+  };
+  // Lines built at once finish in any order: each waits (in memory) for those before it, so the
+  // files hold them in the round's order, whatever the concurrency.
+  const waiting = new Map<number, BatchRequestLine | undefined>();
+  let nextIndex = 0;
+  const write = (line: BatchRequestLine): Promise<void> => {
+    const text = `${JSON.stringify(line)}\n`;
+    const size = Buffer.byteLength(text);
+    const next = queue.then(async () => {
+      let current = open.get(line.url);
+      if (current && (current.file.customIds.length >= Math.min(maxLines, MAX_LINES_PER_FILE) || current.bytes + size > MAX_BYTES_PER_FILE)) {
+        await close(line.url);
+        current = undefined;
+      }
+      if (!current) {
+        const key = `f${written.length + open.size + 1}`;
+        current = { file: { key, endpoint: line.url, customIds: [] }, handle: await fsOpen(join(dir, `${key}.jsonl`), 'w'), bytes: 0 };
+        open.set(line.url, current);
+      }
+      await current.handle.write(text);
+      current.file.customIds.push(line.custom_id);
+      current.bytes += size;
+    });
+    queue = next.catch(() => undefined);
+    return next;
+  };
+  return {
+    /** The round's `index`-th line (undefined: it has none), written once those before it are. */
+    async add(index: number, line: BatchRequestLine | undefined): Promise<void> {
+      waiting.set(index, line);
+      const ready: BatchRequestLine[] = [];
+      for (; waiting.has(nextIndex); nextIndex++) {
+        const next = waiting.get(nextIndex);
+        waiting.delete(nextIndex);
+        if (next) ready.push(next);
+      }
+      await Promise.all(ready.map(write));
+    },
+    /** The files written, closed. */
+    async files(): Promise<RoundFile[]> {
+      await queue;
+      for (const endpoint of [...open.keys()]) await close(endpoint);
+      return written;
+    },
+  };
 }
 
 /** A refusal of the batch itself for the account's queue limit: submitted again in halves. */
@@ -79,22 +127,39 @@ function isQueueLimit(error: unknown): boolean {
 }
 
 /**
- * Uploads one file of lines and creates its batch; a batch refused for the queue limit is split in
- * two and each half submitted, down to single lines. Returns the batches' ids.
+ * Uploads one file of lines (streamed from disk) and creates its batch; a batch refused for the
+ * queue limit is split in two and each half submitted, down to single lines. Returns the batches' ids.
  */
-export async function submitLines(api: OpenAI, endpoint: ImageEndpoint, body: string, metadata: Record<string, string>, timeoutMs: number): Promise<string[]> {
-  const what = `OpenAI batch of ${body.split('\n').length - 1} ${endpoint} requests`;
+export async function submitFile(api: OpenAI, endpoint: ImageEndpoint, path: string, metadata: Record<string, string>, timeoutMs: number): Promise<string[]> {
   try {
-    const file = await api.files.create({ file: await toFile(Buffer.from(body), 'requests.jsonl', { type: 'application/jsonl' }), purpose: 'batch' }, { timeout: timeoutMs });
+    const file = await api.files.create({ file: await toFile(createReadStream(path), 'requests.jsonl', { type: 'application/jsonl' }), purpose: 'batch' }, { timeout: timeoutMs });
     const batch = await api.batches.create({ input_file_id: file.id, endpoint, completion_window: '24h', metadata }, { timeout: timeoutMs });
     return [batch.id];
   } catch (error) {
-    const lines = body.split('\n').filter(Boolean);
-    if (!isQueueLimit(error) || lines.length < 2) throw toAvatarError(error, what, timeoutMs);
+    const lines = (await readFile(path, 'utf8')).split('\n').filter(Boolean);
+    if (!isQueueLimit(error) || lines.length < 2) throw toAvatarError(error, `OpenAI batch of ${lines.length} ${endpoint} requests`, timeoutMs);
     const half = Math.ceil(lines.length / 2);
-    const halves = [lines.slice(0, half), lines.slice(half)].map((part) => `${part.join('\n')}\n`);
-    return (await Promise.all(halves.map((part) => submitLines(api, endpoint, part, metadata, timeoutMs)))).flat();
+    const ids: string[] = [];
+    for (const [i, part] of [lines.slice(0, half), lines.slice(half)].entries()) {
+      await writeFile(`${path}.${i}`, `${part.join('\n')}\n`);
+      ids.push(...(await submitFile(api, endpoint, `${path}.${i}`, metadata, timeoutMs)));
+    }
+    return ids;
   }
+}
+
+/**
+ * The batches already made of a round's file: a stage that died after creating one, before it
+ * saved the id, finds it by its metadata instead of submitting (and paying for) it again.
+ * OpenAI lists batches newest first; those made before the round began are not looked at.
+ */
+export async function batchesMadeOf(api: OpenAI, metadata: Record<string, string>, since: number, timeoutMs: number): Promise<string[]> {
+  const found: string[] = [];
+  for await (const batch of api.batches.list({ limit: 100 }, { timeout: timeoutMs })) {
+    if (batch.created_at < since) break;
+    if (Object.entries(metadata).every(([key, value]) => batch.metadata?.[key] === value)) found.push(batch.id);
+  }
+  return found;
 }
 
 /** A file's lines as they arrive (output and error files may be large). */

@@ -7,6 +7,7 @@
  * persona's workflow takes its images from instead of calling the image API.
  */
 import type { BatchItem, BatchPlan, MapRunResults } from './batch.ts';
+import type { RoundFile } from './openai-batch.ts';
 import { NotDrawnInBatch } from './errors.ts';
 import { batchKeys, runKeys, type TileFormat } from './keys.ts';
 import type { Reservation } from './governor.ts';
@@ -80,6 +81,19 @@ export interface RoundsState {
   /** What the batches' answers cost, at batch price, and what the same would cost synchronously. */
   costUsd: number;
   syncCostUsd: number;
+  /**
+   * A round prepared and not yet all submitted: its lines reserved, its files in the bucket, the
+   * batches made of each so far. A SubmitRound that died (a timeout) is run again from here.
+   */
+  submitting?: {
+    n: number;
+    /** Epoch seconds: batches made before it are not this round's. */
+    startedAt: number;
+    files: RoundFile[];
+    /** Personas that had failed before the round, and a redraw round's plan. */
+    failedBefore: number[];
+    plan?: BatchPlan;
+  };
 }
 
 /** What a run's workflow reads instead of calling the image API. */

@@ -1,4 +1,7 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import {
   DeleteObjectCommand,
@@ -57,6 +60,18 @@ export class ObjectStore {
         await new Promise((resolve) => setTimeout(resolve, 50 * 2 ** attempt * Math.random()));
       }
     }
+  }
+
+  /** A file on disk, streamed up: never whole in memory. */
+  async putFile(key: string, path: string, contentType: string): Promise<void> {
+    const { size } = await stat(path);
+    await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: createReadStream(path), ContentLength: size, ContentType: contentType }));
+  }
+
+  /** The object, streamed down to a file on disk. */
+  async getFile(key: string, path: string): Promise<void> {
+    const answer = await this.read(key);
+    await pipeline(answer.Body as Readable, createWriteStream(path));
   }
 
   async putJson(key: string, value: unknown): Promise<void> {

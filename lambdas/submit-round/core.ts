@@ -5,6 +5,11 @@
  * batch price, before it is sent. What earlier attempts of a persona drew is taken over, never
  * paid again. Returns at once: Step Functions waits for the batch, not a Lambda.
  */
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { mkdtemp, rename, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import type OpenAI from 'openai';
 import { toFile } from 'openai';
 import { basePrompt, gridPrompt, separatePrompt } from '../shared/prompts.ts';
@@ -15,7 +20,7 @@ import { avatarKeys, batchKeys, contentTypes, runKeys } from '../shared/keys.ts'
 import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
 import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
 import { imageCallOptions } from '../shared/openai.ts';
-import { filesOf, submitLines, type BatchRequestLine } from '../shared/openai-batch.ts';
+import { batchesMadeOf, roundFileWriter, submitFile, type BatchRequestLine, type RoundFile } from '../shared/openai-batch.ts';
 import { inPool } from '../shared/pool.ts';
 import {
   loadRounds,
@@ -181,6 +186,15 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   if (!api) throw new ConfigurationError(`batch ${plan.batchId}: OpenAI's Batch API needs OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)`);
   const items = await itemsOf(deps, plan);
   let state = await loadRounds(deps.store, plan.batchId);
+  // A round this stage prepared and then died submitting (a timeout): finished from its checkpoint.
+  if (state?.submitting) {
+    const dir = await mkdtemp(join(tmpdir(), 'round-'));
+    try {
+      return await submitPrepared(deps, api, state, dir);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
   const failedBefore = new Set(state?.personas.filter((p) => p.failed).map((p) => p.line));
   if (!state) {
     state = { batchId: plan.batchId, rounds: [], redraws: 0, maps: [], personas: [...items.values()].map((item) => personaDraws(item, deps.settings.defaultImages)), costUsd: 0, syncCostUsd: 0 };
@@ -201,56 +215,114 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
     next = { ...plan, itemsKey, resultsPrefix: `${keys.results}/redraw-${state.redraws}`, toRun: again.length, concurrency: Math.min(plan.concurrency, again.length) };
   }
   const n = state.rounds.length + 1;
-  const nothing: RoundStatus = { n: n - 1, batchIds: [], status: 'nothing', waitSeconds: 0 };
   const ready = roundsSpent(state) >= MAX_ROUNDS ? [] : readyCalls(state);
   const model = modelChain(deps.settings)[0]!;
   // A persona's grids share one reference: its base read (and uploaded) once.
   const references = new Map<PersonaDraws, Promise<Record<string, string>>>();
   const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona)).get(persona)!;
-  let broken: unknown;
-  const built = await inPool(ready, CONCURRENCY, async ({ persona, call }) => {
-    if (broken !== undefined) return undefined;
-    const line = persona.failed ? undefined : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n).catch((error: unknown) => void (broken ??= error));
-    return line && { line, persona, call };
-  });
-  const entries = built.filter((e) => !!e);
-  const unsend = async ({ call }: { call: CallState }, why?: { error: string; cause: string }) => {
-    await deps.governor.settle(call.pending!.reservation, 0);
-    delete call.pending;
-    if (why) call.lastError = why;
-  };
-  if (broken !== undefined) {
-    // The round cannot be sent: every line it reserved gives its money back before it fails.
-    for (const entry of entries) await unsend(entry);
-    throw broken;
-  }
-  // Nothing could be sent for a passing cause: Step Functions tries the round again, with backoff.
-  const passing = ready.find(({ persona, call }) => !persona.failed && call.lastError && PASSING.has(call.lastError.error) && !call.pending);
-  if (entries.length === 0 && passing) throw Object.assign(new Error(passing.call.lastError!.cause), { name: passing.call.lastError!.error });
-  // A persona refused before its round (its budget, its prompt) sends none of its lines.
-  for (const entry of entries.filter((e) => e.persona.failed)) await unsend(entry);
-  const sending = entries.filter((e) => !e.persona.failed);
-  const batchIds: string[] = [];
-  let failure: Error | undefined;
-  for (const file of filesOf(sending.map((e) => e.line), state.maxLinesPerBatch)) {
-    const inFile = new Set(file.lines);
-    const mine = sending.filter((e) => inFile.has(e.line));
-    try {
-      const ids = await submitLines(api, file.endpoint, file.body, { persona_avatars_batch: plan.batchId, round: String(n) }, deps.imageTimeoutMs);
-      for (const entry of mine) entry.call.pending!.batchIds = ids;
-      batchIds.push(...ids);
-    } catch (error) {
-      // Not sent, not paid: drawn again next round, or the stage is retried when nothing went.
-      failure = error as Error;
-      for (const entry of mine) await unsend(entry, { error: failure.name, cause: failure.message });
+  const dir = await mkdtemp(join(tmpdir(), 'round-'));
+  try {
+    // Each line to a file in /tmp as it is built: a round of thousands never whole in memory.
+    const writer = roundFileWriter(dir, state.maxLinesPerBatch);
+    let broken: unknown;
+    const built = await inPool(ready, CONCURRENCY, async ({ persona, call }, index) => {
+      const line =
+        broken !== undefined || persona.failed
+          ? undefined
+          : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n).catch((error: unknown) => void (broken ??= error));
+      await writer.add(index, line ?? undefined);
+      return line && { persona, call };
+    });
+    const files = await writer.files();
+    const entries = built.filter((e) => !!e);
+    if (broken !== undefined) {
+      // The round cannot be sent: every line it reserved gives its money back before it fails.
+      for (const { call } of entries) await unsend(deps, call);
+      throw broken;
     }
+    // Nothing could be sent for a passing cause: Step Functions tries the round again, with backoff.
+    const passing = ready.find(({ persona, call }) => !persona.failed && call.lastError && PASSING.has(call.lastError.error) && !call.pending);
+    if (entries.length === 0 && passing) throw Object.assign(new Error(passing.call.lastError!.cause), { name: passing.call.lastError!.error });
+    // A persona refused in this round (its budget, its prompt) sends none of its lines.
+    const dropped = new Set<string>();
+    for (const { call } of entries.filter((e) => e.persona.failed)) {
+      dropped.add(call.pending!.customId);
+      await unsend(deps, call);
+    }
+    // The checkpoint: the round's files in the bucket, its lines' reservations in the state.
+    for (const file of files) {
+      if (dropped.size > 0) await keepOnly(join(dir, `${file.key}.jsonl`), file, dropped);
+      if (file.customIds.length > 0) await deps.store.putFile(batchKeys(plan.batchId).roundFile(n, file.key), join(dir, `${file.key}.jsonl`), 'application/x-ndjson');
+    }
+    state.submitting = { n, startedAt: Math.floor(Date.now() / 1000), files: files.filter((f) => f.customIds.length > 0), failedBefore: [...failedBefore], ...(next ? { plan: next } : {}) };
+    await saveRounds(deps.store, state);
+    return await submitPrepared(deps, api, state, dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
-  if (batchIds.length === 0 && failure) throw failure;
-  const status: RoundStatus = batchIds.length === 0 ? nothing : { n, batchIds, status: 'submitted', waitSeconds: deps.settings.openAiBatchPollSeconds, ...(next ? { plan: next } : {}) };
-  if (batchIds.length > 0) state.rounds.push({ n, batchIds });
+}
+
+/** A line not sent: what it reserved given back, drawn again next round (or its persona fails). */
+async function unsend(deps: RoundDeps, call: CallState, why?: { error: string; cause: string }): Promise<void> {
+  await deps.governor.settle(call.pending!.reservation, 0);
+  delete call.pending;
+  if (why) call.lastError = why;
+}
+
+/** Rewrites a round file without the lines of personas refused while it was written. */
+async function keepOnly(path: string, file: RoundFile, dropped: Set<string>): Promise<void> {
+  if (!file.customIds.some((id) => dropped.has(id))) return;
+  const kept = createWriteStream(`${path}.kept`);
+  for await (const text of createInterface({ input: createReadStream(path), crlfDelay: Infinity })) {
+    if (text && !dropped.has((JSON.parse(text) as BatchRequestLine).custom_id)) kept.write(`${text}\n`);
+  }
+  await new Promise((resolve, reject) => kept.end(resolve).on('error', reject));
+  await rename(`${path}.kept`, path);
+  file.customIds = file.customIds.filter((id) => !dropped.has(id));
+}
+
+/**
+ * Submits the prepared round's files not yet made into OpenAI batches, saving the state after
+ * each: run again after a timeout, it finds the batches a dead run made (by their metadata)
+ * instead of making them twice, and reserves nothing again.
+ */
+async function submitPrepared(deps: RoundDeps, api: OpenAI, state: RoundsState, dir: string): Promise<RoundStatus> {
+  const round = state.submitting!;
+  const calls = new Map(state.personas.flatMap((p) => p.calls.filter((c) => c.pending).map((c) => [c.pending!.customId, c] as const)));
+  let failure: Error | undefined;
+  for (const file of round.files) {
+    if (file.batchIds || file.failed) continue;
+    const metadata = { persona_avatars_batch: state.batchId, round: String(round.n), file: file.key };
+    let ids = await batchesMadeOf(api, metadata, round.startedAt, deps.imageTimeoutMs);
+    if (ids.length === 0) {
+      const path = join(dir, `${file.key}.jsonl`);
+      // A run that died left the file in the bucket; this one may be in another container.
+      if (!existsSync(path)) await deps.store.getFile(batchKeys(state.batchId).roundFile(round.n, file.key), path);
+      try {
+        ids = await submitFile(api, file.endpoint, path, metadata, deps.imageTimeoutMs);
+      } catch (error) {
+        // Not sent, not paid: drawn again next round, or the stage is retried when nothing went.
+        failure = error as Error;
+        file.failed = { error: failure.name, cause: failure.message };
+        for (const id of file.customIds) await unsend(deps, calls.get(id)!, file.failed);
+      }
+    }
+    if (ids.length > 0) {
+      file.batchIds = ids;
+      for (const id of file.customIds) calls.get(id)!.pending!.batchIds = ids;
+    }
+    await saveRounds(deps.store, state);
+  }
+  const batchIds = round.files.flatMap((f) => f.batchIds ?? []);
+  delete state.submitting;
+  if (batchIds.length > 0) state.rounds.push({ n: round.n, batchIds });
+  const failedBefore = new Set(round.failedBefore);
   // Personas refused in this round: their runs read why.
   await inPool(state.personas.filter((p) => p.failed && !failedBefore.has(p.line)), CONCURRENCY, (persona) => saveDrawnRecord(deps.store, persona));
   await saveRounds(deps.store, state);
-  deps.logger.info('OpenAI batch round submitted', { batchId: plan.batchId, round: n, lines: sending.length, openAiBatches: batchIds });
-  return status;
+  await Promise.all(round.files.map((file) => deps.store.delete(batchKeys(state.batchId).roundFile(round.n, file.key))));
+  if (batchIds.length === 0 && failure) throw failure;
+  deps.logger.info('OpenAI batch round submitted', { batchId: state.batchId, round: round.n, lines: round.files.reduce((n, f) => n + f.customIds.length, 0), openAiBatches: batchIds });
+  if (batchIds.length === 0) return { n: round.n - 1, batchIds: [], status: 'nothing', waitSeconds: 0 };
+  return { n: round.n, batchIds, status: 'submitted', waitSeconds: deps.settings.openAiBatchPollSeconds, ...(round.plan ? { plan: round.plan } : {}) };
 }
