@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { Clock } from '../lambdas/shared/clock.ts';
-import type { BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
+import { FILE_UPLOADS_PER_MINUTE, type BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
 import type { Fault, Route } from './faults.ts';
 import { sendJson } from './loopback-server.ts';
 import type { RecordedRequest, Reply } from './offline-openai.ts';
@@ -55,6 +55,8 @@ export interface BatchEndpointsDeps {
   /** Where files and batches are kept between processes; in memory only without it. */
   dir?: string | undefined;
   onCreated?: ((batchId: string) => void) | undefined;
+  /** The Files API's upload limit: 0, or the ms until the next upload may come. */
+  uploadWait(): number;
   /** Lines that may be enqueued at once (validating, in progress, finalizing), across batches. */
   queueLimit?: number | undefined;
   stepMs: number;
@@ -260,6 +262,12 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
       if (path === '/files' && req.method === 'POST') {
         const form = await deps.readMultipart(req);
+        const wait = deps.uploadWait();
+        if (wait > 0) {
+          // Past 1,000 uploads a minute, as OpenAI answers them (openai-batch.ts, FILE_UPLOADS_PER_MINUTE).
+          sendJson(res, 429, { error: { message: `Rate limit reached for requests on files: Limit ${FILE_UPLOADS_PER_MINUTE} per min. Please try again in ${wait}ms.`, type: 'requests', param: null, code: 'rate_limit_exceeded' } }, { 'retry-after-ms': String(wait) });
+          return true;
+        }
         const upload = form.files.find((f) => f.field === 'file');
         if (!upload) {
           sendJson(res, 400, { error: { message: "Missing required parameter: 'file'.", type: 'invalid_request_error', param: 'file', code: null } });

@@ -16,6 +16,7 @@ import { IMAGE_MODELS, isShutDown, parseSize, sizeProblem } from '../lambdas/sha
 import { signC2pa, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/c2pa.ts';
 import { pemSigner } from '../lambdas/publish/signer.ts';
 import { issueSigningCertificate } from './certificates.ts';
+import { FILE_UPLOADS_PER_MINUTE } from '../lambdas/shared/openai-batch.ts';
 import { routesOf, type Fault, type FiredFault, type Route } from './faults.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { batchEndpoints } from './offline-batches.ts';
@@ -163,8 +164,8 @@ function dimensions(size: string): [number, number] {
 }
 
 /**
- * An account's image rate limit as the API enforces it: a bucket refilled at `perMinute`/60
- * images a second, holding one second's worth. `take(n)` answers 0 and takes n images, or the ms
+ * A rate limit as the API enforces it (an account's images, the Files API's uploads): a bucket refilled at `perMinute`/60
+ * a second, holding one second's worth. `take(n)` answers 0 and takes n images, or the ms
  * until n are there, taking nothing.
  */
 function imageLimiter(perMinute: number | undefined): { take(n: number): number } {
@@ -337,7 +338,8 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     return invalid && errorReply(400, { message: invalid.message, type: 'invalid_request_error', param: invalid.param, code: 'invalid_value' });
   };
 
-  const batchApi = batchEndpoints({ clock, dir: options.batchDir, onCreated: options.onBatchCreated, stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
+  const uploads = imageLimiter(FILE_UPLOADS_PER_MINUTE);
+  const batchApi = batchEndpoints({ clock, dir: options.batchDir, onCreated: options.onBatchCreated, uploadWait: () => uploads.take(1), stepMs: options.batchStepMs ?? 200, queueLimit: options.batchQueueLimit, requests, refusal, takeFault, faultReply, imageReply, readJson, readMultipart });
   await batchApi.resume();
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {

@@ -6,6 +6,8 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { projectRoot } from '../infra/context.ts';
 import { estimatedCost } from '../lambdas/plan-batch/core.ts';
 import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/governor.ts';
+import { FILE_UPLOADS_PER_MINUTE, pacer } from '../lambdas/shared/openai-batch.ts';
+import OpenAI from 'openai';
 import { loadRounds } from '../lambdas/shared/rounds.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
@@ -188,6 +190,25 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     const budget = dynamoStore(budgetTableClient(dynamo.env), 'image-budget');
     expect(await budget.amount(spendKeys.batch('killed'))).toBeCloseTo(report.openAiBatch!.costUsd, 6);
   }, 120_000);
+
+  it('uploads files no faster than the Files API allows: the offline one refuses past it with a 429, as OpenAI does, and the rounds pace under it', async () => {
+    const backend = await startOfflineBackend();
+    onTestFinished(backend.close);
+    const api = new OpenAI({ apiKey: 'sk-test', baseURL: backend.baseUrl, maxRetries: 0 });
+    const statuses = await Promise.all(
+      Array.from({ length: 40 }, () => api.files.create({ file: new File(['x'], 'base.png', { type: 'image/png' }), purpose: 'vision' }).then(() => 200, (e: { status: number }) => e.status)),
+    );
+    expect(statuses.filter((s) => s === 429).length).toBeGreaterThan(0);
+    // The rounds' pace: a slot each, 60 ms apart at 1,000 a minute, in the order asked.
+    let clock = 0;
+    const slept: number[] = [];
+    const upload = pacer(FILE_UPLOADS_PER_MINUTE, () => clock, async (ms) => void slept.push(ms));
+    await Promise.all([upload(), upload(), upload()]);
+    expect(slept).toEqual([60, 120]);
+    clock = 1_000;
+    await upload();
+    expect(slept).toEqual([60, 120]);
+  });
 
   it('publishes all of a batch of twelve against a queue limit of six enqueued lines', async () => {
     const world = await startBatchWorld({ batchQueueLimit: 6 });

@@ -37,6 +37,23 @@ export interface BatchOutputLine {
 export const MAX_LINES_PER_FILE = 50_000;
 export const MAX_BYTES_PER_FILE = 190_000_000;
 
+/** "Uploads to this endpoint are rate-limited to 1,000 requests per minute per authenticated user" (API reference, Upload file). */
+export const FILE_UPLOADS_PER_MINUTE = 1_000;
+
+/**
+ * Spaces calls evenly at `perMinute`: each waits for its slot, a slot apiece, in the order they
+ * asked. `now` and `sleep` are the clock's.
+ */
+export function pacer(perMinute: number, now: () => number = Date.now, sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))): () => Promise<void> {
+  const interval = 60_000 / perMinute;
+  let next = -Infinity;
+  return async () => {
+    const at = Math.max(now(), next);
+    next = at + interval;
+    if (at > now()) await sleep(at - now());
+  };
+}
+
 /** How OpenAI reports its Batch queue limit: a batch created, then `failed` with this code. */
 export const QUEUE_LIMIT_CODE = 'token_limit_exceeded';
 

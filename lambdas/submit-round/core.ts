@@ -20,7 +20,7 @@ import { avatarKeys, batchKeys, contentTypes, runKeys } from '../shared/keys.ts'
 import { attemptName, attemptsBefore, executionName, MAX_ATTEMPTS } from '../shared/run-name.ts';
 import { BATCH_API_PRICE, estimateImageCallCost, modelChain } from '../shared/models.ts';
 import { imageCallOptions } from '../shared/openai.ts';
-import { batchesMadeOf, roundFileWriter, submitFile, type BatchRequestLine, type RoundFile } from '../shared/openai-batch.ts';
+import { batchesMadeOf, FILE_UPLOADS_PER_MINUTE, pacer, roundFileWriter, submitFile, type BatchRequestLine, type RoundFile } from '../shared/openai-batch.ts';
 import { inPool } from '../shared/pool.ts';
 import {
   loadRounds,
@@ -172,10 +172,12 @@ async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, 
 const PASSING = new Set<string>([ErrorNames.UpstreamError, ErrorNames.RateLimited, ErrorNames.ImageTimeout]);
 
 /** The reference of a persona's edits: its base, in the line (a data URL) or uploaded (a file id); made once a round. */
-async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws): Promise<Record<string, string>> {
+async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws, upload: () => Promise<void>): Promise<Record<string, string>> {
   const base = persona.calls[0]!.drawn!;
   const bytes = await deps.store.getBytes(base.keys[0]!);
   if (deps.settings.openAiBatchImageInput === 'data-url') return { image_url: `data:image/${base.format};base64,${bytes.toString('base64')}` };
+  // Thousands of bases, one upload each: paced under the Files API's own limit.
+  await upload();
   const file = await api.files.create({ file: await toFile(bytes, `base.${base.format}`, { type: `image/${base.format}` }), purpose: 'vision' }, { timeout: deps.imageTimeoutMs });
   return { file_id: file.id };
 }
@@ -219,7 +221,8 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   const model = modelChain(deps.settings)[0]!;
   // A persona's grids share one reference: its base read (and uploaded) once.
   const references = new Map<PersonaDraws, Promise<Record<string, string>>>();
-  const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona)).get(persona)!;
+  const upload = pacer(FILE_UPLOADS_PER_MINUTE);
+  const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona, upload)).get(persona)!;
   const dir = await mkdtemp(join(tmpdir(), 'round-'));
   try {
     // Each line to a file in /tmp as it is built: a round of thousands never whole in memory.
