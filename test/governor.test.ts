@@ -40,6 +40,22 @@ for (const [where, make] of stores) {
       expect(await store.turn('rate#m', 1, 1000, 0, 60_000, T0)).toBe(10_000);
     });
 
+    it('stops counting a reservation never settled (its Lambda died) once its lease is past: the next call the cap refuses sweeps it and goes', async () => {
+      const [store] = await make();
+      let now = Date.parse('2026-12-03T10:00:00Z');
+      const clock = { now: () => new Date(now) };
+      const turns = governor(store, { imagesPerMinute: 100_000, maxSpendUsdPerDay: 0.1 }, clock);
+      const call = (estimatedUsd: number) => ({ what: 'grid 0 for persona ada', model: 'gpt-image-2', images: 1, estimatedUsd });
+      const died = await turns.take(call(0.08), 0);
+      expect(((await turns.take(call(0.05), 0).catch((e: unknown) => e)) as Error).name).toBe('BudgetExhausted');
+      now += 21 * 60_000;
+      await (await turns.take(call(0.05), 0)).settle(0.04);
+      expect(await turns.spentToday()).toBeCloseTo(0.04, 6);
+      // Its answer came after all: paid, so counted, once.
+      await died.settle(0.07);
+      expect(await turns.spentToday()).toBeCloseTo(0.11, 6);
+    });
+
     it('lets forty concurrent $0.10 reservations against a $1.00 limit spend exactly $1.00', async () => {
       const [a, b] = await make();
       const granted = await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).add('budget#b', 0.1, 1)));

@@ -17,6 +17,7 @@ import {
   UpdateItemCommand,
   waitUntilTableExists,
 } from '@aws-sdk/client-dynamodb';
+import { randomUUID } from 'node:crypto';
 import { withClientPlugins } from './aws-clients.ts';
 import { dayOf, systemClock, type Clock } from './clock.ts';
 import { BudgetExhausted, RateLimited } from './errors.ts';
@@ -29,8 +30,18 @@ export interface BudgetStore {
    * wait before it when that wait is at most `maxWaitMs`; otherwise takes nothing and returns the wait.
    */
   turn(key: string, images: number, intervalMs: number, earlyMs: number, maxWaitMs: number, now: number): Promise<number>;
-  /** Adds `usd` to `key` unless the sum would pass `limit`; false (nothing added) if it would. */
-  add(key: string, usd: number, limit?: number, expiresAt?: number): Promise<boolean>;
+  /**
+   * Adds `usd` to `key` unless the sum would pass `limit`; false (nothing added) if it would. With
+   * `lease`, the amount is also held under that lease in the same item, until settled or expired.
+   */
+  add(key: string, usd: number, limit?: number, expiresAt?: number, lease?: Lease): Promise<boolean>;
+  /**
+   * Settles `lease`'s part `reserved` at `key`: the sum moves by `actual - reserved` and the lease
+   * gives that part up; a lease already swept (expired) took its part away, so `actual` is added.
+   */
+  settleLease(key: string, lease: string, reserved: number, actual: number): Promise<void>;
+  /** Takes every lease at `key` past its time out of the sum: a reservation whose Lambda died. */
+  sweepLeases(key: string, nowS: number): Promise<void>;
   /** The amount at `key` (0 when none): one item read by its key, as the stages' role allows. */
   amount(key: string): Promise<number>;
   /** Every amount whose key starts with `prefix` (a scan: for `avatars budget`, not the stages). */
@@ -55,6 +66,8 @@ export interface ImageCall {
   /** Before the call, from the model table; null when unpriced (it then counts as nothing). */
   estimatedUsd: number | null;
   budget?: BatchBudget | null;
+  /** The lease to hold its reservation under: a call's own by default; an OpenAI batch round's lines share one. */
+  lease?: string;
 }
 
 /** A reserved call: settled from what the API says it cost, or released if nothing was paid. */
@@ -95,7 +108,26 @@ export interface ImageGovernor {
 export interface Reservation {
   usd: number;
   keys: string[];
+  /** The lease it is held under (absent in reservations made before leases). */
+  lease?: string;
 }
+
+/** A share of a lease: its attribute and the amount, in micro-USD (whole numbers add up exactly). */
+export interface Lease {
+  name: string;
+  micro: number;
+}
+
+/**
+ * A lease's attribute: when it expires is in its name, so a sweep needs no other field. A
+ * reservation lives under one until settled; one never settled (a Lambda that timed out or ran
+ * out of memory) stops counting against the caps once its time is past.
+ */
+export const leaseName = (id: string, expiresAtS: number) => `lease_${expiresAtS}_${id.replace(/[^A-Za-z0-9_-]/g, '-')}`;
+const leaseExpiry = (name: string) => Number(name.split('_')[1]);
+const micro = (usd: number) => Math.round(usd * 1e6);
+/** A synchronous call's lease: its call (at most IMAGE_TIMEOUT_MS, inside a Lambda of 15 minutes at most) and some. */
+const CALL_LEASE_S = 20 * 60;
 
 export interface GovernorLimits {
   imagesPerMinute: number;
@@ -129,12 +161,30 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     if (delta !== 0) await Promise.all(keys.map((key) => store.add(key, round(delta))));
   };
 
+  /** Adds to `key` under the lease; refused, sweeps the leases past their time and tries once more. */
+  const addLeased = async (key: string, usd: number, limit: number | undefined, expiresAt: number | undefined, lease: Lease) => {
+    if (await store.add(key, usd, limit, expiresAt, lease)) return true;
+    if (limit === undefined) return false;
+    await store.sweepLeases(key, Math.floor(clock.now().getTime() / 1000));
+    return store.add(key, usd, limit, expiresAt, lease);
+  };
+
+  /** Gives back a reservation's part at each key: settled at `actual` (0: nothing was paid). */
+  const settle = async (reservation: Reservation, actual: number | null) => {
+    const paid = round(actual ?? reservation.usd);
+    if (reservation.lease === undefined) return adjust(reservation.keys, paid - reservation.usd);
+    await Promise.all(reservation.keys.map((key) => store.settleLease(key, reservation.lease!, reservation.usd, paid)));
+  };
+
   async function reserve(call: ImageCall): Promise<Reservation> {
     const usd = round(call.estimatedUsd ?? 0);
     const day = dayOf(clock);
-    const expiresAt = Math.floor(clock.now().getTime() / 1000) + SPEND_KEPT_S;
+    const nowS = Math.floor(clock.now().getTime() / 1000);
+    const expiresAt = nowS + SPEND_KEPT_S;
+    const lease = { name: call.lease ?? leaseName(randomUUID(), nowS + CALL_LEASE_S), micro: micro(usd) };
     const added: string[] = [];
-    if (!(await store.add(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt))) {
+    const reservation = (): Reservation => ({ usd, keys: added, lease: lease.name });
+    if (!(await addLeased(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt, lease))) {
       const spent = await store.amount(spendKeys.day(day));
       throw new BudgetExhausted(
         `${call.what}: refused before paying: MAX_SPEND_USD_PER_DAY is ${cents(limits.maxSpendUsdPerDay!)} and ${cents(spent)} is spent or reserved today (UTC); this call is estimated at ${cents(usd)}. Raise the cap, or run again tomorrow`,
@@ -144,37 +194,37 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     if (call.budget) {
       const { batchId, usd: budget } = call.budget;
       try {
-        if (!(await store.add(spendKeys.batch(batchId), usd, budget))) {
+        if (!(await addLeased(spendKeys.batch(batchId), usd, budget, undefined, lease))) {
           const spent = await store.amount(spendKeys.batch(batchId));
           throw new BudgetExhausted(
             `${call.what}: refused before paying: batch ${batchId} has a budget of ${cents(budget)} and ${cents(spent)} of it is spent or reserved; this call is estimated at ${cents(usd)}. Run the batch again with a larger budget (avatars batch --budget-usd, or budgetUsd in its input): what is published is not paid again`,
           );
         }
         added.push(spendKeys.batch(batchId));
-        await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt);
+        await store.add(spendKeys.dayOfBatch(day, batchId), usd, undefined, expiresAt, lease);
         added.push(spendKeys.dayOfBatch(day, batchId));
       } catch (error) {
         // A reservation made in part is given back whole.
-        await adjust(added, -usd);
+        await settle(reservation(), 0);
         throw error;
       }
     }
-    return { usd, keys: added };
+    return reservation();
   }
 
   const ticket = (reservation: Reservation): Ticket => {
     let open = true;
-    const once = async (delta: number) => {
+    const once = async (actual: number | null) => {
       if (!open) return;
       open = false;
-      await adjust(reservation.keys, delta);
+      await settle(reservation, actual);
     };
-    return { settle: (actual) => once((actual ?? reservation.usd) - reservation.usd), release: () => once(-reservation.usd) };
+    return { settle: (actual) => once(actual), release: () => once(0) };
   };
 
   return {
     reserve,
-    settle: (reservation, actual) => adjust(reservation.keys, (actual ?? reservation.usd) - reservation.usd),
+    settle,
     spentToday: () => store.amount(spendKeys.day(dayOf(clock))),
     async claimTurn(callKey, model, images) {
       const held = await store.heldTurn(turnKey(callKey));
@@ -188,7 +238,7 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     async takeHeld(callKey, call) {
       const reservation = await reserve(call);
       await store.holdTurn(turnKey(callKey), undefined, Math.floor(Date.now() / 1000) + HELD_TURN_KEPT_S).catch(async (error: unknown) => {
-        await adjust(reservation.keys, -reservation.usd);
+        await settle(reservation, 0);
         throw error;
       });
       return ticket(reservation);
@@ -197,11 +247,11 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
       const reservation = await reserve(call);
       // Turns are real time, as the API counts them; the clock says which day's spending this is.
       const wait = await store.turn(`rate#${call.model}`, call.images, intervalMs, earlyMs, maxWaitMs, Date.now()).catch(async (error: unknown) => {
-        await adjust(reservation.keys, -reservation.usd);
+        await settle(reservation, 0);
         throw error;
       });
       if (wait > maxWaitMs) {
-        await adjust(reservation.keys, -reservation.usd);
+        await settle(reservation, 0);
         throw new RateLimited(`${call.what}: the account's next image turn at ${limits.imagesPerMinute} images a minute is ${Math.ceil(wait / 1000)} s away; the stage is tried again, and then waits for its turn in Step Functions`);
       }
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
@@ -215,7 +265,28 @@ export function memoryStore(): BudgetStore {
   const tats = new Map<string, number>();
   const amounts = new Map<string, number>();
   const held = new Map<string, number>();
+  const leases = new Map<string, Map<string, number>>();
+  const leasesOf = (key: string) => leases.get(key) ?? leases.set(key, new Map()).get(key)!;
+  const addTo = (key: string, usd: number) => amounts.set(key, round((amounts.get(key) ?? 0) + usd));
   return {
+    async settleLease(key, lease, reserved, actual) {
+      const shares = leasesOf(key);
+      const left = shares.get(lease);
+      if (left === undefined) {
+        addTo(key, actual);
+        return;
+      }
+      addTo(key, actual - reserved);
+      if (left - micro(reserved) <= 0) shares.delete(lease);
+      else shares.set(lease, left - micro(reserved));
+    },
+    async sweepLeases(key, nowS) {
+      for (const [lease, left] of leasesOf(key)) {
+        if (leaseExpiry(lease) >= nowS) continue;
+        leasesOf(key).delete(lease);
+        addTo(key, -left / 1e6);
+      }
+    },
     async heldTurn(key) {
       return held.get(key);
     },
@@ -229,10 +300,11 @@ export function memoryStore(): BudgetStore {
       if (wait <= maxWaitMs) tats.set(key, Math.max(tat, now) + images * intervalMs);
       return wait;
     },
-    async add(key, usd, limit) {
+    async add(key, usd, limit, _expiresAt, lease) {
       const next = round((amounts.get(key) ?? 0) + usd);
       if (limit !== undefined && usd > 0 && next > limit) return false;
       amounts.set(key, next);
+      if (lease) leasesOf(key).set(lease.name, (leasesOf(key).get(lease.name) ?? 0) + lease.micro);
       return true;
     },
     async amount(key) {
@@ -281,17 +353,20 @@ export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore 
         }
       }
     },
-    async add(key, usd, limit, expiresAt) {
+    async add(key, usd, limit, expiresAt, lease) {
       if (limit !== undefined && usd > 0 && usd > limit) return false;
       try {
         await client.send(
           new UpdateItemCommand({
             TableName: table,
             Key: { pk: { S: key } },
-            UpdateExpression: expiresAt ? 'ADD usd :usd SET expiresAt = :expiresAt' : 'ADD usd :usd',
+            // The amount and the lease's share move in one write: a cap counts exactly what is held.
+            UpdateExpression: `ADD usd :usd${lease ? ', #lease :micro' : ''}${expiresAt ? ' SET expiresAt = :expiresAt' : ''}`,
             ...(limit !== undefined && usd > 0 ? { ConditionExpression: 'attribute_not_exists(usd) OR usd <= :most' } : {}),
+            ...(lease ? { ExpressionAttributeNames: { '#lease': lease.name } } : {}),
             ExpressionAttributeValues: {
               ':usd': { N: String(usd) },
+              ...(lease ? { ':micro': { N: String(lease.micro) } } : {}),
               ...(expiresAt ? { ':expiresAt': { N: String(expiresAt) } } : {}),
               ...(limit !== undefined && usd > 0 ? { ':most': { N: String(round(limit - usd)) } } : {}),
             },
@@ -301,6 +376,51 @@ export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore 
       } catch (error) {
         if (error instanceof ConditionalCheckFailedException) return false;
         throw error;
+      }
+    },
+    async settleLease(key, lease, reserved, actual) {
+      const update = (expression: string, values: Record<string, string>, condition?: string) =>
+        client.send(
+          new UpdateItemCommand({
+            TableName: table,
+            Key: { pk: { S: key } },
+            UpdateExpression: expression,
+            ...(condition ? { ConditionExpression: condition } : {}),
+            ...(expression.includes('#lease') || condition?.includes('#lease') ? { ExpressionAttributeNames: { '#lease': lease } } : {}),
+            ExpressionAttributeValues: Object.fromEntries(Object.entries(values).map(([name, n]) => [name, { N: n }])),
+          }),
+        );
+      try {
+        await update('ADD usd :delta, #lease :part', { ':delta': String(round(actual - reserved)), ':part': String(-micro(reserved)) }, 'attribute_exists(#lease)');
+      } catch (error) {
+        if (!(error instanceof ConditionalCheckFailedException)) throw error;
+        // Swept: the lease's whole share left the sum then; what was paid comes in now.
+        await update('ADD usd :actual', { ':actual': String(actual) });
+        return;
+      }
+      await update('REMOVE #lease', { ':none': '0' }, '#lease <= :none').catch((error: unknown) => {
+        if (!(error instanceof ConditionalCheckFailedException)) throw error;
+      });
+    },
+    async sweepLeases(key, nowS) {
+      const item = (await client.send(new GetItemCommand({ TableName: table, Key: { pk: { S: key } }, ConsistentRead: true }))).Item ?? {};
+      for (const [lease, value] of Object.entries(item)) {
+        if (!lease.startsWith('lease_') || leaseExpiry(lease) >= nowS) continue;
+        await client
+          .send(
+            new UpdateItemCommand({
+              TableName: table,
+              Key: { pk: { S: key } },
+              // Only as it was seen: a lease settled meanwhile is not taken twice.
+              UpdateExpression: 'REMOVE #lease ADD usd :minus',
+              ConditionExpression: '#lease = :seen',
+              ExpressionAttributeNames: { '#lease': lease },
+              ExpressionAttributeValues: { ':seen': { N: value.N! }, ':minus': { N: String(round(-Number(value.N) / 1e6)) } },
+            }),
+          )
+          .catch((error: unknown) => {
+            if (!(error instanceof ConditionalCheckFailedException)) throw error;
+          });
       }
     },
     async amount(key) {

@@ -41,9 +41,13 @@ import {
   type RoundsState,
   type RoundStatus,
 } from '../shared/rounds.ts';
+import { leaseName } from '../shared/governor.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
 type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs'>;
+
+/** How long a round's reservations hold without being collected: OpenAI's completion window, and two hours of polls. */
+const ROUND_LEASE_S = 26 * 3600;
 
 /** Personas prepared at once (prompts written, references read). */
 const CONCURRENCY = 16;
@@ -129,7 +133,16 @@ async function promptFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws
 }
 
 /** A call's line, its prompt checked and its cost reserved; undefined when it cannot be sent (the persona then fails). */
-async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, call: CallState, model: string, reference: () => Promise<Record<string, string>>, round: number): Promise<BatchRequestLine | undefined> {
+async function lineFor(
+  deps: RoundDeps,
+  item: BatchItem,
+  persona: PersonaDraws,
+  call: CallState,
+  model: string,
+  reference: () => Promise<Record<string, string>>,
+  round: number,
+  lease: string,
+): Promise<BatchRequestLine | undefined> {
   const what = `${call.id === 'base' ? 'base image' : call.id.replace('-', ' ')} for persona ${item.personaId}`;
   const edit = call.id !== 'base';
   try {
@@ -148,7 +161,7 @@ async function lineFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws, 
     }
     const format = edit && persona.mode === 'separate' ? deps.settings.tileFormat : 'png';
     const estimate = estimateImageCallCost(model, { size: deps.settings.imageSize, quality: deps.settings.imageQuality, n: call.count, promptChars: prompt.length, edit });
-    const reservation = await deps.governor.reserve({ what, model, images: call.count, estimatedUsd: estimate === null ? null : estimate * BATCH_API_PRICE, budget: item.input.budget ?? null });
+    const reservation = await deps.governor.reserve({ what, model, images: call.count, estimatedUsd: estimate === null ? null : estimate * BATCH_API_PRICE, budget: item.input.budget ?? null, lease });
     const body: Record<string, unknown> = { model, prompt, n: call.count, ...imageCallOptions(deps.settings, model, format, edit) };
     if (edit) body.images = [await reference().catch(async (error: unknown) => {
       // No line, nothing paid: what was reserved for it goes back.
@@ -227,12 +240,15 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   try {
     // Each line to a file in /tmp as it is built: a round of thousands never whole in memory.
     const writer = roundFileWriter(dir, state.maxLinesPerBatch);
+    // The round's lines share a lease (one per round keeps the budget's items small), out of the
+    // caps on its own if the batch never collects them: OpenAI's 24 hours, and the polls after.
+    const lease = leaseName(`${plan.batchId}-r${n}`, Math.floor(Date.now() / 1000) + ROUND_LEASE_S);
     let broken: unknown;
     const built = await inPool(ready, CONCURRENCY, async ({ persona, call }, index) => {
       const line =
         broken !== undefined || persona.failed
           ? undefined
-          : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n).catch((error: unknown) => void (broken ??= error));
+          : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n, lease).catch((error: unknown) => void (broken ??= error));
       await writer.add(index, line ?? undefined);
       return line && { persona, call };
     });
