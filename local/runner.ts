@@ -184,16 +184,19 @@ function inProcessChildren(options: LocalRunOptions, personaArn: string): ChildE
 }
 
 const rolesByNames = new Map<string, StageRoles>();
-/** The budget table each environment's stages use (IMAGE_BUDGET_TABLE is a client's variable, not a setting). */
-const tables = new WeakMap<Deps, string>();
+/**
+ * The budget table an environment's stages use (IMAGE_BUDGET_TABLE is a client's variable, not a
+ * setting), carried by the deps themselves: a copy (`{ ...deps, deadline }`) keeps it.
+ */
+const BUDGET_TABLE = Symbol('IMAGE_BUDGET_TABLE');
 
 export function useBudgetTable(deps: Deps, table: string | undefined): void {
-  if (table) tables.set(deps, table);
+  if (table) Object.assign(deps, { [BUDGET_TABLE]: table });
 }
 
 /** Each stage's role as synthesized, its resources named as these deps name them. */
 export async function localStageRoles(deps: Deps): Promise<StageRoles> {
-  const names = { bucket: deps.settings.bucket, table: tables.get(deps) };
+  const names = { bucket: deps.settings.bucket, table: (deps as Deps & { [BUDGET_TABLE]?: string })[BUDGET_TABLE] };
   const key = JSON.stringify(names);
   const { persona } = await synthesizeWorkflows();
   if (!rolesByNames.has(key)) rolesByNames.set(key, stageRoles(persona.template, { ...names, stateMachineArn: localStateMachineArn }));

@@ -210,6 +210,29 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(slept).toEqual([60, 120]);
   });
 
+  it('collects a round too big for one invocation in parts, each image stored and paid once', async () => {
+    const dynamo = await startDynamoDb();
+    const world = await startBatchWorld({ env: { ...dynamo.env, IMAGE_BUDGET_TABLE: 'image-budget', OPENAI_BATCH_POLL_SECONDS: '1' } });
+    const personasKey = 'batches/parts/personas.jsonl';
+    await world.deps.store.put(personasKey, `${team(3, 'parts').join('\n')}\n`, 'application/x-ndjson');
+    const plan = await invoke(world, 'plan-batch', { personasKey, batchId: 'parts', input: { openAiBatch: true, budgetUsd: 5 } });
+    let round = await invoke(world, 'submit-round', { plan });
+    // Every invocation past its deadline at once: each stores one answer, saves, and hands on.
+    const hurried = { deps: { ...world.deps, deadline: 0 } };
+    let parts = 0;
+    for (let polls = 0; round.status !== 'collected' && polls < 100; polls++) {
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the offline batch moves a step every 200 ms
+      round = await invoke(hurried, 'collect-round', { plan, round });
+      if (round.status === 'pending' && round.waitSeconds === 0) parts++;
+    }
+    expect(round).toMatchObject({ status: 'collected', next: 'submit' });
+    expect(parts).toBe(2);
+    const state = (await loadRounds(world.deps.store, 'parts'))!;
+    expect(state.personas.map((p) => p.calls[0]!.drawn?.keys.length)).toEqual([1, 1, 1]);
+    const budget = dynamoStore(budgetTableClient(dynamo.env), 'image-budget');
+    expect(await budget.amount(spendKeys.batch('parts'))).toBeCloseTo(state.costUsd, 6);
+  }, 120_000);
+
   it('publishes all of a batch of twelve against a queue limit of six enqueued lines', async () => {
     const world = await startBatchWorld({ batchQueueLimit: 6 });
     const report = await runBatch(world, team(12, 'crowd'), 'crowd', { openAiBatch: true });

@@ -21,7 +21,7 @@ import { drawnKeys, loadRounds, MAX_ROUNDS, MAX_TRIES, readyCalls, roundsSpent, 
 import type { StageDeps } from '../shared/stage.ts';
 import type { RoundEvent } from '../shared/rounds.ts';
 
-type CollectDeps = StageDeps<'store' | 'text' | 'governor' | 'imageTimeoutMs'>;
+type CollectDeps = StageDeps<'store' | 'text' | 'governor' | 'imageTimeoutMs' | 'deadline'>;
 
 /** The longest wait between two looks at a round. */
 const MAX_WAIT_SECONDS = 900;
@@ -112,18 +112,35 @@ export async function collectRound(event: RoundEvent, deps: CollectDeps): Promis
     call.lastError = { error: ErrorNames.UpstreamError, cause };
   };
 
-  for (const batch of batches) {
+  // A round too big for one invocation is collected in parts: past the deadline, what was stored
+  // is saved and settled, and the next invocation goes on from there (lines done have nothing pending).
+  let answered = 0;
+  let stopped = false;
+  reading: for (const batch of batches) {
     for (const fileId of [batch.output_file_id, batch.error_file_id]) {
       if (!fileId) continue;
       // A few images stored at once: a round of thousands fits in the Lambda's time.
       const storing = new Set<Promise<void>>();
       for await (const line of fileLines(api, fileId, deps.imageTimeoutMs)) {
+        if (!sent.has(line.custom_id)) continue;
+        if (answered > 0 && Date.now() >= deps.deadline) {
+          stopped = true;
+          await Promise.all(storing);
+          break reading;
+        }
+        answered++;
         const one = answer(line, batch.id).finally(() => storing.delete(one));
         storing.add(one);
         if (storing.size >= STORE_CONCURRENCY) await Promise.race(storing);
       }
       await Promise.all(storing);
     }
+  }
+  if (stopped) {
+    await saveRounds(deps.store, state);
+    for (const [reservation, usd] of settlements) await deps.governor.settle(reservation, usd);
+    deps.logger.info('OpenAI batch round collected in part', { batchId: plan.batchId, round: round.n, answered });
+    return { ...round, status: 'pending', waitSeconds: 0 };
   }
   // Batches OpenAI's queue limit turned away ran nothing and cost nothing: their lines go again,
   // in batches half as large, once the batches ahead in the queue have finished.

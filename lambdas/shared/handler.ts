@@ -33,6 +33,8 @@ export function lambdaHandler<E, R, K extends keyof Deps>(stage: string, core: S
       // An image call may first wait IMAGE_TURN_WAIT_MS for its turn.
       imageTimeoutMs: callTimeout(deps.settings.imageTimeoutMs, remaining - deps.settings.imageTurnWaitMs),
       textTimeoutMs: callTimeout(deps.settings.textTimeoutMs, remaining),
+      // A minute to save and settle before the Lambda's end.
+      deadline: Date.now() + remaining - 60_000,
     };
     const keys = correlationOf(event);
     logger.appendKeys(keys);

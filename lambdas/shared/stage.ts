@@ -39,6 +39,8 @@ export interface Deps {
   /** Timeouts for one call, kept below what is left of the Lambda's own time. */
   imageTimeoutMs: number;
   textTimeoutMs: number;
+  /** When a stage that works through much (a round's answers) saves what it did and hands the rest to its next invocation (epoch ms). */
+  deadline: number;
 }
 
 export type StageDeps<K extends keyof Deps = never> = Pick<Deps, 'settings' | 'logger' | 'metrics' | K>;
@@ -114,6 +116,7 @@ export async function depsFromEnv(env: Env, logger: Logger, clients: ClientFacto
     metrics,
     imageTimeoutMs: settings.imageTimeoutMs,
     textTimeoutMs: settings.textTimeoutMs,
+    deadline: Number.POSITIVE_INFINITY,
     ...Object.assign({}, ...built),
   } as Deps;
 }
