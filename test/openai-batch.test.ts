@@ -8,10 +8,10 @@ import { estimatedCost } from '../lambdas/plan-batch/core.ts';
 import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/governor.ts';
 import { FILE_UPLOADS_PER_MINUTE, pacer } from '../lambdas/shared/openai-batch.ts';
 import OpenAI from 'openai';
-import { loadRounds } from '../lambdas/shared/rounds.ts';
+import { loadRounds, type RoundStatus } from '../lambdas/shared/rounds.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
-import type { BatchReport } from '../lambdas/shared/batch.ts';
+import type { BatchPlan, BatchReport } from '../lambdas/shared/batch.ts';
 import { startOfflineBackend } from '../local/offline-openai.ts';
 import { avatars, imageCalls, invoke, personaLine, runBatch, startBatchWorld, startDynamoDb, team, tempDir } from './support.ts';
 
@@ -20,6 +20,27 @@ const work = tempDir('openai-batch');
 /** Each persona's lines over every OpenAI batch: what was asked of the API for it. */
 const linesPer = (lines: { custom_id: string }[], report: BatchReport) =>
   Object.fromEntries(report.personas.map((p) => [p.personaId, lines.filter((l) => Number(l.custom_id.split(':')[0]) === p.line).map((l) => l.custom_id.split(':')[1])]));
+
+/** A batch of three planned for OpenAI's Batch API in a world with a budget table, its first round submitted. */
+async function firstRound(batchId: string) {
+  const dynamo = await startDynamoDb();
+  const world = await startBatchWorld({ env: { ...dynamo.env, IMAGE_BUDGET_TABLE: 'image-budget', OPENAI_BATCH_POLL_SECONDS: '1' } });
+  const personasKey = `batches/${batchId}/personas.jsonl`;
+  await world.deps.store.put(personasKey, `${team(3, batchId).join('\n')}\n`, 'application/x-ndjson');
+  const plan = await invoke(world, 'plan-batch', { personasKey, batchId, input: { openAiBatch: true, budgetUsd: 5 } });
+  return { dynamo, world, plan, round: await invoke(world, 'submit-round', { plan }) };
+}
+
+/** CollectRound invoked until the round is collected: what each invocation answered. */
+async function collectUntilDone(world: Parameters<typeof invoke>[0], plan: BatchPlan, round: RoundStatus): Promise<RoundStatus[]> {
+  const statuses: RoundStatus[] = [];
+  for (let polls = 0; round.status !== 'collected' && polls < 100; polls++) {
+    await new Promise((resolve) => setTimeout(resolve, 100)); // the offline batch moves a step every 200 ms
+    round = await invoke(world, 'collect-round', { plan, round });
+    statuses.push(round);
+  }
+  return statuses;
+}
 
 describe('a batch through OpenAI\u2019s Batch API', () => {
   it('publishes every persona with no call to the image endpoints, each image asked as a line of an uploaded batch file', async () => {
@@ -135,17 +156,9 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
   }, 120_000);
 
   it('gives back what a round reserved when it fails mid-way: the batch budget holds only what was paid', async () => {
-    const dynamo = await startDynamoDb();
-    const world = await startBatchWorld({ env: { ...dynamo.env, IMAGE_BUDGET_TABLE: 'image-budget', OPENAI_BATCH_POLL_SECONDS: '1' } });
-    const personasKey = 'batches/leaky/personas.jsonl';
-    await world.deps.store.put(personasKey, `${team(3, 'leaky').join('\n')}\n`, 'application/x-ndjson');
-    const plan = await invoke(world, 'plan-batch', { personasKey, batchId: 'leaky', input: { openAiBatch: true, budgetUsd: 5 } });
-    // Round 1 draws the bases; collected, it has paid for them.
-    let round = await invoke(world, 'submit-round', { plan });
-    for (let polls = 0; round.status !== 'collected' && polls < 100; polls++) {
-      await new Promise((resolve) => setTimeout(resolve, 100)); // the offline batch moves a step every 200 ms
-      round = await invoke(world, 'collect-round', { plan, round });
-    }
+    const { dynamo, world, plan, round } = await firstRound('leaky');
+    // Round 1 drew the bases; collected, it has paid for them.
+    await collectUntilDone(world, plan, round);
     const state = (await loadRounds(world.deps.store, 'leaky'))!;
     const paid = state.costUsd;
     expect(paid).toBeGreaterThan(0);
@@ -211,20 +224,11 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
   });
 
   it('collects a round too big for one invocation in parts, each image stored and paid once', async () => {
-    const dynamo = await startDynamoDb();
-    const world = await startBatchWorld({ env: { ...dynamo.env, IMAGE_BUDGET_TABLE: 'image-budget', OPENAI_BATCH_POLL_SECONDS: '1' } });
-    const personasKey = 'batches/parts/personas.jsonl';
-    await world.deps.store.put(personasKey, `${team(3, 'parts').join('\n')}\n`, 'application/x-ndjson');
-    const plan = await invoke(world, 'plan-batch', { personasKey, batchId: 'parts', input: { openAiBatch: true, budgetUsd: 5 } });
-    let round = await invoke(world, 'submit-round', { plan });
+    const { dynamo, world, plan, round: submitted } = await firstRound('parts');
     // Every invocation past its deadline at once: each stores one answer, saves, and hands on.
-    const hurried = { deps: { ...world.deps, deadline: 0 } };
-    let parts = 0;
-    for (let polls = 0; round.status !== 'collected' && polls < 100; polls++) {
-      await new Promise((resolve) => setTimeout(resolve, 100)); // the offline batch moves a step every 200 ms
-      round = await invoke(hurried, 'collect-round', { plan, round });
-      if (round.status === 'pending' && round.waitSeconds === 0) parts++;
-    }
+    const statuses = await collectUntilDone({ deps: { ...world.deps, deadline: 0 } }, plan, submitted);
+    const round = statuses.at(-1)!;
+    const parts = statuses.filter((r) => r.status === 'pending' && r.waitSeconds === 0).length;
     expect(round).toMatchObject({ status: 'collected', next: 'submit' });
     expect(parts).toBe(2);
     const state = (await loadRounds(world.deps.store, 'parts'))!;
