@@ -8,7 +8,7 @@ import { estimatedCost } from '../lambdas/plan-batch/core.ts';
 import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/governor.ts';
 import { FILE_UPLOADS_PER_MINUTE, pacer } from '../lambdas/shared/openai-batch.ts';
 import OpenAI from 'openai';
-import { loadRounds, type RoundStatus } from '../lambdas/shared/rounds.ts';
+import { loadRounds, roundsSpent, type RoundStatus } from '../lambdas/shared/rounds.ts';
 import { parseRunRequest } from '../lambdas/shared/persona.ts';
 import { settingsFromEnv } from '../lambdas/shared/settings.ts';
 import type { BatchPlan, BatchReport } from '../lambdas/shared/batch.ts';
@@ -235,6 +235,28 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     expect(state.personas.map((p) => p.calls[0]!.drawn?.keys.length)).toEqual([1, 1, 1]);
     const budget = dynamoStore(budgetTableClient(dynamo.env), 'image-budget');
     expect(await budget.amount(spendKeys.batch('parts'))).toBeCloseTo(state.costUsd, 6);
+  }, 120_000);
+
+  it('sends what a SubmitRound prepared in its time and the rest in the next round, which does not count against the six', async () => {
+    const world = await startBatchWorld({ env: { OPENAI_BATCH_POLL_SECONDS: '1' } });
+    await world.deps.store.put('batches/many/personas.jsonl', `${team(20, 'many').join('\n')}\n`, 'application/x-ndjson');
+    const plan = await invoke(world, 'plan-batch', { personasKey: 'batches/many/personas.jsonl', batchId: 'many', input: { openAiBatch: true } });
+    // Out of time at once: it prepares what it started, sends that, and leaves the rest ready.
+    const round = await invoke({ deps: { ...world.deps, deadline: 0 } }, 'submit-round', { plan });
+    expect(round).toMatchObject({ n: 1, status: 'submitted' });
+    const sentFirst = world.backend!.batchLines.length;
+    expect(sentFirst).toBeGreaterThan(0);
+    expect(sentFirst).toBeLessThan(20);
+    const state = (await loadRounds(world.deps.store, 'many'))!;
+    expect(state.partialRounds).toBe(1);
+    expect(roundsSpent(state)).toBe(0);
+    expect(state.personas.filter((p) => !p.calls[0]!.pending).every((p) => p.calls[0]!.tries === 0)).toBe(true);
+    // The machine goes on: collect, then the next round sends the bases not yet sent, each once.
+    expect((await collectUntilDone(world, plan, round)).at(-1)).toMatchObject({ status: 'collected', next: 'submit' });
+    await invoke(world, 'submit-round', { plan });
+    const bases = world.backend!.batchLines.map((l) => l.custom_id).filter((id) => id.includes(':base:'));
+    expect(bases).toHaveLength(20);
+    expect(new Set(bases.map((id) => id.split(':')[0])).size).toBe(20);
   }, 120_000);
 
   it('publishes all of a batch of twelve against a queue limit of six enqueued lines', async () => {

@@ -24,8 +24,12 @@ export const MAX_REDRAW_ROUNDS = 2;
 /** Rounds OpenAI's queue limit turned away (nothing drawn, nothing paid): they do not count above, up to this many. */
 export const MAX_QUEUE_LIMITED_ROUNDS = 30;
 
-/** Rounds that count against MAX_ROUNDS: those the queue limit did not turn away. */
-export const roundsSpent = (state: RoundsState) => state.rounds.length - Math.min(state.queueLimitedRounds ?? 0, MAX_QUEUE_LIMITED_ROUNDS);
+/** Rounds cut short by SubmitRound's time (more to prepare than one invocation can): they do not count either, up to this many. */
+export const MAX_PARTIAL_ROUNDS = 100;
+
+/** Rounds that count against MAX_ROUNDS: those neither the queue limit turned away nor SubmitRound's time cut short. */
+export const roundsSpent = (state: RoundsState) =>
+  state.rounds.length - Math.min(state.queueLimitedRounds ?? 0, MAX_QUEUE_LIMITED_ROUNDS) - Math.min(state.partialRounds ?? 0, MAX_PARTIAL_ROUNDS);
 
 /** What an image call drew, where it is kept, and what it cost at batch price. */
 export interface Drawn {
@@ -77,6 +81,8 @@ export interface RoundsState {
   personas: PersonaDraws[];
   /** Rounds in which OpenAI's queue limit failed a batch, and the most lines a batch then holds. */
   queueLimitedRounds?: number;
+  /** Rounds SubmitRound sent before all that was ready was prepared: the rest goes in the next. */
+  partialRounds?: number;
   maxLinesPerBatch?: number;
   /** What the batches' answers cost, at batch price, and what the same would cost synchronously. */
   costUsd: number;

@@ -44,7 +44,10 @@ import {
 import { leaseName } from '../shared/governor.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
-type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs'>;
+type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs' | 'deadline'>;
+
+/** Time kept, after preparing lines stops, to write the round's files to the bucket and send them. */
+const SENDING_MS = 4 * 60_000;
 
 /** How long a round's reservations hold without being collected: OpenAI's completion window, and two hours of polls. */
 const ROUND_LEASE_S = 26 * 3600;
@@ -205,7 +208,7 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   if (state?.submitting) {
     const dir = await mkdtemp(join(tmpdir(), 'round-'));
     try {
-      return await submitPrepared(deps, api, state, dir);
+      return await submitPrepared(deps, api, state, dir, true);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -244,9 +247,15 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
     // caps on its own if the batch never collects them: OpenAI's 24 hours, and the polls after.
     const lease = leaseName(`${plan.batchId}-r${n}`, Math.floor(Date.now() / 1000) + ROUND_LEASE_S);
     let broken: unknown;
+    // Thousands of prompts may take longer than one invocation: past its time, what is prepared
+    // goes in this round and the rest, untouched, in the next.
+    let started = 0;
+    let cut = false;
     const built = await inPool(ready, CONCURRENCY, async ({ persona, call }, index) => {
+      if (started > 0 && Date.now() >= deps.deadline - SENDING_MS) cut = true;
+      if (!cut) started++;
       const line =
-        broken !== undefined || persona.failed
+        broken !== undefined || persona.failed || cut
           ? undefined
           : await lineFor(deps, items.get(persona.line)!, persona, call, model, () => referenceFor(persona), n, lease).catch((error: unknown) => void (broken ??= error));
       await writer.add(index, line ?? undefined);
@@ -273,9 +282,10 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
       if (dropped.size > 0) await keepOnly(join(dir, `${file.key}.jsonl`), file, dropped);
       if (file.customIds.length > 0) await deps.store.putFile(batchKeys(plan.batchId).roundFile(n, file.key), join(dir, `${file.key}.jsonl`), 'application/x-ndjson');
     }
+    if (cut) state.partialRounds = (state.partialRounds ?? 0) + 1;
     state.submitting = { n, startedAt: Math.floor(Date.now() / 1000), files: files.filter((f) => f.customIds.length > 0), failedBefore: [...failedBefore], ...(next ? { plan: next } : {}) };
     await saveRounds(deps.store, state);
-    return await submitPrepared(deps, api, state, dir);
+    return await submitPrepared(deps, api, state, dir, false);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -305,14 +315,15 @@ async function keepOnly(path: string, file: RoundFile, dropped: Set<string>): Pr
  * each: run again after a timeout, it finds the batches a dead run made (by their metadata)
  * instead of making them twice, and reserves nothing again.
  */
-async function submitPrepared(deps: RoundDeps, api: OpenAI, state: RoundsState, dir: string): Promise<RoundStatus> {
+async function submitPrepared(deps: RoundDeps, api: OpenAI, state: RoundsState, dir: string, resumed: boolean): Promise<RoundStatus> {
   const round = state.submitting!;
   const calls = new Map(state.personas.flatMap((p) => p.calls.filter((c) => c.pending).map((c) => [c.pending!.customId, c] as const)));
   let failure: Error | undefined;
   for (const file of round.files) {
     if (file.batchIds || file.failed) continue;
     const metadata = { persona_avatars_batch: state.batchId, round: String(round.n), file: file.key };
-    let ids = await batchesMadeOf(api, metadata, round.startedAt, deps.imageTimeoutMs);
+    // Only a run after one that died can find batches it did not save.
+    let ids = resumed ? await batchesMadeOf(api, metadata, round.startedAt, deps.imageTimeoutMs) : [];
     if (ids.length === 0) {
       const path = join(dir, `${file.key}.jsonl`);
       // A run that died left the file in the bucket; this one may be in another container.
@@ -320,10 +331,14 @@ async function submitPrepared(deps: RoundDeps, api: OpenAI, state: RoundsState, 
       try {
         ids = await submitFile(api, file.endpoint, path, metadata, deps.imageTimeoutMs);
       } catch (error) {
-        // Not sent, not paid: drawn again next round, or the stage is retried when nothing went.
-        failure = error as Error;
-        file.failed = { error: failure.name, cause: failure.message };
-        for (const id of file.customIds) await unsend(deps, calls.get(id)!, file.failed);
+        // No answer is not "not made": a batch created before the answer was lost is adopted.
+        ids = await batchesMadeOf(api, metadata, round.startedAt, deps.imageTimeoutMs).catch(() => []);
+        if (ids.length === 0) {
+          // Not sent, not paid: drawn again next round, or the stage is retried when nothing went.
+          failure = error as Error;
+          file.failed = { error: failure.name, cause: failure.message };
+          for (const id of file.customIds) await unsend(deps, calls.get(id)!, file.failed);
+        }
       }
     }
     if (ids.length > 0) {
