@@ -54,9 +54,9 @@ describe('an image call whose turn is far off', () => {
   it('waits for it in Step Functions, claimed first come first served, and publishes', async () => {
     const db = await startDynamoDb();
     const world = await startTestEnvironment({ env: { ...db.env, IMAGE_BUDGET_TABLE: 'image-budget', IMAGES_PER_MINUTE: '60', IMAGE_TURN_WAIT_MS: '0' } });
-    // Others were first in line: three turns a second apart, claimed before this run asks.
+    // Others were first in line: five turns a second apart, claimed before this run asks.
     const others = governor(dynamoStore(budgetTableClient(db.env), 'image-budget'), { imagesPerMinute: 60 });
-    for (const call of ['a', 'b', 'c']) await others.claimTurn(`other/${call}`, 'gpt-image-2', 1);
+    for (const call of ['a', 'b', 'c', 'd', 'e']) await others.claimTurn(`other/${call}`, 'gpt-image-2', 1);
     const outcome = await runLocally({ input: { persona }, deps: world.deps, runId: 'queued' });
     expect(outcome.status).toBe('SUCCEEDED');
     // The base stage answered that its turn was later, waited in a Wait state, and came back to it.

@@ -39,7 +39,7 @@ export interface BudgetStore {
    * Settles `lease`'s part `reserved` at `key`: the sum moves by `actual - reserved` and the lease
    * gives that part up; a lease already swept (expired) took its part away, so `actual` is added.
    */
-  settleLease(key: string, lease: string, reserved: number, actual: number): Promise<void>;
+  settleLease(key: string, lease: string, reserved: number, actual: number, own: boolean): Promise<void>;
   /** Takes every lease at `key` past its time out of the sum: a reservation whose Lambda died. */
   sweepLeases(key: string, nowS: number): Promise<void>;
   /** The amount at `key` (0 when none): one item read by its key, as the stages' role allows. */
@@ -110,6 +110,8 @@ export interface Reservation {
   keys: string[];
   /** The lease it is held under (absent in reservations made before leases). */
   lease?: string;
+  /** The lease is this reservation's alone (a call's): settling it ends it in the same write. */
+  own?: boolean;
 }
 
 /** A share of a lease: its attribute and the amount, in micro-USD (whole numbers add up exactly). */
@@ -173,7 +175,7 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
   const settle = async (reservation: Reservation, actual: number | null) => {
     const paid = round(actual ?? reservation.usd);
     if (reservation.lease === undefined) return adjust(reservation.keys, paid - reservation.usd);
-    await Promise.all(reservation.keys.map((key) => store.settleLease(key, reservation.lease!, reservation.usd, paid)));
+    await Promise.all(reservation.keys.map((key) => store.settleLease(key, reservation.lease!, reservation.usd, paid, reservation.own === true)));
   };
 
   async function reserve(call: ImageCall): Promise<Reservation> {
@@ -183,7 +185,7 @@ export function governor(store: BudgetStore, limits: GovernorLimits, clock: Cloc
     const expiresAt = nowS + SPEND_KEPT_S;
     const lease = { name: call.lease ?? leaseName(randomUUID(), nowS + CALL_LEASE_S), micro: micro(usd) };
     const added: string[] = [];
-    const reservation = (): Reservation => ({ usd, keys: added, lease: lease.name });
+    const reservation = (): Reservation => ({ usd, keys: added, lease: lease.name, ...(call.lease ? {} : { own: true }) });
     if (!(await addLeased(spendKeys.day(day), usd, limits.maxSpendUsdPerDay, expiresAt, lease))) {
       const spent = await store.amount(spendKeys.day(day));
       throw new BudgetExhausted(
@@ -269,7 +271,7 @@ export function memoryStore(): BudgetStore {
   const leasesOf = (key: string) => leases.get(key) ?? leases.set(key, new Map()).get(key)!;
   const addTo = (key: string, usd: number) => amounts.set(key, round((amounts.get(key) ?? 0) + usd));
   return {
-    async settleLease(key, lease, reserved, actual) {
+    async settleLease(key, lease, reserved, actual, own) {
       const shares = leasesOf(key);
       const left = shares.get(lease);
       if (left === undefined) {
@@ -277,7 +279,7 @@ export function memoryStore(): BudgetStore {
         return;
       }
       addTo(key, actual - reserved);
-      if (left - micro(reserved) <= 0) shares.delete(lease);
+      if (own || left - micro(reserved) <= 0) shares.delete(lease);
       else shares.set(lease, left - micro(reserved));
     },
     async sweepLeases(key, nowS) {
@@ -378,7 +380,7 @@ export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore 
         throw error;
       }
     },
-    async settleLease(key, lease, reserved, actual) {
+    async settleLease(key, lease, reserved, actual, own) {
       const update = (expression: string, values: Record<string, string>, condition?: string) =>
         client.send(
           new UpdateItemCommand({
@@ -391,13 +393,16 @@ export function dynamoStore(client: DynamoDBClient, table: string): BudgetStore 
           }),
         );
       try {
-        await update('ADD usd :delta, #lease :part', { ':delta': String(round(actual - reserved)), ':part': String(-micro(reserved)) }, 'attribute_exists(#lease)');
+        // A call's own lease ends with it, in one write; a round's shared one gives up this part.
+        if (own) await update('REMOVE #lease ADD usd :delta', { ':delta': String(round(actual - reserved)) }, 'attribute_exists(#lease)');
+        else await update('ADD usd :delta, #lease :part', { ':delta': String(round(actual - reserved)), ':part': String(-micro(reserved)) }, 'attribute_exists(#lease)');
       } catch (error) {
         if (!(error instanceof ConditionalCheckFailedException)) throw error;
         // Swept: the lease's whole share left the sum then; what was paid comes in now.
         await update('ADD usd :actual', { ':actual': String(actual) });
         return;
       }
+      if (own) return;
       await update('REMOVE #lease', { ':none': '0' }, '#lease <= :none').catch((error: unknown) => {
         if (!(error instanceof ConditionalCheckFailedException)) throw error;
       });
