@@ -1,10 +1,11 @@
 /**
- * One account, one image budget. Before every image call (base, grid, redraw, safer rewrite,
- * retry; from any execution), the calling stage reserves the call's estimated cost against the
- * spending caps and takes a turn from one account-wide limiter at IMAGES_PER_MINUTE; the cost is
- * settled from the usage the API returns. The state lives in a store: this process's memory by
- * default, or the stack's DynamoDB table (IMAGE_BUDGET_TABLE), shared by every Lambda and every
- * local process that names it.
+ * One account, one image budget. Every image call (base, grid, redraw, safer rewrite, retry; from
+ * any execution) first claims its turn from one account-wide limiter at IMAGES_PER_MINUTE, first
+ * come first served and held for it however far away, then reserves its estimated cost against
+ * the spending caps under a lease that expires if never settled; the cost is settled from the
+ * usage the API returns. The state lives in a store: this process's memory by default, or the
+ * stack's DynamoDB table (IMAGE_BUDGET_TABLE), shared by every Lambda and every local process that
+ * names it.
  */
 import {
   ConditionalCheckFailedException,
