@@ -249,9 +249,10 @@ export function openAiImages(
     name: 'openai',
     turn: async ({ callKey, n }) => {
       const model = modelChain(settings).find((m) => !gone.has(m)) ?? settings.imageModel;
-      const wait = (await turns.claimTurn(callKey, model, n)) - Date.now();
+      const at = await turns.claimTurn(callKey, model, n);
+      const wait = at - Date.now();
       metrics.record('TurnWaitSeconds', Math.max(0, wait) / 1000);
-      if (wait > settings.imageTurnWaitMs) return { later: new Date(Date.now() + wait).toISOString() };
+      if (wait > settings.imageTurnWaitMs) return { later: new Date(at).toISOString() };
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       return undefined;
     },
