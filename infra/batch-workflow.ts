@@ -122,7 +122,7 @@ export class AvatarBatch extends Construct {
       name: JsonPath.stringAt('$.name'),
       input: TaskInput.fromJsonPathAt(JsonPath.jsonMerge(JsonPath.objectAt('$.input'), JsonPath.objectAt('$.startedBy'))),
       // Keys only: the report makes URLs, and a result stays small whatever a run published.
-      resultSelector: { status: 'SUCCEEDED', manifestKey: JsonPath.stringAt('$.Output.manifestKey'), images: JsonPath.listAt('$.Output.images[*].key') },
+      resultSelector: { status: 'SUCCEEDED', manifestKey: JsonPath.stringAt('$.Output.manifestKey'), images: JsonPath.listAt('$.Output.images[*].key'), look: JsonPath.objectAt('$.Output.look') },
       resultPath: '$.outcome',
     });
     runPersona.addRetry(retryStartExecution);

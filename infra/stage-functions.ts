@@ -63,6 +63,7 @@ const batches = `${Prefixes.batches}*`;
 const runManifests = `${Prefixes.avatars}*/runs/*/manifest.json`;
 const runFolders = `${Prefixes.avatars}*/runs/*`;
 const roundFiles = `${Prefixes.batches}*/rounds/*`;
+const faces = `${Prefixes.faces}*`;
 
 /** Image calls may take minutes (the seed allowed 600 s); a Lambda may run 15. */
 const IMAGE_STAGE_TIMEOUT = Duration.minutes(15);
@@ -73,6 +74,10 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'generate-base': { reads: [runs], writes: [runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'generate-grid': { reads: [runs], writes: [runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: IMAGE_STAGE_TIMEOUT, memoryMb: 512 },
   'split-grid': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, timeout: Duration.minutes(1), memoryMb: 1024 },
+  // TensorFlow.js on WASM: about 300 MB, and the CPU that memory brings. The face index: 100,000
+  // faces are 100 MB of vectors, read in a second or two when cold (README: Every persona a different person).
+  // Writes the prompt of a redraw, and its own faces to the index (each once, conditionally).
+  'check-base': { reads: [runs, faces], writes: [runs, faces], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },
   // TensorFlow.js on WASM: about 300 MB, and the CPU that memory brings.
   // Writes only its refusal of a grid drawn in an OpenAI batch, for the batch's next round.
   'check-identity': { reads: [runs], writes: [runs], usesOpenAi: false, usesSharp: true, usesFaces: true, timeout: Duration.minutes(2), memoryMb: 2048 },

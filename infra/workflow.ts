@@ -11,6 +11,7 @@ import {
   Map as MapState,
   Parallel,
   Pass,
+  Result,
   StateMachine,
   StateMachineType,
   TaskInput,
@@ -70,6 +71,7 @@ const RUN = {
  *
  *   PlanRun ─► PromptAndBase ─┬─ WritePrompt                                     ─┐
  *                             └─ GenerateBase ─(policy)─► RewriteBasePrompt ─► GenerateBaseSafer
+ *                                  ─► CheckBase ─(look-alike, gender or age missed)─► RedrawBase ─► CheckBase (twice at most)
  *           ─► GenerateGrids (Map, one per 4 images) ─► GridAttempt:
  *                 GenerateGrid ─(policy)─► RewriteGridPrompt ─► GenerateGridSafer ─┐
  *                      └──────────────────────────────────────────────────────────► SplitGrid ─► CheckIdentity
@@ -150,16 +152,21 @@ export class AvatarWorkflow extends Construct {
     };
     const writePrompt = task('WritePrompt', 'write-prompt', withPersona, apiStageRetries);
     const { first: generateBase, firstDrawn: baseDrawn, saferDrawn: saferBaseDrawn } = withSaferRetry('Base', 'generate-base', withBudget, '$.drawn');
-    // The branch's output is the base as drawn.
-    const base = new Pass(this, 'BaseDrawn', { outputPath: '$.drawn' });
-    baseDrawn.otherwise(base);
-    saferBaseDrawn.otherwise(base);
+    // 2b. The base's checks, before any grid is paid for: another persona's person, or a clear
+    //     miss of the persona's gender or age, is drawn again away from it (twice at most).
+    const noRedrawsYet = new Pass(this, 'NoBaseRedrawsYet', { result: Result.fromObject({ redraws: [] }), resultPath: '$.checked' });
+    const checkBase = task('CheckBase', 'check-base', { ...withPersona, base: JsonPath.objectAt('$.drawn'), checked: JsonPath.objectAt('$.checked') }, plainStageRetries, '$.checked');
+    const redrawBase = task('RedrawBase', 'generate-base', { ...withBudget, promptKey: JsonPath.stringAt('$.checked.redraw.promptKey') }, apiStageRetries, '$.drawn');
+    // The branch's output is the base as drawn and checked.
+    const base = new Pass(this, 'BaseDrawn', { outputPath: '$.checked' });
+    checkBase.next(new Choice(this, 'BaseAccepted').when(Condition.isPresent('$.checked.redraw'), redrawBase).otherwise(base));
+    for (const drawn of [baseDrawn, saferBaseDrawn, this.turnLoop(redrawBase, '$.drawn')]) drawn.otherwise(checkBase);
     const promptAndBase = new Parallel(this, 'PromptAndBase', {
       resultSelector: { prompt: JsonPath.objectAt('$[0]'), base: JsonPath.objectAt('$[1]') },
       resultPath: '$.generated',
     })
       .branch(writePrompt)
-      .branch(generateBase);
+      .branch(noRedrawsYet.next(generateBase));
     onFailure(promptAndBase);
 
     // 3. One grid per 4 images, in parallel; each split as soon as it exists. A refused grid

@@ -1,3 +1,4 @@
+import { checkBase } from './check-base/core.ts';
 import { checkIdentity } from './check-identity/core.ts';
 import { collectRound } from './collect-round/core.ts';
 import { generateBase } from './generate-base/core.ts';
@@ -20,6 +21,7 @@ export const stages = {
   'plan-run': planRun,
   'write-prompt': writePrompt,
   'generate-base': generateBase,
+  'check-base': checkBase,
   'generate-grid': generateGrid,
   'split-grid': splitGrid,
   'check-identity': checkIdentity,

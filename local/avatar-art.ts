@@ -1,6 +1,6 @@
 /**
  * Drawing for the offline image backend: a stylized avatar per persona, wearing the face of one
- * of two public-domain portraits (local/faces/) so the identity check finds a real person, and,
+ * of the portraits in local/faces/ so the identity and base checks find a real person, and,
  * for edits, a grid of variations of it laid out as image models lay theirs out (uneven white
  * gutters with noise, margins, cells a little off-centre), so the real splitter has real work to do.
  */
@@ -8,11 +8,65 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 
-/** The portraits, and where each face is in it (hair to chin), for the head of a drawing. */
+/**
+ * The portraits, where each face is in it (hair to chin), who it shows, and what the face model
+ * reads in a drawing of it (measured: gender and its confidence, apparent age). Drawings of two
+ * photos of one person score 0.64-0.70 to each other, of different people at most 0.52.
+ */
 const FACES = {
-  astronaut: { file: 'astronaut.png', left: 129, top: 5, width: 190, height: 232 },
-  grace: { file: 'grace_hopper.jpg', left: 96, top: 31, width: 330, height: 400 },
+  astronaut: { file: 'astronaut.png', left: 129, top: 5, width: 190, height: 232, person: 'Eileen Collins', gender: 'female', age: 29 },
+  // Read as a man (0.83-0.86): drawn only as an impostor, never for a persona.
+  grace: { file: 'grace_hopper.jpg', left: 96, top: 31, width: 330, height: 400, person: 'Grace Hopper', gender: 'female', age: 69 },
+  rose1: { file: 'rose1.jpg', left: 0, top: 0, width: 320, height: 263, person: 'Rose Leslie', gender: 'female', age: 31 },
+  rose2: { file: 'rose2.jpg', left: 0, top: 0, width: 320, height: 323, person: 'Rose Leslie', gender: 'female', age: 31 },
+  obama1: { file: 'obama1.jpg', left: 0, top: 0, width: 320, height: 325, person: 'Barack Obama', gender: 'male', age: 35 },
+  obama2: { file: 'obama2.jpg', left: 0, top: 0, width: 320, height: 418, person: 'Barack Obama', gender: 'male', age: 35 },
+  obama3: { file: 'obama3.jpg', left: 0, top: 0, width: 320, height: 356, person: 'Barack Obama', gender: 'male', age: 39 },
+  biden2: { file: 'biden2.jpg', left: 0, top: 0, width: 320, height: 342, person: 'Joe Biden', gender: 'male', age: 59 },
+  lin1: { file: 'lin1.jpg', left: 0, top: 0, width: 320, height: 325, person: 'Lin-Manuel Miranda', gender: 'male', age: 26 },
+  alex1: { file: 'alex1.jpg', left: 0, top: 0, width: 320, height: 326, person: 'Alex Lacamoire', gender: 'male', age: 33 },
 } as const;
+
+/** Whom the backend draws for personas, by gender, in this order: one photo of each person. */
+const CAST: Record<'female' | 'male', FaceName[]> = { female: ['rose1', 'astronaut'], male: ['obama1', 'biden2', 'lin1', 'alex1'] };
+/** Other photos of people of the cast: what a look-alike shows. */
+const OTHER_PHOTOS: Partial<Record<FaceName, FaceName[]>> = { rose1: ['rose2'], obama1: ['obama2', 'obama3'] };
+
+export interface Casting {
+  /** The person a base prompt is drawn as (see casting). */
+  faceFor(prompt: string, twist?: 'lookalike' | 'wrong-gender'): FaceName;
+}
+
+/**
+ * A cast for one backend. Like an image model, it draws people of the gender and near the age a
+ * prompt asks, a new one each time while it knows one more (it knows six: two women, four men, in
+ * the cast's order), then faces it drew before. Told to, it draws another photo of someone of the
+ * cast (the latest it drew that has one, else the first of the gender asked: whom a fresh
+ * backend draws first, so across processes too), or someone of the other gender. Neither counts
+ * as drawn: a base the checks refuse takes no one from the cast.
+ */
+export function casting(): Casting {
+  const drawn: FaceName[] = [];
+  return {
+    faceFor(prompt, twist) {
+      const asked = /\b(female|woman|girl)\b/i.test(prompt) ? 'female' : /\b(male|man|boy)\b/i.test(prompt) ? 'male' : undefined;
+      if (twist === 'lookalike') {
+        const ofGender = (f: FaceName) => !asked || FACES[f].gender === asked;
+        const person = [...drawn].reverse().find((f) => OTHER_PHOTOS[f] && ofGender(f)) ?? (Object.keys(OTHER_PHOTOS) as FaceName[]).find(ofGender)!;
+        const photos = OTHER_PHOTOS[person]!;
+        return photos[drawn.filter((f) => f === person).length % photos.length]!;
+      }
+      const [min, max] = (/Apparent age (\d+) to (\d+)/.exec(prompt)?.slice(1).map(Number) ?? [0, 200]) as [number, number];
+      const gender = twist === 'wrong-gender' ? (asked === 'male' ? 'female' : 'male') : asked;
+      const pool = gender ? CAST[gender] : [...CAST.female, ...CAST.male];
+      const off = (f: FaceName) => Math.max(0, min - FACES[f].age, FACES[f].age - max);
+      const order = [...pool].sort((a, b) => off(a) - off(b));
+      const face = order.find((f) => !drawn.includes(f)) ?? order[0]!;
+      if (!twist) drawn.push(face);
+      return face;
+    },
+  };
+}
 
 export type FaceName = keyof typeof FACES;
 
@@ -81,9 +135,9 @@ export function avatarSvg(look: AvatarLook, width: number, height: number, varia
 </svg>`;
 }
 
-/** The other person: what an impostor panel shows. */
+/** Another person: what an impostor panel shows. */
 export function otherFace(face: FaceName): FaceName {
-  return face === 'astronaut' ? 'grace' : 'astronaut';
+  return face === 'grace' ? 'astronaut' : 'grace';
 }
 
 function varied(photo: Sharp, variation: number): Sharp {
@@ -106,7 +160,8 @@ export function portraits(): Promise<Buffer[]> {
  * it, as photos of one person differ; the person stays.
  */
 async function faceOval(face: FaceName, width: number, height: number, variation: number): Promise<Buffer> {
-  const { file, ...region } = FACES[face];
+  const { file, left, top, width: w, height: h } = FACES[face];
+  const region = { left, top, width: w, height: h };
   const photo = varied(sharp(join(import.meta.dirname, 'faces', file)).extract(region).resize(width, height, { fit: 'cover' }), variation);
   const oval = Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}"><ellipse cx="${width / 2}" cy="${height / 2}" rx="${width / 2}" ry="${height / 2}"/></svg>`);
   return photo.composite([{ input: oval, blend: 'dest-in' }]).png().toBuffer();

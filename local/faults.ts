@@ -20,6 +20,8 @@ export const FAULT_KINDS = {
   corrupt: { routes: IMAGES, does: 'a truncated image', also: {} },
   flagged: { routes: ['moderations'], does: 'the moderation check flags the prompt', also: {} },
   impostor: { routes: ['edits'], does: "another person in a grid's second panel", also: {} },
+  lookalike: { routes: ['generations'], does: 'a base of someone drawn before, in another photo', also: {} },
+  'wrong-gender': { routes: ['generations'], does: 'a base of a man where a woman is asked for, and of a woman where a man is', also: {} },
   expire: { routes: ['batches'], does: 'an OpenAI batch expires half done: what it drew is kept, the rest is never drawn', also: {} },
 } satisfies Record<string, { routes: Route[]; does: string; also: Partial<Record<Route, string>> }>;
 
@@ -31,15 +33,22 @@ export interface Fault {
   times: number;
   /** Which endpoint; the kind's own (FAULT_KINDS) when not given. */
   route?: Route;
+  /** Only requests whose prompt holds this text (one persona's words, say); any when not given. */
+  matching?: string;
 }
 
 const kinds = Object.keys(FAULT_KINDS) as FaultKind[];
-export const FAULT_SYNTAX = `KIND[:TIMES|always][@${ROUTES.join('|')}]`;
+export const FAULT_SYNTAX = `KIND[:TIMES|always][@${ROUTES.join('|')}][~TEXT]`;
 
 /** Every endpoint a kind can hit, with `@`. */
 export function routesOfKind(kind: FaultKind): Route[] {
   const { routes, also } = FAULT_KINDS[kind];
   return [...routes, ...(Object.keys(also) as Route[])];
+}
+
+/** Whether a fault hits this request: its endpoint, and its prompt when the fault names text. */
+export function hits(fault: Fault, route: Route, prompt: string): boolean {
+  return fault.times > 0 && routesOf(fault).includes(route) && (fault.matching === undefined || prompt.includes(fault.matching));
 }
 
 /** The endpoints a fault hits. */
@@ -48,14 +57,14 @@ export function routesOf(fault: Fault): readonly Route[] {
 }
 
 function parseFault(spec: string): Fault {
-  const match = new RegExp(`^(${kinds.join('|')})(?::(\\d+|always))?(?:@(${ROUTES.join('|')}))?$`).exec(spec);
+  const match = new RegExp(`^(${kinds.join('|')})(?::(\\d+|always))?(?:@(${ROUTES.join('|')}))?(?:~(.+))?$`, 's').exec(spec);
   if (!match) throw new UsageError(`unknown fault "${spec}": use ${FAULT_SYNTAX}, KIND one of ${kinds.join(', ')}`);
   const times = match[2] === 'always' ? Infinity : Number(match[2] ?? 1);
   const kind = match[1] as FaultKind;
   const route = match[3] as Route | undefined;
   // A fault that could never fire would only hide that nothing was tried.
   if (route && !routesOfKind(kind).includes(route)) throw new UsageError(`fault "${spec}": ${kind} can hit ${routesOfKind(kind).join(', ')}, not ${route}`);
-  return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}) };
+  return { kind: match[1] as FaultKind, times, ...(match[3] ? { route: match[3] as Route } : {}), ...(match[4] ? { matching: match[4] } : {}) };
 }
 
 /** Parses `--fault` specs such as `rate-limit:2`, `policy:always@generations`. */
@@ -65,7 +74,7 @@ export function parseFaults(specs: string[]): Fault[] {
 
 /** One line per kind, for `--help`. */
 export function faultHelp(): string {
-  return `offline backend fault, ${FAULT_SYNTAX} (TIMES default 1; ROUTE default the kind's):\n${kinds
+  return `offline backend fault, ${FAULT_SYNTAX} (TIMES default 1; ROUTE default the kind's; TEXT: only prompts holding it):\n${kinds
     .map((k) => {
       const { routes, does, also } = FAULT_KINDS[k];
       const elsewhere = Object.entries(also).map(([route, what]) => `; @${route}: ${what}`);

@@ -62,7 +62,7 @@ export interface BatchEndpointsDeps {
   stepMs: number;
   requests: RecordedRequest[];
   refusal(route: 'generations' | 'edits', body: Record<string, unknown>): Reply | undefined;
-  takeFault(route: Route): Fault | undefined;
+  takeFault(route: Route, prompt?: string): Fault | undefined;
   faultReply(fault: Fault, model: string): Reply | 'hang' | undefined;
   imageReply(route: 'generations' | 'edits', body: Record<string, unknown>, reference: { data: Buffer; mimeType: string } | undefined, fault: Fault | undefined): Promise<Reply>;
   readJson(req: IncomingMessage): Promise<Record<string, unknown>>;
@@ -125,7 +125,7 @@ export function batchEndpoints(deps: BatchEndpointsDeps) {
     const route = ENDPOINTS[line.url]!;
     const refused = deps.refusal(route, line.body);
     if (refused) return refused;
-    const fault = deps.takeFault(route);
+    const fault = deps.takeFault(route, String(line.body.prompt ?? ''));
     const faulted = fault && deps.faultReply(fault, String(line.body.model ?? ''));
     if (faulted === 'hang') return { status: 500, body: { error: { message: 'The request timed out.', type: 'server_error', param: null, code: 'timeout' } } };
     if (faulted) return faulted;

@@ -17,11 +17,11 @@ import { signC2pa, TRAINED_ALGORITHMIC_MEDIA } from '../lambdas/publish/c2pa.ts'
 import { pemSigner } from '../lambdas/publish/signer.ts';
 import { issueSigningCertificate } from './certificates.ts';
 import { FILE_UPLOADS_PER_MINUTE } from '../lambdas/shared/openai-batch.ts';
-import { routesOf, type Fault, type FiredFault, type Route } from './faults.ts';
+import { hits, type Fault, type FiredFault, type Route } from './faults.ts';
 import { listenOnLoopback, readBody, sendJson } from './loopback-server.ts';
 import { batchEndpoints } from './offline-batches.ts';
 import type { BatchRequestLine } from '../lambdas/shared/openai-batch.ts';
-import { composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
+import { casting, composeGrid, drawAvatar, gridLayout, lookFor, otherFace, random, seedOf, type AvatarLook } from './avatar-art.ts';
 
 export type { Fault, FaultKind, Route } from './faults.ts';
 
@@ -225,11 +225,12 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
   const generator = options.c2pa === false ? undefined : await generatorSigner();
 
   const edits = new Map<string, number>();
+  const cast = casting();
   let counter = 0;
 
   const asked = new Map(faults.map((f) => [f, { of: f.times, nth: 0 }]));
-  const takeFault = (route: Route): Fault | undefined => {
-    const fault = faults.find((f) => f.times > 0 && routesOf(f).includes(route));
+  const takeFault = (route: Route, prompt = ''): Fault | undefined => {
+    const fault = faults.find((f) => hits(f, route, prompt));
     if (!fault) return undefined;
     fault.times--;
     const count = asked.get(fault)!;
@@ -260,6 +261,8 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
       case 'corrupt':
       case 'flagged':
       case 'impostor':
+      case 'lookalike':
+      case 'wrong-gender':
       case 'expire':
         return undefined;
     }
@@ -274,7 +277,8 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     const [width, height] = dimensions(size);
     let images: Buffer[];
     if (route === 'generations') {
-      const look = lookFor(prompt);
+      const twist = fault?.kind === 'lookalike' || fault?.kind === 'wrong-gender' ? fault.kind : undefined;
+      const look = { ...lookFor(prompt), face: cast.faceFor(prompt, twist) };
       const image = await drawAvatar(look, width, height);
       images = [withLook(image, look)];
     } else {
@@ -396,7 +400,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     } else if (isRetired(model)) {
       return answer(modelGone(model));
     }
-    const fault = takeFault(route);
+    const fault = takeFault(route, prompt);
     const faulted = fault && faultReply(fault, model);
     if (faulted === 'hang') return;
     if (faulted) return answer(faulted);

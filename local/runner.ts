@@ -206,7 +206,7 @@ export async function localStageRoles(deps: Deps): Promise<StageRoles> {
 export async function runLocally<T = PublishResult>(options: LocalRunOptions): Promise<RunOutcome<T>> {
   const workflows = await synthesizeWorkflows();
   const roles = options.roles ?? (await localStageRoles(options.deps));
-  if (options.deps.settings.identityPolicy !== 'off') options.deps.faces?.warmUp?.();
+  if (options.deps.settings.identityPolicy !== 'off' || options.deps.settings.lookalikePolicy !== 'off') options.deps.faces?.warmUp?.();
   const { definition: synthesized, taskStages, stateMachineArn } = workflows[options.machine ?? 'persona'];
   const { definition, maps } = adaptDistributedMaps(synthesized);
   const runId = options.runId ?? newRunId();

@@ -2,7 +2,7 @@ import { IdentityMismatch, NotDrawnInBatch, REDRAWN } from '../shared/errors.ts'
 import { runKeys } from '../shared/keys.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import type { SplitResult } from '../split-grid/core.ts';
-import { similarity, type Face } from './faces.ts';
+import { similarity, subjectOf } from './faces.ts';
 
 export interface CheckIdentityEvent {
   personaId: string;
@@ -27,11 +27,6 @@ export interface IdentityVerdict {
 export interface CheckedGrid extends SplitResult {
   identity: { policy: 'redraw' | 'flag' | 'off'; threshold: number; verdicts: IdentityVerdict[] };
 }
-
-/** Detections this sure are faces; the largest one is the avatar's subject. */
-const CONFIDENT = 0.5;
-
-const subjectOf = (faces: Face[]) => faces.find((f) => f.score >= CONFIDENT);
 
 /**
  * Compares the face in every avatar of a grid with the base selfie's. With IDENTITY_POLICY=redraw

@@ -16,9 +16,18 @@ export interface Face {
   score: number;
   box: [number, number, number, number];
   embedding: number[];
+  /** The description model's estimates: gender with its confidence (0 to 1), and apparent age in years. */
+  gender: 'male' | 'female' | 'unknown';
+  genderScore: number;
+  age: number;
 }
 
-/** Who finds faces for check-identity: in-process on Lambda; in a worker thread locally. */
+/** Detections this sure are faces; the largest one is the image's subject. */
+const CONFIDENT = 0.5;
+
+export const subjectOf = (faces: Face[]): Face | undefined => faces.find((f) => f.score >= CONFIDENT);
+
+/** Who finds faces for check-base and check-identity: in-process on Lambda; in a worker thread locally. */
 export interface FaceFinder {
   facesIn(image: Buffer): Promise<Face[]>;
   /**
@@ -28,7 +37,7 @@ export interface FaceFinder {
   warmUp?(): void;
 }
 
-/** For check-identity's handler: the detector in this process. */
+/** For check-base's and check-identity's handlers: the detector in this process. */
 export function faceFinder(): { faces: FaceFinder } {
   return { faces: { facesIn } };
 }
@@ -100,7 +109,14 @@ export async function facesIn(image: Buffer): Promise<Face[]> {
     const result = await h.detect(tensor);
     return result.face
       .filter((f) => f.embedding && f.embedding.length > 0)
-      .map((f) => ({ score: f.score, box: f.box, embedding: f.embedding! }))
+      .map((f): Face => ({
+        score: f.score,
+        box: f.box,
+        embedding: f.embedding!,
+        gender: f.gender === 'male' || f.gender === 'female' ? f.gender : 'unknown',
+        genderScore: f.genderScore ?? 0,
+        age: f.age ?? 0,
+      }))
       .sort((a, b) => b.box[2] * b.box[3] - a.box[2] * a.box[3]);
   } finally {
     h.tf.dispose(tensor);

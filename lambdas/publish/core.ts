@@ -6,6 +6,8 @@ import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
 import type { BaseResult } from '../generate-base/core.ts';
 import type { CheckedGrid, IdentityVerdict } from '../check-identity/core.ts';
+import type { BaseCheck } from '../check-base/core.ts';
+import { summarizeLook, type LookSummary } from '../shared/persona-look.ts';
 import type { SplitResult } from '../split-grid/core.ts';
 import type { PromptResult } from '../write-prompt/core.ts';
 import type { TokenUsage } from '../shared/models.ts';
@@ -19,7 +21,8 @@ export interface PublishEvent {
   images: number;
   mode: GenerationMode;
   prompt: PromptResult;
-  base: BaseResult;
+  /** The base, with what check-base found (absent in runs from before it existed). */
+  base: BaseResult & { check?: BaseCheck };
   /** Each grid's avatars, with their identity verdicts once checked. */
   grids: (SplitResult & Partial<Pick<CheckedGrid, 'identity'>>)[];
 }
@@ -51,6 +54,8 @@ export interface PublishResult {
   estimatedCostUsd: number | null;
   /** Retired models skipped and the like, for a person to act on. */
   warnings: string[];
+  /** The base's checks in brief (the manifest has them in full); null when it was not checked. */
+  look: LookSummary | null;
 }
 
 interface UsageLine {
@@ -166,6 +171,7 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
   });
   const usage: UsageLine[] = [
     line('write-prompt', event.prompt),
+    ...(event.base.check?.redraws ?? []).map((r) => line(`generate-base (refused, redraw ${r.attempt})`, r.refused)),
     line('generate-base', event.base),
     ...grids.map((g) => line(`generate-grid ${g.gridIndex}`, g.generation)),
   ];
@@ -192,6 +198,7 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
     usage: usage.filter((u) => u.usage),
     estimatedCostUsd,
     warnings,
+    ...(event.base.check ? { baseCheck: event.base.check } : {}),
     images: images.map(({ url: _url, ...image }) => image),
   };
   // A retried Publish finds its own manifest: the run stands as first published.
@@ -219,5 +226,6 @@ export async function publish(event: PublishEvent, deps: StageDeps<'store' | 'si
     currentManifestKey: keys.manifest,
     estimatedCostUsd,
     warnings,
+    look: event.base.check && event.base.check.policy !== 'off' ? summarizeLook(event.base.check) : null,
   };
 }

@@ -9,7 +9,8 @@ import { Readable } from 'node:stream';
 import { Upload } from '@aws-sdk/lib-storage';
 import { batchKeys } from '../shared/keys.ts';
 import { loadRounds } from '../shared/rounds.ts';
-import type { BatchItem, BatchPlan, BatchReport, BatchSummary, MapRunResults, PersonaStatus, ReportEntry, SkippedLine } from '../shared/batch.ts';
+import type { BatchItem, BatchPlan, BatchReport, BatchSummary, Diversity, MapRunResults, PersonaStatus, ReportEntry, SkippedLine } from '../shared/batch.ts';
+import type { LookSummary } from '../shared/persona-look.ts';
 import type { ObjectStore } from '../shared/store.ts';
 import type { StageDeps } from '../shared/stage.ts';
 import { objectUrl } from '../shared/urls.ts';
@@ -27,7 +28,7 @@ interface ItemOutcome {
   line: number;
   name: string;
   outcome:
-    | { status: 'SUCCEEDED'; manifestKey: string; images: string[] }
+    | { status: 'SUCCEEDED'; manifestKey: string; images: string[]; look?: LookSummary | null }
     | { status: 'FAILED'; error: string; cause: string };
 }
 
@@ -90,7 +91,7 @@ function held({ avatars, ...entry }: ReportEntry): HeldEntry {
 function entryOf(result: ItemOutcome): HeldEntry {
   const base = { line: result.line, personaId: result.personaId, name: result.name };
   const o = result.outcome;
-  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, keys: pack(o.images) };
+  if (o.status === 'SUCCEEDED') return { ...base, status: 'SUCCEEDED', manifestKey: o.manifestKey, keys: pack(o.images), ...(o.look ? { look: o.look } : {}) };
   return { ...base, status: 'FAILED', ...personaFailure(o.error, o.cause) };
 }
 
@@ -158,6 +159,7 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
     personasKey: plan.personasKey,
     finishedAt: new Date().toISOString(),
     counts: { total: personas.length, SUCCEEDED: count('SUCCEEDED'), FAILED: count('FAILED'), SKIPPED: count('SKIPPED') },
+    diversity: diversityOf(personas),
     ...(rounds
       ? { openAiBatch: { rounds: rounds.rounds.length, batches: rounds.rounds.flatMap((r) => r.batchIds), costUsd: round6(rounds.costUsd), syncCostUsd: round6(rounds.syncCostUsd) } }
       : {}),
@@ -172,6 +174,33 @@ export async function reportBatch(event: ReportBatchEvent, deps: StageDeps<'stor
   deps.metrics.record('PersonasFailed', head.counts.FAILED);
   deps.logger.info('batch reported', { batchId: plan.batchId, ...head.counts });
   return { batchId: plan.batchId, reportKey: keys.report, indexKey: keys.index, counts: head.counts };
+}
+
+const tally = (counts: Record<string, number>, key: string) => {
+  counts[key] = (counts[key] ?? 0) + 1;
+};
+
+/** The batch's diversity, from each published persona's look. */
+export function diversityOf(personas: Iterable<{ personaId?: string; look?: LookSummary }>): Diversity {
+  const d: Diversity = { checked: 0, gender: { asked: {}, read: {}, misses: 0 }, age: { asked: 0, read: {}, misses: 0 }, lookalikes: { redrawn: 0, keptFlagged: 0 }, nearestPair: null };
+  for (const { personaId, look } of personas) {
+    if (!look) continue;
+    d.checked++;
+    tally(d.gender.asked, look.asked.gender ?? 'not stated');
+    if (look.asked.age) d.age.asked++;
+    if (look.read) {
+      tally(d.gender.read, look.read.gender);
+      tally(d.age.read, `${Math.floor(look.read.age / 10) * 10}s`);
+    }
+    if (look.misses.includes('gender')) d.gender.misses++;
+    if (look.misses.includes('age')) d.age.misses++;
+    if (look.redrawn.includes('lookalike')) d.lookalikes.redrawn++;
+    if (look.misses.includes('lookalike')) d.lookalikes.keptFlagged++;
+    if (look.nearest && personaId && (!d.nearestPair || look.nearest.similarity > d.nearestPair.similarity)) {
+      d.nearestPair = { personaId, otherPersonaId: look.nearest.personaId, similarity: look.nearest.similarity };
+    }
+  }
+  return d;
 }
 
 const round6 = (usd: number) => Math.round(usd * 1e6) / 1e6;

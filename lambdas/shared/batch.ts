@@ -3,6 +3,7 @@
  * that runs, the lines it skips), what the Map answers, and what ReportBatch reports. The batch
  * stages and the rounds import them from here, not from one another.
  */
+import type { LookSummary } from './persona-look.ts';
 import type { RunRequest } from './persona.ts';
 import type { Settings } from './settings.ts';
 
@@ -81,6 +82,20 @@ export interface ReportEntry {
   cause?: string;
   /** Why it was skipped. */
   reason?: string;
+  /** What the base's checks found (published personas whose base was checked). */
+  look?: LookSummary;
+}
+
+/** A batch's people at a glance: who was asked for, who the face model saw, and how alike they came out. */
+export interface Diversity {
+  /** Published personas whose base was checked. */
+  checked: number;
+  gender: { asked: Record<string, number>; read: Record<string, number>; misses: number };
+  /** Apparent ages read, by decade (`20s`), and how many bios stated an age. */
+  age: { asked: number; read: Record<string, number>; misses: number };
+  lookalikes: { redrawn: number; keptFlagged: number };
+  /** The two most alike personas (one of them this batch's; the other may be any persona published before). */
+  nearestPair: { personaId: string; otherPersonaId: string; similarity: number } | null;
 }
 
 export interface BatchReport {
@@ -88,6 +103,7 @@ export interface BatchReport {
   personasKey: string;
   finishedAt: string;
   counts: Record<PersonaStatus, number> & { total: number };
+  diversity?: Diversity;
   /** Batch mode: the OpenAI batches of its rounds, what their images cost, and what sync mode would have. */
   openAiBatch?: { rounds: number; batches: string[]; costUsd: number; syncCostUsd: number };
   personas: ReportEntry[];

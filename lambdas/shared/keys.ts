@@ -14,6 +14,8 @@
  *   batches/{batchId}/plan.json               what it skips (bad lines, duplicates, published)
  *   batches/{batchId}/results/...             the Map Run's results (Step Functions' ResultWriter)
  *   batches/{batchId}/report.json, index.html one entry per persona; a contact sheet
+ *   faces/log/{seq}.json                      the face index: one persona's face each, written once
+ *   faces/chunks/{start}.json                 a thousand of them in one object, for a quick cold read
  */
 export const Prefixes = {
   personas: 'personas/',
@@ -21,6 +23,7 @@ export const Prefixes = {
   runs: 'runs/',
   avatars: 'avatars/',
   batches: 'batches/',
+  faces: 'faces/',
 } as const;
 
 export type TileFormat = 'png' | 'webp' | 'jpeg';
@@ -49,6 +52,8 @@ export function runKeys(personaId: string, runId: string) {
     prompt: `${root}/prompt.txt`,
     saferPrompt: (target: 'base' | 'grid') => `${root}/${target}-prompt-safer.txt`,
     basePrompt: `${root}/base-prompt.txt`,
+    /** The prompt of the base's n-th redraw (from 1), away from what the base checks refused. */
+    baseRedrawPrompt: (n: number) => `${root}/base-redraw-${n}.txt`,
     base: `${root}/base.png`,
     /** What OpenAI's Batch API drew for the run (a batch in batch mode): each image's key, batch and usage. */
     drawnInBatch: `${root}/openai-batch.json`,
@@ -99,3 +104,9 @@ export function batchKeys(batchId: string) {
     roundFile: (round: number, file: string) => `${root}/rounds/${round}/${file}.jsonl`,
   };
 }
+
+/** The face index (lambdas/shared/face-index.ts): a log numbered from 0, and its chunks. */
+export const faceIndexKeys = {
+  entry: (seq: number) => `${Prefixes.faces}log/${String(seq).padStart(10, '0')}.json`,
+  chunk: (start: number) => `${Prefixes.faces}chunks/${String(start).padStart(10, '0')}.json`,
+};

@@ -26,6 +26,8 @@ export const METRICS = {
   SpentTodayUsd: MetricUnit.NoUnit,
   /** Stages that ended in a named error (by error): BudgetExhausted refusals, IdentityMismatch and GridLayoutMismatch redraws… */
   StageErrors: MetricUnit.Count,
+  /** Bases drawn again because check-base found a look-alike or a clear gender or age miss (by reason too). */
+  BaseRedraws: MetricUnit.Count,
   AvatarsPublished: MetricUnit.Count,
   RunsPublished: MetricUnit.Count,
   /** A batch's personas: planned to run, skipped (published already, duplicates, not valid), and how they ended. */

@@ -26,7 +26,7 @@ export interface Deps {
   fetch: typeof fetch;
   /** Starts executions (the upload trigger only). */
   sfn: SFNClient;
-  /** Faces and their identity embeddings (check-identity only). */
+  /** Faces, their identity embeddings and estimates (check-base and check-identity only). */
   faces: FaceFinder;
   /** The account's image spending, reserved and settled by hand (the batch round stages only). */
   governor: ImageGovernor;

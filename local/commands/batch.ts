@@ -1,4 +1,5 @@
 import { join, resolve } from 'node:path';
+import { diversityLines } from '../../lambdas/report-batch/contact-sheet.ts';
 import type { BatchPlan, BatchReport, BatchSummary } from '../../lambdas/shared/batch.ts';
 import { projectContext } from '../../infra/context.ts';
 import { batchKeys } from '../../lambdas/shared/keys.ts';
@@ -174,6 +175,7 @@ export async function batchCommand(file: string, flags: BatchFlags): Promise<num
           report.openAiBatch
             ? `  OpenAI Batch API: ${report.openAiBatch.batches.length} batches in ${report.openAiBatch.rounds} rounds, no call to the image endpoints; images $${report.openAiBatch.costUsd.toFixed(4)}, against $${report.openAiBatch.syncCostUsd.toFixed(4)} in sync mode`
             : `  ${calls.length} image calls${rate > 0 ? `, ${rate.toFixed(1)}/min from first to last${paced ? ` (${((rate / limit) * 100).toFixed(0)}% of the ${limit}/min limit)` : ''}` : ''}`,
+          ...(report.diversity ? diversityLines(report.diversity).map((l) => `  ${l}`) : []),
           `  report: ${join(outDir, 'report.json')}; open ${join(outDir, 'index.html')}`,
           ...(refused.length > 0
             ? [`  ${refused.length} not run: the batch budget of $${plan?.budgetUsd?.toFixed(2) ?? '?'} ran out; run the same file again with a larger --budget-usd: published personas are not paid for twice`]

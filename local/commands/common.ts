@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import type { PublishResult } from '../../lambdas/publish/core.ts';
 import { InvalidPersona } from '../../lambdas/shared/errors.ts';
 import { parseRunRequest, type RunRequest } from '../../lambdas/shared/persona.ts';
+import { lookLine } from '../../lambdas/shared/persona-look.ts';
 import { describeProblem, parsePersonaFile, personaFileKind, type Problem } from '../../lambdas/shared/run-input.ts';
 import type { ProgressEvent } from '../runner.ts';
 
@@ -84,6 +85,7 @@ export function resultLines(output: PublishResult, headline: string): string {
       const identity = image.identity ? `  ${image.identity.pass ? '✓' : '✗'} ${image.identity.similarity ?? image.identity.reason}` : '';
       return `  ${image.key}  ${image.width}x${image.height}  ${image.model}${identity}  ${image.url}`;
     }),
+    ...(output.look ? [`  base: ${lookLine(output.look)}`] : []),
     `  manifest: ${output.manifestKey}`,
     ...(output.warnings ?? []).map((w) => `  ⚠ ${w}`),
     '',
