@@ -33,7 +33,7 @@ import { marked } from '../lambdas/publish/marking.ts';
 import { CLAIM_GENERATOR, drawnImage, markAvatar } from '../lambdas/publish/provenance.ts';
 import { pemSigner } from '../lambdas/publish/signer.ts';
 import { issueSigningCertificate } from '../local/certificates.ts';
-import { PNG_OPTIONS } from '../lambdas/shared/keys.ts';
+import { faceIndexKeys, PNG_OPTIONS } from '../lambdas/shared/keys.ts';
 import { splitEqually, splitGrid } from '../lambdas/split-grid/split.ts';
 import { composeGrid, drawAvatar, gridLayout, lookFor, portraits, random, seedOf } from '../local/avatar-art.ts';
 import { startLocalEnvironment, type LocalEnvironment } from '../local/environment.ts';
@@ -504,8 +504,58 @@ async function markingBench(): Promise<void> {
   out();
 }
 
+/**
+ * The face index at 100,000 published faces, in a process of its own as check-base's Lambda
+ * holds it: a cold read of its chunks, then the nearest face of a new base, against the
+ * function's timeout and memory.
+ */
+async function facesBench(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-faces-'));
+  const s3 = await startEmbeddedS3(join(dir, 's3'), 'avatars');
+  const env = { S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars' };
+  const store = new ObjectStore(s3ClientFromEnv(env), 'avatars');
+  try {
+    const faces = 100_000;
+    const chunk = 1000;
+    const rnd = random(seedOf('faces'));
+    for (let start = 0; start < faces; start += chunk) {
+      const entries = Array.from({ length: chunk }, (_, i) => {
+        const seq = start + i;
+        const embedding = Buffer.from(Int8Array.from({ length: 1024 }, () => Math.round((rnd() - 0.5) * 254)).buffer).toString('base64');
+        return { seq, personaId: `p-${seq}`, runId: 'r', manifestKey: `avatars/p-${seq}/runs/r/manifest.json`, at: '2026-12-01T00:00:00.000Z', embedding };
+      });
+      await store.put(faceIndexKeys.chunk(start), JSON.stringify(entries), 'application/json');
+    }
+    const body = `
+      const { faceIndexOf } = await import('./lambdas/shared/face-index.ts');
+      const { storeClient } = await import('./lambdas/shared/s3.ts');
+      const { store } = storeClient(process.env, settings);
+      const index = faceIndexOf(store);
+      const cold = performance.now();
+      await index.refresh();
+      const loadMs = performance.now() - cold;
+      const probe = Array.from({ length: 1024 }, (_, i) => Math.sin(i));
+      const times = [];
+      for (let i = 0; i < 7; i++) {
+        const at = performance.now();
+        index.nearest(probe, 'new');
+        times.push(performance.now() - at);
+      }
+      times.sort((a, b) => a - b);
+      return { size: index.size, loadMs, nearestMs: times[3] };`;
+    const { result, peakMb, ms } = await inOwnProcess(body, {}, env);
+    out(`The face index at ${faces.toLocaleString('en')} faces (1024 dimensions, a byte each), in check-base's process`);
+    out(`  a cold read of its ${faces / chunk} chunks ${(result.loadMs / 1000).toFixed(1)} s from the embedded S3; the nearest of ${result.size.toLocaleString('en')} faces to a new base ${result.nearestMs.toFixed(0)} ms (median of 7); in all ${againstFunction('check-base', ms, peakMb)}`);
+  } finally {
+    store.s3.destroy();
+    await s3.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  out();
+}
+
 // `npm run bench -- report marking` runs those sections only.
-const sections: Record<string, () => unknown> = { plan: planBench, workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench };
+const sections: Record<string, () => unknown> = { plan: planBench, workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench, faces: facesBench };
 const chosen = process.argv.slice(2);
 for (const name of chosen) if (!sections[name]) throw new Error(`no bench section ${name}: ${Object.keys(sections).join(', ')}`);
 for (const [name, section] of Object.entries(sections)) if (chosen.length === 0 || chosen.includes(name)) await section();

@@ -92,8 +92,8 @@ export class PersonaAvatarsStack extends Stack {
       },
       {
         id: 'AwsSolutions-IAM5',
-        reason: 'Object keys are per persona, run and batch, so each stage may touch objects under its own prefixes (runs/*, avatars/*, personas/*, rejected/*, batches/*), one action each, and never list the bucket.',
-        appliesTo: [{ regex: '/^Resource::(<AvatarsBucket[0-9A-F]+\\.Arn>|arn:<AWS::Partition>:s3:::[^/]+)\\/(runs|avatars|personas|rejected|batches)\\/.*$/g' }],
+        reason: 'Object keys are per persona, run, batch and face, so each stage may touch objects under its own prefixes (runs/*, avatars/*, personas/*, rejected/*, batches/*, faces/*), one action each, and never list the bucket.',
+        appliesTo: [{ regex: '/^Resource::(<AvatarsBucket[0-9A-F]+\\.Arn>|arn:<AWS::Partition>:s3:::[^/]+)\\/(runs|avatars|personas|rejected|batches|faces)\\/.*$/g' }],
       },
       {
         id: 'AwsSolutions-IAM5',

@@ -61,6 +61,8 @@ export function casting(): Casting {
       const pool = gender ? CAST[gender] : [...CAST.female, ...CAST.male];
       const off = (f: FaceName) => Math.max(0, min - FACES[f].age, FACES[f].age - max);
       const order = [...pool].sort((a, b) => off(a) - off(b));
+      // The other gender's last: whom the cast would draw for a persona of that gender latest.
+      if (twist) order.reverse();
       const face = order.find((f) => !drawn.includes(f)) ?? order[0]!;
       if (!twist) drawn.push(face);
       return face;

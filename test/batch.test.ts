@@ -162,7 +162,7 @@ describe('a batch with a budget', () => {
     const db = await startDynamoDb();
     const cwd = tempDir();
     writeFileSync(join(cwd, 'team.jsonl'), `${team(4).join('\n')}\n`);
-    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IDENTITY_POLICY: 'off', IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IDENTITY_POLICY: 'off', LOOKALIKE_POLICY: 'off', IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
 
     // About $0.115 a persona (gpt-image-2, medium, 1024x1024: a base and a grid): $0.25 pays for two.
     const first = await avatars(cwd, ['batch', 'team.jsonl', '--budget-usd', '0.25'], env);
@@ -200,7 +200,12 @@ describe('a batch report at any size', () => {
     expect(lines).toHaveLength(3);
     for (const line of lines) {
       expect(Object.keys(line).sort()).toEqual(['line', 'name', 'outcome', 'personaId']);
-      expect(line.outcome).toEqual({ status: 'SUCCEEDED', manifestKey: expect.any(String), images: [expect.stringMatching(/^avatars\/.+\/img_\d\.png$/), expect.any(String), expect.any(String), expect.any(String)] });
+      expect(line.outcome).toEqual({
+        status: 'SUCCEEDED',
+        manifestKey: expect.any(String),
+        images: [expect.stringMatching(/^avatars\/.+\/img_\d\.png$/), expect.any(String), expect.any(String), expect.any(String)],
+        look: null,
+      });
     }
   });
 

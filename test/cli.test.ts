@@ -154,7 +154,7 @@ describe('offline backend faults', () => {
   it('refuses an unknown fault in one line with the kinds to use, exit 2, no stack trace', async () => {
     const { code, stderr } = await avatars('run', join(eventsDir, 'persona.json'), '--fault', 'lag', '--data', join(work, 'data-fault'));
     expect(code).toBe(2);
-    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(/^avatars: unknown fault "lag": use KIND.*KIND one of rate-limit, .*impostor, expire$/)]);
+    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(/^avatars: unknown fault "lag": use KIND.*KIND one of rate-limit, .*impostor, lookalike, wrong-gender, expire$/)]);
   });
 });
 

@@ -277,7 +277,17 @@ describe('the state machine definition', () => {
   it('writes the prompt and generates the base image side by side', () => {
     const parallel = definition.States.PromptAndBase!;
     expect(parallel.Type).toBe('Parallel');
-    expect(parallel.Branches!.map((b) => b.StartAt)).toEqual(['WritePrompt', 'GenerateBase']);
+    expect(parallel.Branches!.map((b) => b.StartAt)).toEqual(['WritePrompt', 'NoBaseRedrawsYet']);
+    expect(parallel.Branches![1]!.States.NoBaseRedrawsYet!.Next).toBe('GenerateBase');
+  });
+
+  it('checks the base before any grid, and draws it again from the prompt the check wrote, as long as it asks', () => {
+    const states = definition.States.PromptAndBase!.Branches![1]!.States;
+    for (const drawn of ['GenerateBaseTurn', 'GenerateBaseSaferTurn', 'RedrawBaseTurn']) expect(states[drawn]!.Default, drawn).toBe('CheckBase');
+    expect(states.CheckBase!.Next).toBe('BaseAccepted');
+    expect(states.BaseAccepted!.Choices).toEqual([{ Variable: '$.checked.redraw', IsPresent: true, Next: 'RedrawBase' }]);
+    expect(states.BaseAccepted!.Default).toBe('BaseDrawn');
+    expect(states.RedrawBase).toMatchObject({ Parameters: { 'promptKey.$': '$.checked.redraw.promptKey' } });
   });
 
   it('generates one grid per item in a bounded inline Map and splits each grid right after it', () => {

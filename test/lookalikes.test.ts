@@ -5,7 +5,7 @@ import { faceIndexKeys, runKeys } from '../lambdas/shared/keys.ts';
 import { statedAge } from '../lambdas/shared/persona-look.ts';
 import { drawAvatar, lookFor } from '../local/avatar-art.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, eventsDir, runBatch, startBatchWorld, startTestEnvironment, tempDir, invoke, persona } from './support.ts';
+import { avatars, eventsDir, runBatch, startTestEnvironment, tempDir, invoke, persona } from './support.ts';
 
 const woman = (id: string, bio: string) => JSON.stringify({ id, firstname: id, gender: 'female', bio_facebook: bio });
 const man = (id: string, bio: string) => JSON.stringify({ id, firstname: id, gender: 'male', bio_facebook: bio });
@@ -14,7 +14,7 @@ const lookOf = (report: BatchReport, id: string) => report.personas.find((p) => 
 
 describe('every persona a different person', () => {
   it('publishes a batch as different people of each persona’s gender, drawing again only a look-alike and a woman drawn as a man', async () => {
-    const world = await startBatchWorld({
+    const world = await startTestEnvironment({
       faults: [
         { kind: 'wrong-gender', times: 1, matching: 'Beekeeper' },
         { kind: 'lookalike', times: 1, matching: 'Marathon' },
@@ -36,7 +36,7 @@ describe('every persona a different person', () => {
   });
 
   it('draws a persona of a later batch again when its first base is someone already published', async () => {
-    const world = await startBatchWorld({ faults: [{ kind: 'lookalike', times: 1, matching: 'Sailor' }] });
+    const world = await startTestEnvironment({ faults: [{ kind: 'lookalike', times: 1, matching: 'Sailor' }] });
     await runBatch(world, [man('first', 'Carpenter.')], 'earlier');
     const report = await runBatch(world, [man('later', 'Sailor and cook.')], 'later');
     const look = lookOf(report, 'later');
@@ -50,7 +50,7 @@ describe('every persona a different person', () => {
   });
 
   it('publishes a look-alike flagged, drawn once, under LOOKALIKE_POLICY=flag', async () => {
-    const world = await startBatchWorld({ faults: [{ kind: 'lookalike', times: 1, matching: 'Sailor' }], env: { LOOKALIKE_POLICY: 'flag' } });
+    const world = await startTestEnvironment({ faults: [{ kind: 'lookalike', times: 1, matching: 'Sailor' }], env: { LOOKALIKE_POLICY: 'flag' } });
     await runBatch(world, [man('first', 'Carpenter.')], 'earlier');
     const report = await runBatch(world, [man('later', 'Sailor and cook.')], 'later');
     expect(lookOf(report, 'later')).toMatchObject({ redrawn: [], misses: ['lookalike'], nearest: { personaId: 'first' } });

@@ -77,8 +77,14 @@ export async function avatars(cwd: string, args: string[], env: Record<string, s
   }
 }
 
-/** Many personas at once on a small machine: image calls get the time a real one would. */
-export const startBatchWorld = (options: Partial<LocalEnvironmentOptions> = {}) => startTestEnvironment({ ...options, env: { IMAGE_TIMEOUT_MS: '60000', ...options.env } });
+/**
+ * Many personas at once on a small machine: image calls get the time a real one would. Their
+ * teams are copies of one persona and the offline backend knows six people, so the base checks
+ * would find look-alikes among them that these specs are not about: they are off here
+ * (test/lookalikes.test.ts is about them).
+ */
+export const startBatchWorld = (options: Partial<LocalEnvironmentOptions> = {}) =>
+  startTestEnvironment({ ...options, env: { IMAGE_TIMEOUT_MS: '60000', LOOKALIKE_POLICY: 'off', ...options.env } });
 
 export const personaLine = (id: string, extra: Record<string, unknown> = {}) => JSON.stringify({ persona: { ...persona, id }, ...extra });
 export const team = (n: number, prefix = 'member') => Array.from({ length: n }, (_, i) => personaLine(`${prefix}-${i + 1}`));
