@@ -95,6 +95,7 @@ describe('the bundled Lambda assets', () => {
     const uses: Record<string, (keyof typeof markers)[]> = {
       'plan-run': [],
       'split-grid': ['s3'],
+      'check-base': ['s3'],
       'check-identity': ['s3'],
       // The C2PA signing certificate's secret.
       publish: ['s3', 'secrets'],
@@ -219,6 +220,33 @@ describe('the bundled Lambda assets', () => {
       const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
       const identity = JSON.parse(stdout.trim().split('\n').at(-1)!) as { verdicts: { pass: boolean }[] };
       expect(identity.verdicts.map((v) => v.pass)).toEqual([true, false]);
+    } finally {
+      client.destroy();
+      await s3.close();
+      rmSync(s3Dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ships check-base with the face models, and the bundle refuses a second persona of one person, registered in the bucket’s index', async () => {
+    const dir = assetOf('check-base');
+    expect(readdirSync(join(dir, 'face-models')).sort()).toEqual(FACE_MODELS.flatMap((m) => [`${m}.bin`, `${m}.json`]).sort());
+    const s3Dir = mkdtempSync(join(tmpdir(), 'avatars-asset-s3-'));
+    const s3 = await startEmbeddedS3(s3Dir, 'avatars');
+    const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
+    try {
+      const faces = join(projectRoot, 'local', 'faces');
+      const put = (key: string, file: string) => client.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: readFileSync(join(faces, file)) }));
+      await Promise.all([put('runs/p1/r/base.png', 'obama1.jpg'), put('runs/p2/r/base.png', 'obama2.jpg')]);
+      const check = async (id: string) => {
+        const event = { personaId: id, runId: 'r', persona: { ...persona, id, gender: 'male' }, base: { baseKey: `runs/${id}/r/base.png`, model: 'gpt-image-2', estimatedCostUsd: 0.04, warnings: [], ms: 1 } };
+        const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r)))`;
+        const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env: s3Env(s3) });
+        return JSON.parse(stdout.trim().split('\n').at(-1)!);
+      };
+      expect((await check('p1')).check.lookalike.pass).toBe(true);
+      const second = await check('p2');
+      expect(second.redraw.promptKey).toBe('runs/p2/r/base-redraw-1.txt');
+      expect(second.redraws[0].reasons[0]).toMatch(/^lookalike: the person of persona p1/);
     } finally {
       client.destroy();
       await s3.close();

@@ -35,7 +35,7 @@ describe('a batch of personas, paced', () => {
     writeFileSync(join(work, 'a.jsonl'), `${team(6, 'a').join('\n')}\n`);
     writeFileSync(join(work, 'b.jsonl'), `${team(6, 'b').join('\n')}\n`);
     // Both planned against the whole limit, as two uploads of one account would be.
-    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IDENTITY_POLICY: 'off', IMAGES_PER_MINUTE: '60', IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IDENTITY_POLICY: 'off', LOOKALIKE_POLICY: 'off', IMAGES_PER_MINUTE: '60', IMAGE_BUDGET_TABLE: 'image-budget', ...db.env };
     const runs = await Promise.all(['a', 'b'].map((name) => avatars(work, ['batch', `${name}.jsonl`, '--json', '--data', `data-${name}`], env)));
     for (const run of runs) {
       expect(run.code, run.stderr).toBe(0);
