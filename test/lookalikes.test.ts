@@ -5,7 +5,7 @@ import { faceIndexKeys, runKeys } from '../lambdas/shared/keys.ts';
 import { statedAge } from '../lambdas/shared/persona-look.ts';
 import { drawAvatar, lookFor } from '../local/avatar-art.ts';
 import { runLocally } from '../local/runner.ts';
-import { avatars, eventsDir, runBatch, startTestEnvironment, tempDir, invoke, persona } from './support.ts';
+import { avatars, eventsDir, imageCalls, invoke, persona, runBatch, startTestEnvironment, tempDir } from './support.ts';
 
 const woman = (id: string, bio: string) => JSON.stringify({ id, firstname: id, gender: 'female', bio_facebook: bio });
 const man = (id: string, bio: string) => JSON.stringify({ id, firstname: id, gender: 'male', bio_facebook: bio });
@@ -56,6 +56,22 @@ describe('every persona a different person', () => {
     expect(lookOf(report, 'later')).toMatchObject({ redrawn: [], misses: ['lookalike'], nearest: { personaId: 'first' } });
     expect(report.diversity!.lookalikes).toEqual({ redrawn: 0, keptFlagged: 1 });
   });
+
+  it('draws a base refused in batch mode again in the batch’s next OpenAI round, with its grid, under the persona’s next attempt', async () => {
+    const world = await startTestEnvironment({ faults: [{ kind: 'wrong-gender', times: 1, matching: 'Beekeeper' }] });
+    const report = await runBatch(world, [woman('ana', 'Potter and painter.'), woman('bea', 'Beekeeper in the hills.')], 'batched', { openAiBatch: true });
+    expect(report.counts).toMatchObject({ SUCCEEDED: 2, FAILED: 0 });
+    expect(lookOf(report, 'bea')).toMatchObject({ redrawn: ['gender'], misses: [], read: { gender: 'female' } });
+    expect(lookOf(report, 'ana').redrawn).toEqual([]);
+    expect(report.personas.find((p) => p.personaId === 'bea')!.name).toMatch(/-2$/);
+    const lines = world.backend!.batchLines.map((l) => l.custom_id.split(':').slice(0, 2).join(':'));
+    // Lines are numbered by the persona's line in the file: bea's base and grid twice, ana's once.
+    expect(lines.filter((l) => l.startsWith('2:'))).toEqual(['2:base', '2:grid-0', '2:base', '2:grid-0']);
+    expect(lines.filter((l) => l.startsWith('1:'))).toEqual(['1:base', '1:grid-0']);
+    expect(imageCalls(world.backend!)).toEqual([]);
+    const manifest = JSON.parse(await world.deps.store.getText('avatars/bea/manifest.json'));
+    expect(manifest.usage).toContainEqual(expect.objectContaining({ stage: 'generate-base (refused, redraw 1)', api: 'batch' }));
+  }, 120_000);
 
   it('prints the base’s verdicts with the avatars of `avatars run`', async () => {
     const dir = tempDir('lookalike-cli');

@@ -1,3 +1,4 @@
+import { NotDrawnInBatch } from '../shared/errors.ts';
 import { faceIndexOf, type Nearest } from '../shared/face-index.ts';
 import { avatarKeys, runKeys } from '../shared/keys.ts';
 import type { Persona } from '../shared/persona.ts';
@@ -29,7 +30,7 @@ export interface BaseCheck {
   age: { asked: AgeRange | null; pass: boolean; reason: string };
   lookalike: { threshold: number; nearest: (Nearest['face'] & { similarity: number }) | null; pass: boolean; reason: string };
   redraws: BaseRedraw[];
-  /** Published although a check failed (LOOKALIKE_POLICY=flag, redraws spent, or drawn in an OpenAI batch). */
+  /** Published although a check failed (LOOKALIKE_POLICY=flag, or its redraws spent). */
   flagged: boolean;
 }
 
@@ -58,7 +59,9 @@ const round = (n: number) => Math.round(n * 1000) / 1000;
  */
 export async function checkBase(event: CheckBaseEvent, deps: StageDeps<'store' | 'faces' | 'clock'>): Promise<CheckedBase | BaseRedrawAsked> {
   const { lookalikePolicy: policy, lookalikeThreshold: threshold, genderConfidence, ageToleranceYears: tolerance } = deps.settings;
-  const redraws = event.checked?.redraws ?? [];
+  const keys = runKeys(event.personaId, event.runId);
+  // In batch mode each redraw is the run's next attempt: its history comes with it, in the run's folder.
+  const redraws = event.checked?.redraws?.length ? event.checked.redraws : event.imageApi === 'batch' ? ((await deps.store.getJsonIfExists<BaseRedraw[]>(keys.baseRedraws)) ?? []) : [];
   const asked = describedLook(event.persona);
   const check: BaseCheck = {
     policy,
@@ -108,7 +111,7 @@ export async function checkBase(event: CheckBaseEvent, deps: StageDeps<'store' |
   lookalike(mine ? undefined : index.nearest(subject.embedding, event.personaId), '');
 
   const redrawn = () => askRedraw(event, deps, check, redraws);
-  const canRedraw = policy === 'redraw' && event.imageApi !== 'batch' && redraws.length < BASE_REDRAWS;
+  const canRedraw = policy === 'redraw' && redraws.length < BASE_REDRAWS;
   const passes = () => check.gender.pass && check.age.pass && check.lookalike.pass;
   if (!mine && !passes() && canRedraw) return redrawn();
 
@@ -123,7 +126,7 @@ export async function checkBase(event: CheckBaseEvent, deps: StageDeps<'store' |
   }
   check.flagged = !passes();
   if (check.flagged) {
-    const why = policy === 'flag' ? 'LOOKALIKE_POLICY=flag' : event.imageApi === 'batch' ? 'drawn in an OpenAI batch, not drawn again' : `after ${BASE_REDRAWS} redraws`;
+    const why = policy === 'flag' ? 'LOOKALIKE_POLICY=flag' : `after ${BASE_REDRAWS} redraws`;
     deps.logger.warn('base published flagged', { personaId: event.personaId, why, misses: misses(check) });
   }
   return { ...event.base, check };
@@ -133,7 +136,10 @@ function misses(check: BaseCheck): BaseCheckKind[] {
   return (['lookalike', 'gender', 'age'] as const).filter((k) => !check[k].pass);
 }
 
-/** Writes the redraw's prompt, away from what the base missed, and asks the workflow to draw it. */
+/**
+ * Writes the redraw's prompt, away from what the base missed, and asks the workflow to draw it; in
+ * batch mode, marks the base for the batch's next OpenAI round instead (NotDrawnInBatch).
+ */
 async function askRedraw(event: CheckBaseEvent, deps: StageDeps<'store'>, check: BaseCheck, redraws: BaseRedraw[]): Promise<BaseRedrawAsked> {
   const attempt = redraws.length + 1;
   const missed = misses(check);
@@ -141,11 +147,20 @@ async function askRedraw(event: CheckBaseEvent, deps: StageDeps<'store'>, check:
     ...(check.gender.pass ? [] : [`They are clearly and unmistakably ${check.gender.asked === 'female' ? 'a woman' : 'a man'}.`]),
     ...(check.age.pass || !check.age.asked ? [] : [`They clearly look ${check.age.asked.min} to ${check.age.asked.max} years old.`]),
   ];
-  const promptKey = runKeys(event.personaId, event.runId).baseRedrawPrompt(attempt);
-  await deps.store.put(promptKey, redrawBasePrompt(event.persona, attempt, fixes), 'text/plain; charset=utf-8');
+  const prompt = redrawBasePrompt(event.persona, attempt, fixes);
   for (const kind of missed) deps.metrics.record('BaseRedraws', 1, { reason: kind });
   const reasons = missed.map((k) => `${k}: ${check[k].reason}`);
   deps.logger.info('base drawn again', { personaId: event.personaId, attempt, reasons });
-  const { model, usage, estimatedCostUsd } = event.base;
-  return { redraw: { promptKey, attempt }, redraws: [...redraws, { attempt, misses: missed, reasons, refused: { model, ...(usage ? { usage } : {}), estimatedCostUsd } }] };
+  const { model, usage, estimatedCostUsd, api, openAiBatchId } = event.base;
+  const history = [...redraws, { attempt, misses: missed, reasons, refused: { model, ...(usage ? { usage } : {}), estimatedCostUsd, ...(api ? { api, openAiBatchId } : {}) } }];
+  const keys = runKeys(event.personaId, event.runId);
+  if (event.imageApi === 'batch') {
+    await deps.store.putJson(keys.baseRefused, { reason: reasons.join('; '), prompt, redraws: history });
+    throw new NotDrawnInBatch(
+      `base of persona ${event.personaId}: ${reasons.join('; ')}; in batch mode the base (and its grids) is drawn again in the batch's next OpenAI batch round (twice at most), under the run's next attempt`,
+    );
+  }
+  const promptKey = keys.baseRedrawPrompt(attempt);
+  await deps.store.put(promptKey, prompt, 'text/plain; charset=utf-8');
+  return { redraw: { promptKey, attempt }, redraws: history };
 }

@@ -57,6 +57,10 @@ export function runKeys(personaId: string, runId: string) {
     base: `${root}/base.png`,
     /** What OpenAI's Batch API drew for the run (a batch in batch mode): each image's key, batch and usage. */
     drawnInBatch: `${root}/openai-batch.json`,
+    /** Batch mode: the base check-base refused, with the prompt to draw it again from in a later OpenAI batch round. */
+    baseRefused: `${root}/base-refused.json`,
+    /** Batch mode: the base's redraws in earlier attempts of the run, for its check to count and its manifest to show. */
+    baseRedraws: `${root}/base-redraws.json`,
     /** Batch mode: a grid the identity check refused, drawn again in a later OpenAI batch round. */
     identityMismatch: (gridIndex: number) => `${root}/identity-mismatch-grid_${gridIndex}.json`,
     grid: (gridIndex: number) => `${root}/grid_${gridIndex}.png`,

@@ -55,6 +55,8 @@ export interface CallState {
   tries: number;
   /** Its prompt was refused: it is drawn from a safer rewrite. */
   safer?: boolean;
+  /** A base drawn again after check-base refused it: drawn from this prompt, away from what it missed. */
+  prompt?: string;
   /** Sent in the current round, not answered yet; `batchIds`: the OpenAI batches its file went to. */
   pending?: { customId: string; reservation: Reservation; model: string; batchIds?: string[] };
   drawn?: Drawn;

@@ -87,7 +87,8 @@ async function takeOver(deps: RoundDeps, item: BatchItem, persona: PersonaDraws)
 /**
  * After the personas ran: those whose run did not publish because the identity check refused a
  * grid go on under their next attempt, keeping their base and other grids; the refused grids are
- * drawn again in this round. Returns their items, for the personas' workflows to run again.
+ * drawn again in this round. One whose base check-base refused has the base drawn again from the
+ * prompt it wrote, and then its grids. Returns their items, for the personas' workflows to run again.
  */
 async function redrawRefused(deps: RoundDeps, state: RoundsState, items: Map<number, BatchItem>): Promise<BatchItem[]> {
   if (state.redraws >= MAX_REDRAW_ROUNDS) return [];
@@ -95,9 +96,11 @@ async function redrawRefused(deps: RoundDeps, state: RoundsState, items: Map<num
   await inPool(state.personas, CONCURRENCY, async (persona) => {
     if (persona.failed || (await deps.store.getJsonIfExists(avatarKeys(persona.personaId).run(persona.runId).manifest))) return;
     const keys = runKeys(persona.personaId, persona.runId);
-    const grids = persona.calls.slice(1);
+    const [base, ...grids] = persona.calls;
+    const baseRefusal = await deps.store.getJsonIfExists<{ reason: string; prompt: string; redraws: unknown[] }>(keys.baseRefused);
     const refusals = await Promise.all(grids.map((_, index) => deps.store.getJsonIfExists<{ reason: string }>(keys.identityMismatch(index))));
-    const refused = grids.filter((call, index) => refusals[index] && call.tries < MAX_TRIES);
+    // A refused base takes its grids with it: they were drawn from it.
+    const refused = baseRefusal && base!.tries < MAX_TRIES ? persona.calls : grids.filter((call, index) => refusals[index] && call.tries < MAX_TRIES);
     const item = items.get(persona.line)!;
     const first = executionName(item.input);
     const attempt = attemptsBefore(first, persona.runId).length + 1;
@@ -108,8 +111,12 @@ async function redrawRefused(deps: RoundDeps, state: RoundsState, items: Map<num
       const index = grids.indexOf(call);
       if (refused.includes(call)) {
         delete call.drawn;
-        call.lastError = { error: ErrorNames.IdentityMismatch, cause: refusals[index]!.reason };
+        call.lastError = baseRefusal ? { error: ErrorNames.NotDrawnInBatch, cause: baseRefusal.reason } : { error: ErrorNames.IdentityMismatch, cause: refusals[index]!.reason };
       } else if (call.drawn) await moveDrawn(deps, persona, call, call.drawn);
+    }
+    if (baseRefusal) {
+      base!.prompt = baseRefusal.prompt;
+      await deps.store.putJson(runKeys(persona.personaId, persona.runId).baseRedraws, baseRefusal.redraws);
     }
     again.push({ ...item, name: persona.runId, earlier: [...(item.earlier ?? []), previous] });
   });
@@ -126,7 +133,7 @@ async function promptFor(deps: RoundDeps, item: BatchItem, persona: PersonaDraws
   const scenes = (text: string) => (target === 'base' ? text : persona.mode === 'separate' ? separatePrompt(text) : gridPrompt(text));
   if (call.safer) return scenes(await written(keys.saferPrompt(target), () => writePrompt({ ...event, rewrite: { target, reason: call.lastError?.cause ?? '' } }, deps)));
   if (target === 'base') {
-    const prompt = basePrompt(item.input.persona);
+    const prompt = call.prompt ?? basePrompt(item.input.persona);
     // Kept so a refusal can be rewritten from what was actually sent.
     await deps.store.put(keys.basePrompt, prompt, 'text/plain; charset=utf-8');
     return prompt;
