@@ -133,6 +133,10 @@ export class Operations extends Construct {
       new GraphWidget({
         title: 'Redraws and refusals, by error',
         left: ['IdentityMismatch', 'GridLayoutMismatch', 'ContentPolicyViolation', 'BudgetExhausted', 'RateLimited'].map(stageError),
+        // The bases check-base drew again: another persona's person, or a clear gender or age miss.
+        right: ['lookalike', 'gender', 'age'].map(
+          (reason) => new Metric({ namespace: METRICS_NAMESPACE, metricName: 'BaseRedraws', dimensionsMap: { service: METRICS_SERVICE, reason }, statistic: Stats.SUM, period: Duration.minutes(5), label: `base redrawn: ${reason}` }),
+        ),
         width: 8,
       }),
     );

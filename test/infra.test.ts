@@ -249,7 +249,7 @@ describe('the synthesized stack', () => {
 
   it('has a dashboard of images against the limit, 429s, spending against the cap and turn waits, from the metrics the stages write', () => {
     const body = JSON.stringify(Object.values(template.findResources('AWS::CloudWatch::Dashboard'))[0]!.Properties.DashboardBody);
-    for (const name of ['ImagesDrawn', 'ImageCalls', 'ImageCostUsd', 'ImageCallsRateLimited', 'SpentTodayUsd', 'TurnWaitSeconds', 'StageErrors', 'AvatarsPublished', 'PersonasFailed']) {
+    for (const name of ['ImagesDrawn', 'ImageCalls', 'ImageCostUsd', 'ImageCallsRateLimited', 'SpentTodayUsd', 'TurnWaitSeconds', 'StageErrors', 'BaseRedraws', 'AvatarsPublished', 'PersonasFailed']) {
       expect(body, name).toContain(`\\"PersonaAvatars\\",\\"${name}\\"`);
     }
     expect(Object.keys(template.toJSON().Outputs)).toContain('DashboardUrl');
