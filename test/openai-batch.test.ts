@@ -47,7 +47,8 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     const backend = await startOfflineBackend({ batchStepMs: 100 });
     onTestFinished(backend.close);
     writeFileSync(join(work, 'six.jsonl'), `${team(5, 'bulk').join('\n')}\n${personaLine('bulk-8', { images: 8 })}\n`);
-    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', OPENAI_BATCH_POLL_SECONDS: '1' };
+    // Six copies of one persona: the base checks' look-alikes among them are test/lookalikes.test.ts's subject.
+    const env = { OPENAI_API_KEY: 'sk-test', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', OPENAI_BATCH_POLL_SECONDS: '1', LOOKALIKE_POLICY: 'off' };
     const run = await avatars(work, ['batch', 'six.jsonl', '--openai-batch', '--json', '--data', 'data-six'], env);
     expect(run.code, run.stderr).toBe(0);
     const report = JSON.parse(run.stdout) as BatchReport;

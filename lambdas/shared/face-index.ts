@@ -51,18 +51,27 @@ export function quantize(embedding: number[]): Int8Array {
   return Int8Array.from(embedding, (v) => Math.round((v * 127) / largest));
 }
 
-/** What was read before the first key that is not there: the log's end. */
-function upToFirstMissing<T>(read: (T | undefined)[]): T[] {
-  const missing = read.findIndex((r) => r === undefined);
-  return (missing < 0 ? read : read.slice(0, missing)) as T[];
+/**
+ * Objects 0 to `most`-1 up to the first that is not there (the log's end): the first alone, then,
+ * when there was one, the rest at once. A warm copy with nothing new to read makes one request.
+ */
+async function readAhead<T>(read: (i: number) => Promise<T | undefined>, most: number): Promise<T[]> {
+  const first = await read(0);
+  if (first === undefined) return [];
+  const rest = await Promise.all(Array.from({ length: most - 1 }, (_, i) => read(i + 1)));
+  const missing = rest.findIndex((r) => r === undefined);
+  return [first, ...((missing < 0 ? rest : rest.slice(0, missing)) as T[])];
 }
+
+const encode = (v: Int8Array) => Buffer.from(v.buffer, v.byteOffset, v.length).toString('base64');
 
 const norm = (v: Int8Array) => Math.sqrt(v.reduce((sum, x) => sum + x * x, 0)) || 1;
 
 export class FaceIndex {
   private readonly store: ObjectStore;
   private readonly chunk: number;
-  private faces: StoredFace[] = [];
+  /** What each entry says besides its embedding, which is kept in `vectors` only. */
+  private faces: IndexedFace[] = [];
   private dimensions = 0;
   private vectors = new Int8Array(0);
   private norms = new Float64Array(0);
@@ -96,7 +105,8 @@ export class FaceIndex {
       }
       this.vectors.set(vector, n * this.dimensions);
       this.norms[n] = norm(vector);
-      this.faces.push(entry);
+      const { embedding: _, ...face } = entry;
+      this.faces.push(face);
     }
   }
 
@@ -118,24 +128,24 @@ export class FaceIndex {
     for (;;) {
       const next = this.faces.length;
       if (next % this.chunk === 0) {
-        const chunks = await Promise.all(Array.from({ length: 8 }, (_, i) => this.store.getJsonIfExists<StoredFace[]>(faceIndexKeys.chunk(next + i * this.chunk))));
-        const present = upToFirstMissing(chunks);
-        for (const chunk of present) this.add(chunk);
-        if (present.length > 0) continue;
+        const chunks = await readAhead((i) => this.store.getJsonIfExists<StoredFace[]>(faceIndexKeys.chunk(next + i * this.chunk)), 8);
+        for (const chunk of chunks) this.add(chunk);
+        if (chunks.length > 0) continue;
       }
       // Entries up to the next chunk boundary, a window at a time.
       const end = Math.min(next + READS_AT_ONCE, (Math.floor(next / this.chunk) + 1) * this.chunk);
-      const read = await Promise.all(Array.from({ length: end - next }, (_, i) => this.store.getJsonIfExists<StoredFace>(faceIndexKeys.entry(next + i))));
-      const found = upToFirstMissing(read);
+      const found = await readAhead((i) => this.store.getJsonIfExists<StoredFace>(faceIndexKeys.entry(next + i)), end - next);
       this.add(found);
       if (found.length > 0 && this.faces.length % this.chunk === 0) await this.writeChunk(this.faces.length - this.chunk);
-      if (found.length < read.length) return;
+      if (found.length < end - next) return;
     }
   }
 
   /** A full thousand read one by one is written as its chunk for the next cold reader (once: a conditional write). */
   private async writeChunk(start: number): Promise<void> {
-    await this.store.putNew(faceIndexKeys.chunk(start), JSON.stringify(this.faces.slice(start, start + this.chunk)), 'application/json');
+    const d = this.dimensions;
+    const entries = this.faces.slice(start, start + this.chunk).map((face, i) => ({ ...face, embedding: encode(this.vectors.subarray((start + i) * d, (start + i + 1) * d)) }));
+    await this.store.putNew(faceIndexKeys.chunk(start), JSON.stringify(entries), 'application/json');
   }
 
   /** The most similar face of another persona, among those this copy holds. */
@@ -157,16 +167,12 @@ export class FaceIndex {
       }
     }
     if (best < 0) return undefined;
-    const { embedding: _, ...face } = this.faces[best]!;
-    return { face, similarity: Math.round(bestScore * 1000) / 1000 };
+    return { face: this.faces[best]!, similarity: Math.round(bestScore * 1000) / 1000 };
   }
 
   /** The face a run registered already (a check run again after it registered), if any. */
   registeredBy(personaId: string, runId: string): IndexedFace | undefined {
-    const entry = this.faces.find((f) => f.personaId === personaId && f.runId === runId);
-    if (!entry) return undefined;
-    const { embedding: _, ...face } = entry;
-    return face;
+    return this.faces.find((f) => f.personaId === personaId && f.runId === runId);
   }
 
   /**
@@ -184,12 +190,11 @@ export class FaceIndex {
       if (already) return { registered: already };
       const nearest = this.nearest(q, face.personaId);
       if (nearest && nearest.similarity >= threshold) return { collided: nearest };
-      const entry: StoredFace = { seq: this.faces.length, ...face, embedding: Buffer.from(q.buffer, q.byteOffset, q.length).toString('base64') };
+      const entry: StoredFace = { seq: this.faces.length, ...face, embedding: encode(q) };
       if (await this.store.putNew(faceIndexKeys.entry(entry.seq), JSON.stringify(entry), 'application/json')) {
         this.add([entry]);
         if (this.faces.length % this.chunk === 0) await this.writeChunk(this.faces.length - this.chunk);
-        const { embedding: _, ...registered } = entry;
-        return { registered, ...(nearest ? { nearest } : {}) };
+        return { registered: this.faces[entry.seq]!, ...(nearest ? { nearest } : {}) };
       }
       // Someone took this number first: read theirs, compare with it, try the next.
     }
