@@ -66,6 +66,29 @@ const s3Env = (s3: { endpoint: string; accessKey: string; secretKey: string }) =
   S3_BUCKET_NAME: 'avatars',
 });
 
+/** Portraits of local/faces/ put in a fresh embedded S3 at these keys, for a bundle to read: `body` gets the bundle's environment. */
+async function withPortraitsInS3(portraits: Record<string, string>, body: (env: Record<string, string>) => Promise<void>): Promise<void> {
+  const s3Dir = mkdtempSync(join(tmpdir(), 'avatars-asset-s3-'));
+  const s3 = await startEmbeddedS3(s3Dir, 'avatars');
+  const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
+  try {
+    const faces = join(projectRoot, 'local', 'faces');
+    await Promise.all(Object.entries(portraits).map(([key, file]) => client.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: readFileSync(join(faces, file)) }))));
+    await body(s3Env(s3));
+  } finally {
+    client.destroy();
+    await s3.close();
+    rmSync(s3Dir, { recursive: true, force: true });
+  }
+}
+
+/** A bundle's handler, run in a process of its own as Lambda runs it: what it returned. */
+async function handled(dir: string, event: unknown, env: Record<string, string>) {
+  const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r)))`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
+  return JSON.parse(stdout.trim().split('\n').at(-1)!);
+}
+
 describe('the bundled Lambda assets', () => {
   it('come with the same template that the tests, the local runner and the bench synthesize', () => {
     // The CLI resolves the region from the AWS configuration and hands it to the app, as here.
@@ -206,51 +229,24 @@ describe('the bundled Lambda assets', () => {
     const dir = assetOf('check-identity');
     expect(readdirSync(join(dir, 'face-models')).sort()).toEqual(FACE_MODELS.flatMap((m) => [`${m}.bin`, `${m}.json`]).sort());
     expect(readdirSync(join(dir, 'tfjs-wasm')).some((f) => f.endsWith('.wasm'))).toBe(true);
-    const s3Dir = mkdtempSync(join(tmpdir(), 'avatars-asset-s3-'));
-    const s3 = await startEmbeddedS3(s3Dir, 'avatars');
-    const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
-    try {
-      const faces = join(projectRoot, 'local', 'faces');
-      const put = (key: string, file: string) => client.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: readFileSync(join(faces, file)) }));
-      await Promise.all([put('runs/p/r/base.png', 'astronaut.png'), put('runs/p/r/t0.png', 'astronaut.png'), put('runs/p/r/t1.png', 'grace_hopper.jpg')]);
+    await withPortraitsInS3({ 'runs/p/r/base.png': 'astronaut.png', 'runs/p/r/t0.png': 'astronaut.png', 'runs/p/r/t1.png': 'grace_hopper.jpg' }, async (env) => {
       const tiles = ['runs/p/r/t0.png', 'runs/p/r/t1.png'].map((key) => ({ key, box: { left: 0, top: 0, width: 512, height: 512 }, bytes: 1 }));
       const event = { personaId: 'p', runId: 'r', baseKey: 'runs/p/r/base.png', split: { gridIndex: 0, tiles, generation: {}, ms: 0 } };
-      const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r.identity)))`;
-      const env = { ...s3Env(s3), IDENTITY_POLICY: 'flag' };
-      const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env });
-      const identity = JSON.parse(stdout.trim().split('\n').at(-1)!) as { verdicts: { pass: boolean }[] };
-      expect(identity.verdicts.map((v) => v.pass)).toEqual([true, false]);
-    } finally {
-      client.destroy();
-      await s3.close();
-      rmSync(s3Dir, { recursive: true, force: true });
-    }
+      const { identity } = await handled(dir, event, { ...env, IDENTITY_POLICY: 'flag' });
+      expect(identity.verdicts.map((v: { pass: boolean }) => v.pass)).toEqual([true, false]);
+    });
   });
 
   it('ships check-base with the face models, and the bundle refuses a second persona of one person, registered in the bucket’s index', async () => {
     const dir = assetOf('check-base');
     expect(readdirSync(join(dir, 'face-models')).sort()).toEqual(FACE_MODELS.flatMap((m) => [`${m}.bin`, `${m}.json`]).sort());
-    const s3Dir = mkdtempSync(join(tmpdir(), 'avatars-asset-s3-'));
-    const s3 = await startEmbeddedS3(s3Dir, 'avatars');
-    const client = s3ClientFromEnv({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey });
-    try {
-      const faces = join(projectRoot, 'local', 'faces');
-      const put = (key: string, file: string) => client.send(new PutObjectCommand({ Bucket: 'avatars', Key: key, Body: readFileSync(join(faces, file)) }));
-      await Promise.all([put('runs/p1/r/base.png', 'obama1.jpg'), put('runs/p2/r/base.png', 'obama2.jpg')]);
-      const check = async (id: string) => {
-        const event = { personaId: id, runId: 'r', persona: { ...persona, id, gender: 'male' }, base: { baseKey: `runs/${id}/r/base.png`, model: 'gpt-image-2', estimatedCostUsd: 0.04, warnings: [], ms: 1 } };
-        const script = `require('./index.js').handler(${JSON.stringify(event)}, { getRemainingTimeInMillis: () => 60000 }).then((r) => console.log(JSON.stringify(r)))`;
-        const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { cwd: dir, env: s3Env(s3) });
-        return JSON.parse(stdout.trim().split('\n').at(-1)!);
-      };
+    await withPortraitsInS3({ 'runs/p1/r/base.png': 'obama1.jpg', 'runs/p2/r/base.png': 'obama2.jpg' }, async (env) => {
+      const check = (id: string) =>
+        handled(dir, { personaId: id, runId: 'r', persona: { ...persona, id, gender: 'male' }, base: { baseKey: `runs/${id}/r/base.png`, model: 'gpt-image-2', estimatedCostUsd: 0.04, warnings: [], ms: 1 } }, env);
       expect((await check('p1')).check.lookalike.pass).toBe(true);
       const second = await check('p2');
       expect(second.redraw.promptKey).toBe('runs/p2/r/base-redraw-1.txt');
       expect(second.redraws[0].reasons[0]).toMatch(/^lookalike: the person of persona p1/);
-    } finally {
-      client.destroy();
-      await s3.close();
-      rmSync(s3Dir, { recursive: true, force: true });
-    }
+    });
   });
 });
