@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import type { PublishResult } from '../lambdas/publish/core.ts';
+import { lookLine } from '../lambdas/shared/persona-look.ts';
 import { escape } from '../lambdas/report-batch/contact-sheet.ts';
 
 const THUMB = 256;
@@ -46,7 +47,7 @@ p{max-width:60rem;color:#ccc}
 </style>
 <h1>${escape(result.personaId)}</h1>
 <p>Run ${escape(result.runId)} · estimated cost ${result.estimatedCostUsd === null ? 'unknown' : `$${result.estimatedCostUsd.toFixed(4)}`}</p>
-<p>${escape(prompt)}</p>
+${result.look ? `<p>Base: ${escape(lookLine(result.look))}</p>\n` : ''}<p>${escape(prompt)}</p>
 <main>
 ${figures}
 </main>
