@@ -1,10 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { projectRoot } from '../infra/context.ts';
 import { estimatedCost } from '../lambdas/plan-batch/core.ts';
+import { referenceOf } from '../lambdas/submit-round/core.ts';
 import { budgetTableClient, dynamoStore, spendKeys } from '../lambdas/shared/governor.ts';
 import { FILE_UPLOADS_PER_MINUTE, pacer } from '../lambdas/shared/openai-batch.ts';
 import OpenAI from 'openai';
@@ -91,6 +92,24 @@ describe('a batch through OpenAI\u2019s Batch API', () => {
     for (const edit of edits) expect((edit.body.images as { file_id?: string }[])[0]!.file_id).toMatch(/^file-/);
     expect(edits.map((e) => e.body.n)).toEqual([1, 3]);
   }, 120_000);
+
+  it('names bases by data URL while a round’s lines can carry them, and by file id past that, under OPENAI_BATCH_IMAGE_INPUT=auto', async () => {
+    const world = await startBatchWorld();
+    const api = world.deps.text!;
+    const personaWithBase = async (id: string) => {
+      const key = `runs/${id}/r/base.png`;
+      await world.deps.store.put(key, readFileSync(join(projectRoot, 'local', 'faces', 'astronaut.png')), 'image/png');
+      return { line: 1, personaId: id, runId: 'r', mode: 'grid' as const, calls: [{ id: 'base', count: 1, tries: 1, drawn: { keys: [key], format: 'png' as const } }, { id: 'grid-0', count: 1, tries: 0 }, { id: 'grid-1', count: 1, tries: 0 }] };
+    };
+    // Room for one base carried in its two grids' lines (the portrait is about 0.4 MB), not for two.
+    const inline = { bytesLeft: 1.5 * 2 ** 20 };
+    const upload = async () => undefined;
+    const first = await referenceOf(world.deps, api, (await personaWithBase('a')) as never, upload, inline);
+    const second = await referenceOf(world.deps, api, (await personaWithBase('b')) as never, upload, inline);
+    expect(first.image_url).toMatch(/^data:image\/png;base64,iVBOR/);
+    expect(second).toEqual({ file_id: expect.stringMatching(/^file-/) });
+    expect(world.deps.settings.openAiBatchImageInput).toBe('auto');
+  });
 
   it('pays for a batch\u2019s personas from its budget at batch price: one that fits three personas at half price runs all three', async () => {
     const world = await startBatchWorld();

@@ -192,9 +192,9 @@ export const SETTINGS = {
     scope: 'stage',
     env: 'OPENAI_BATCH_IMAGE_INPUT',
     context: 'openAiBatchImageInput',
-    default: 'data-url',
-    doc: 'how a batched edit names its reference image: `data-url` (the base, base64, in the line) or `file-id` (the base uploaded to /v1/files first, purpose `vision`)',
-    schema: z.enum(['data-url', 'file-id']),
+    default: 'auto',
+    doc: 'how a batched edit names its reference image: `data-url` (the base, base64, in the line), `file-id` (the base uploaded to /v1/files first, purpose `vision`), or `auto`: data URLs while they come to at most 100 MB a round, file ids past that (a round of thousands would not fit the Lambda\'s /tmp)',
+    schema: z.enum(['auto', 'data-url', 'file-id']),
   }),
   openAiBatchPollSeconds: spec({
     scope: 'stage',

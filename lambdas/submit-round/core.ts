@@ -44,7 +44,7 @@ import {
 import { leaseName } from '../shared/governor.ts';
 import type { StageDeps } from '../shared/stage.ts';
 
-type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs' | 'deadline'>;
+export type RoundDeps = StageDeps<'store' | 'text' | 'images' | 'governor' | 'fetch' | 'textTimeoutMs' | 'imageTimeoutMs' | 'deadline'>;
 
 /** Time kept, after preparing lines stops, to write the round's files to the bucket and send them. */
 const SENDING_MS = 4 * 60_000;
@@ -194,11 +194,28 @@ async function lineFor(
 
 const PASSING = new Set<string>([ErrorNames.UpstreamError, ErrorNames.RateLimited, ErrorNames.ImageTimeout]);
 
-/** The reference of a persona's edits: its base, in the line (a data URL) or uploaded (a file id); made once a round. */
-async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws, upload: () => Promise<void>): Promise<Record<string, string>> {
+/**
+ * Data URLs a round's lines may carry in all under OPENAI_BATCH_IMAGE_INPUT=auto: its files are
+ * written to the Lambda's /tmp, 512 MB unless configured otherwise (Lambda Developer Guide,
+ * "Configure ephemeral storage"); a base of 1.5-3 MB is 2-4 MB as a data URL, in each of its grids' lines.
+ */
+const DATA_URL_BYTES_PER_ROUND = 100 * 2 ** 20;
+
+/**
+ * The reference of a persona's edits: its base, in the line (a data URL) or uploaded (a file id);
+ * made once a round. `inline` is what data URLs may still take of the round under `auto`.
+ */
+export async function referenceOf(deps: RoundDeps, api: OpenAI, persona: PersonaDraws, upload: () => Promise<void>, inline: { bytesLeft: number }): Promise<Record<string, string>> {
   const base = persona.calls[0]!.drawn!;
   const bytes = await deps.store.getBytes(base.keys[0]!);
-  if (deps.settings.openAiBatchImageInput === 'data-url') return { image_url: `data:image/${base.format};base64,${bytes.toString('base64')}` };
+  const mode = deps.settings.openAiBatchImageInput;
+  const dataUrl = `data:image/${base.format};base64,${bytes.toString('base64')}`;
+  // Each of its grids not drawn yet carries it in its own line.
+  const carried = dataUrl.length * persona.calls.filter((c) => c.id !== 'base' && !c.drawn).length;
+  if (mode === 'data-url' || (mode === 'auto' && carried <= inline.bytesLeft)) {
+    inline.bytesLeft -= carried;
+    return { image_url: dataUrl };
+  }
   // Thousands of bases, one upload each: paced under the Files API's own limit.
   await upload();
   const file = await api.files.create({ file: await toFile(bytes, `base.${base.format}`, { type: `image/${base.format}` }), purpose: 'vision' }, { timeout: deps.imageTimeoutMs });
@@ -245,7 +262,8 @@ export async function submitRound(event: RoundEvent, deps: RoundDeps): Promise<R
   // A persona's grids share one reference: its base read (and uploaded) once.
   const references = new Map<PersonaDraws, Promise<Record<string, string>>>();
   const upload = pacer(FILE_UPLOADS_PER_MINUTE);
-  const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona, upload)).get(persona)!;
+  const inline = { bytesLeft: DATA_URL_BYTES_PER_ROUND };
+  const referenceFor = (persona: PersonaDraws) => references.get(persona) ?? references.set(persona, referenceOf(deps, api, persona, upload, inline)).get(persona)!;
   const dir = await mkdtemp(join(tmpdir(), 'round-'));
   try {
     // Each line to a file in /tmp as it is built: a round of thousands never whole in memory.
