@@ -108,7 +108,8 @@ export async function checkBase(event: CheckBaseEvent, deps: StageDeps<'store' |
   };
   await index.refresh();
   const mine = index.registeredBy(event.personaId, event.runId);
-  lookalike(mine ? undefined : index.nearest(subject.embedding, event.personaId), '');
+  if (mine) check.lookalike = { threshold, nearest: null, pass: true, reason: `in the index already (entry ${mine.seq}): this run's check, run again` };
+  else lookalike(index.nearest(subject.embedding, event.personaId), '');
 
   const redrawn = () => askRedraw(event, deps, check, redraws);
   const canRedraw = policy === 'redraw' && redraws.length < BASE_REDRAWS;
