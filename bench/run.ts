@@ -366,12 +366,19 @@ async function apiModesBench(): Promise<void> {
 }
 
 /** A stage's core run in a process of its own, as its Lambda runs it: what it returned, its time and its peak memory. */
-async function inOwnProcess(body: string, args: unknown, env: Record<string, string | undefined>): Promise<{ result: any; peakMb: number; ms: number }> {
+async function inOwnProcess(body: string, args: unknown, env: Record<string, string | undefined>, memoryMb?: number): Promise<{ result: any; peakMb: number; ms: number }> {
   const script = `
     const { Logger } = await import('@aws-lambda-powertools/logger');
     const { settingsFromEnv } = await import('./lambdas/shared/settings.ts');
     const settings = settingsFromEnv(process.env);
     const logger = new Logger({ logLevel: 'SILENT' });
+    // PlanBatch's clients, as its handler lists them.
+    const planDeps = async (logger) => {
+      const { depsFromEnv } = await import('./lambdas/shared/stage.ts');
+      const { storeClient } = await import('./lambdas/shared/s3.ts');
+      const { sfnClient } = await import('./lambdas/shared/sfn.ts');
+      return depsFromEnv(process.env, logger, [storeClient, sfnClient]);
+    };
     let peak = process.memoryUsage().rss;
     const sample = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
     const started = performance.now();
@@ -379,7 +386,10 @@ async function inOwnProcess(body: string, args: unknown, env: Record<string, str
     clearInterval(sample);
     console.log(JSON.stringify({ result, peakMb: Math.max(peak, process.memoryUsage().rss) / 2 ** 20, ms: performance.now() - started }));`;
   // Asynchronously: the servers it calls answer in this process.
-  const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(args)], { cwd: projectRoot, env: { ...process.env, ...env }, maxBuffer: 2 ** 24 });
+  // With `memoryMb`, V8's heap is held under the function's memory (90% of it), so garbage is
+  // collected as it must be in the Lambda, and what does not fit fails here as it would there.
+  const heap = memoryMb ? [`--max-old-space-size=${Math.floor(memoryMb * 0.9)}`] : [];
+  const { stdout } = await promisify(execFile)(process.execPath, [...heap, '--input-type=module', '-e', script, JSON.stringify(args)], { cwd: projectRoot, env: { ...process.env, ...env }, maxBuffer: 2 ** 24 });
   return JSON.parse(stdout.trim().split('\n').at(-1)!);
 }
 
@@ -401,10 +411,7 @@ async function planBench(): Promise<void> {
     await env.deps.store.put('batches/big/personas.jsonl', `${teamLines(personas, 'new')}\n`, 'application/x-ndjson');
     const body = `
       const { planBatch } = await import('./lambdas/plan-batch/core.ts');
-      const { storeClient } = await import('./lambdas/shared/s3.ts');
-      const { sfnClient } = await import('./lambdas/shared/sfn.ts');
-      const deps = { settings, logger, clock: { now: () => new Date() }, ...storeClient(process.env, settings), ...sfnClient(process.env) };
-      const plan = await planBatch(event, deps);
+      const plan = await planBatch(event, await planDeps(logger));
       return { toRun: plan.toRun };`;
     const { result, peakMb, ms } = await inOwnProcess(body, { personasKey: 'batches/big/personas.jsonl', batchId: 'big' }, {
       ...env.env,
@@ -505,6 +512,68 @@ async function markingBench(): Promise<void> {
 }
 
 /**
+ * Batch mode's rounds at 10,000 personas of two grids each: PlanBatch, then every SubmitRound
+ * and CollectRound invocation in a process of its own, with the Lambda's deadline, as deployed:
+ * each one's time and peak memory against its function's. The offline backend answers every
+ * image with one small picture: 30,000 real ones (1.5-3 MB each) would need some 90 GB of disk
+ * for the bucket and OpenAI's output files, and hours of drawing on this machine.
+ */
+async function roundsBench(): Promise<void> {
+  const personas = 10_000;
+  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-rounds-'));
+  const db = await startDynaliteServer();
+  const fixedImage = await sharp({ create: { width: 1024, height: 1024, channels: 3, background: '#3d5a80' } }).png().toBuffer();
+  const backend = await startOfflineBackend({ fixedImage, c2pa: false, batchStepMs: 20 });
+  const local = await startLocalEnvironment({
+    dataDir: dir,
+    env: { OPENAI_API_KEY: 'sk-bench', OPENAI_BASE_URL: backend.baseUrl, PROMPT_PROVIDER: 'template', IMAGE_BUDGET_TABLE: 'image-budget', DEFAULT_IMAGES: '8', ...db.env },
+    stepFunctions: {},
+  });
+  const env = { ...local.env, OPENAI_API_KEY: 'sk-bench', S3_SECRET_KEY: local.embeddedS3!.secretKey, ...db.env, POWERTOOLS_METRICS_DISABLED: 'true' };
+  const worst: Partial<Record<StageName, { ms: number; peakMb: number; runs: number }>> = {};
+  const measured = async (stage: StageName, body: string, event: unknown) => {
+    const { result, peakMb, ms } = await inOwnProcess(body, event, env, STAGE_SPECS[stage].memoryMb);
+    const w = (worst[stage] ??= { ms: 0, peakMb: 0, runs: 0 });
+    Object.assign(w, { ms: Math.max(w.ms, ms), peakMb: Math.max(w.peakMb, peakMb), runs: w.runs + 1 });
+    return result;
+  };
+  const round = (core: string, stage: string) => `
+      const { ${core} } = await import('./lambdas/${stage}/core.ts');
+      const { depsFromEnv } = await import('./lambdas/shared/stage.ts');
+      const { roundClients } = await import('./lambdas/shared/round-clients.ts');
+      const deps = await depsFromEnv(process.env, logger, roundClients);
+      // As its handler sets it: a minute before the Lambda's 15.
+      deps.deadline = Date.now() + 14 * 60_000;
+      return await ${core}(event, deps);`;
+  try {
+    await local.deps.store.put('batches/rounds/personas.jsonl', `${teamLines(personas, 'r')}\n`, 'application/x-ndjson');
+    const plan = await measured('plan-batch', `
+      const { planBatch } = await import('./lambdas/plan-batch/core.ts');
+      return await planBatch(event, await planDeps(logger));`, { personasKey: 'batches/rounds/personas.jsonl', batchId: 'rounds', input: { openAiBatch: true } });
+    let status = await measured('submit-round', round('submitRound', 'submit-round'), { plan });
+    while (status.status !== 'nothing') {
+      while (status.status !== 'collected') {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        status = await measured('collect-round', round('collectRound', 'collect-round'), { plan, round: status });
+      }
+      if (status.next !== 'submit') break;
+      status = await measured('submit-round', round('submitRound', 'submit-round'), { plan, round: status });
+    }
+    const lines = backend.batchLines.length;
+    out(`Batch mode's rounds on ${personas.toLocaleString('en')} personas of two grids each (${lines.toLocaleString('en')} batch lines; small images, not real-size ones: see bench/run.ts)`);
+    for (const [stage, w] of Object.entries(worst) as [StageName, { ms: number; peakMb: number; runs: number }][]) {
+      out(`  ${stage}, the most of ${w.runs} invocation${w.runs === 1 ? '' : 's'} (V8's heap held to 90% of its memory): ${againstFunction(stage, w.ms, w.peakMb)}`);
+    }
+  } finally {
+    await local.close();
+    await backend.close();
+    await db.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  out();
+}
+
+/**
  * The face index at 100,000 published faces, in a process of its own as check-base's Lambda
  * holds it: a cold read of its chunks, then the nearest face of a new base, against the
  * function's timeout and memory.
@@ -555,7 +624,7 @@ async function facesBench(): Promise<void> {
 }
 
 // `npm run bench -- report marking` runs those sections only.
-const sections: Record<string, () => unknown> = { plan: planBench, workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench, faces: facesBench };
+const sections: Record<string, () => unknown> = { plan: planBench, workflow: workflowBench, split: splitBench, bundle: bundleBench, identity: identityBench, cli: cliBench, batch: batchBench, 'two-batches': twoBatchesBench, 'stale-plan': stalePlanBench, 'api-modes': apiModesBench, report: reportBench, marking: markingBench, faces: facesBench, rounds: roundsBench };
 const chosen = process.argv.slice(2);
 for (const name of chosen) if (!sections[name]) throw new Error(`no bench section ${name}: ${Object.keys(sections).join(', ')}`);
 for (const [name, section] of Object.entries(sections)) if (chosen.length === 0 || chosen.includes(name)) await section();

@@ -92,7 +92,9 @@ export const STAGE_SPECS: Record<StageName, StageSpec> = {
   'report-batch': { reads: [batches], writes: [batches], usesOpenAi: false, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
   // Batch mode's rounds (batch-workflow.ts): prompts, OpenAI batch files in and out, images to the runs.
   // Reads the run's manifest: a persona published meanwhile is not drawn again.
-  'submit-round': { reads: [batches, runs, runManifests], writes: [batches, runs], deletes: [roundFiles], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
+  // 2048 MB: `npm run bench -- rounds` measured a round of 20,000 lines at 75% of 1024 MB; the
+  // memory also buys the CPU that writes, checks and reserves them.
+  'submit-round': { reads: [batches, runs, runManifests], writes: [batches, runs], deletes: [roundFiles], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 2048 },
   'collect-round': { reads: [batches, runs], writes: [batches, runs], usesOpenAi: true, drawsImages: true, usesSharp: false, timeout: Duration.minutes(15), memoryMb: 1024 },
 };
 

@@ -44,6 +44,11 @@ export interface RecordedRequest {
 
 export interface OfflineBackendOptions {
   faults?: Fault[];
+  /**
+   * Every image answered is this one, not drawn (the bench: OpenAI's image sizes and bytes at the
+   * scale of thousands, which drawing would take hours to make).
+   */
+  fixedImage?: Buffer;
   /** Added to every image answer, as a stand-in for the model's time. */
   latencyMs?: number;
   /** Models that answer `model_not_found`; default: those the model table says are shut down by the clock's day. */
@@ -279,8 +284,7 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
     if (route === 'generations') {
       const twist = fault?.kind === 'lookalike' || fault?.kind === 'wrong-gender' ? fault.kind : undefined;
       const look = { ...lookFor(prompt), face: cast.faceFor(prompt, twist) };
-      const image = await drawAvatar(look, width, height);
-      images = [withLook(image, look)];
+      images = [options.fixedImage ?? withLook(await drawAvatar(look, width, height), look)];
     } else {
       if (!reference) return errorReply(400, { message: "Missing required parameter: 'image'.", type: 'invalid_request_error', param: 'image', code: 'missing_required_parameter' });
       if (!ACCEPTED_IMAGE_TYPES.has(reference.mimeType)) {
@@ -291,21 +295,25 @@ export async function startOfflineBackend(options: OfflineBackendOptions = {}): 
           code: 'unsupported_file_mimetype',
         });
       }
-      const look = lookIn(reference.data) ?? lookFor(reference.data.toString('base64'));
-      // Each further edit of the same person moves on to new scenes, as a second grid would.
-      const lookKey = JSON.stringify(look);
-      const round = edits.get(lookKey) ?? 0;
-      edits.set(lookKey, round + 1);
-      // An impostor: the second panel shows another person, as a model sometimes draws one.
-      const variations = await Promise.all(
-        [0, 1, 2, 3].map((v) => drawAvatar(look, width, height, v + 4 * round, fault?.kind === 'impostor' && v === 1 ? otherFace(look.face) : look.face)),
-      );
-      if (/grid/i.test(prompt)) {
-        const rnd = random(seedOf(`${prompt}:${++counter}`));
-        const [rows, cols] = fault?.kind === 'layout' ? [1, 3] : [2, 2];
-        images = [await composeGrid(width, height, gridLayout(width, height, rows, cols, rnd), variations, rnd)];
+      if (options.fixedImage) {
+        images = Array.from({ length: /grid/i.test(prompt) ? 1 : n }, () => options.fixedImage!);
       } else {
-        images = variations.concat(variations).slice(0, n);
+        const look = lookIn(reference.data) ?? lookFor(reference.data.toString('base64'));
+        // Each further edit of the same person moves on to new scenes, as a second grid would.
+        const lookKey = JSON.stringify(look);
+        const round = edits.get(lookKey) ?? 0;
+        edits.set(lookKey, round + 1);
+        // An impostor: the second panel shows another person, as a model sometimes draws one.
+        const variations = await Promise.all(
+          [0, 1, 2, 3].map((v) => drawAvatar(look, width, height, v + 4 * round, fault?.kind === 'impostor' && v === 1 ? otherFace(look.face) : look.face)),
+        );
+        if (/grid/i.test(prompt)) {
+          const rnd = random(seedOf(`${prompt}:${++counter}`));
+          const [rows, cols] = fault?.kind === 'layout' ? [1, 3] : [2, 2];
+          images = [await composeGrid(width, height, gridLayout(width, height, rows, cols, rnd), variations, rnd)];
+        } else {
+          images = variations.concat(variations).slice(0, n);
+        }
       }
     }
     const format = FORMATS.has(String(body.output_format)) ? (String(body.output_format) as 'png' | 'webp' | 'jpeg') : 'png';
