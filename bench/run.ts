@@ -429,12 +429,23 @@ async function planBench(): Promise<void> {
   out();
 }
 
+/** An embedded S3 in a folder of its own, for a section's stage to read in its process: its variables, a store on it, and how to remove both. */
+async function benchBucket(name: string, extra: Record<string, string> = {}) {
+  const dir = mkdtempSync(join(tmpdir(), `avatars-bench-${name}-`));
+  const s3 = await startEmbeddedS3(join(dir, 's3'), 'avatars');
+  const env = { S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars', ...extra };
+  const store = new ObjectStore(s3ClientFromEnv(env), 'avatars');
+  const close = async () => {
+    store.s3.destroy();
+    await s3.close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return { env, store, close };
+}
+
 /** ReportBatch on a batch of 10,000 personas of 40 avatars each, in a process of its own: its peak memory. */
 async function reportBench(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-report-'));
-  const s3 = await startEmbeddedS3(join(dir, 's3'), 'avatars');
-  const env = { S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars', PUBLIC_BASE_URL: 'https://avatars.example.com' };
-  const store = new ObjectStore(s3ClientFromEnv(env), 'avatars');
+  const { env, store, close } = await benchBucket('report', { PUBLIC_BASE_URL: 'https://avatars.example.com' });
   try {
     const personas = 10_000;
     const item = (i: number) => ({ personaId: `p-${i}`, line: i + 1, name: `p-${i}-0123456789abcdef` });
@@ -452,9 +463,9 @@ async function reportBench(): Promise<void> {
       const { Logger } = await import('@aws-lambda-powertools/logger');
       const { reportBatch } = await import('./lambdas/report-batch/core.ts');
       const { storeClient } = await import('./lambdas/shared/s3.ts');
-      const { settingsFromEnv } = await import('./lambdas/shared/settings.ts');
-      const settings = settingsFromEnv(process.env);
-      const deps = { settings, logger: new Logger({ logLevel: 'SILENT' }), ...storeClient(process.env, settings) };
+      const { depsFromEnv } = await import('./lambdas/shared/stage.ts');
+      // Its clients as its handler lists them.
+      const deps = await depsFromEnv(process.env, new Logger({ logLevel: 'SILENT' }), [storeClient]);
       let peak = process.memoryUsage().rss;
       const sample = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
       const started = performance.now();
@@ -468,9 +479,7 @@ async function reportBench(): Promise<void> {
     out(`ReportBatch on ${personas.toLocaleString('en')} results of 40 avatars each (${(Buffer.byteLength(results) / 2 ** 20).toFixed(0)} MiB of compact JSON Lines)`);
     out(`  ${counts.SUCCEEDED} reported in ${(ms / 1000).toFixed(1)} s; the process's memory (RSS) at most ${peakMb.toFixed(0)} MiB, Node itself included`);
   } finally {
-    store.s3.destroy();
-    await s3.close();
-    rmSync(dir, { recursive: true, force: true });
+    await close();
   }
   out();
 }
@@ -579,10 +588,7 @@ async function roundsBench(): Promise<void> {
  * function's timeout and memory.
  */
 async function facesBench(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'avatars-bench-faces-'));
-  const s3 = await startEmbeddedS3(join(dir, 's3'), 'avatars');
-  const env = { S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY: s3.accessKey, S3_SECRET_KEY: s3.secretKey, S3_BUCKET_NAME: 'avatars' };
-  const store = new ObjectStore(s3ClientFromEnv(env), 'avatars');
+  const { env, store, close } = await benchBucket('faces');
   try {
     const faces = 100_000;
     const chunk = 1000;
@@ -616,9 +622,7 @@ async function facesBench(): Promise<void> {
     out(`The face index at ${faces.toLocaleString('en')} faces (1024 dimensions, a byte each), in check-base's process`);
     out(`  a cold read of its ${faces / chunk} chunks ${(result.loadMs / 1000).toFixed(1)} s from the embedded S3; the nearest of ${result.size.toLocaleString('en')} faces to a new base ${result.nearestMs.toFixed(0)} ms (median of 7); in all ${againstFunction('check-base', ms, peakMb)}`);
   } finally {
-    store.s3.destroy();
-    await s3.close();
-    rmSync(dir, { recursive: true, force: true });
+    await close();
   }
   out();
 }

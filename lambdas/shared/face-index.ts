@@ -39,7 +39,7 @@ export interface Nearest {
   similarity: number;
 }
 
-export type Registration = { registered: IndexedFace; nearest?: Nearest } | { collided: Nearest };
+export type Registration = { registered: IndexedFace } | { collided: Nearest };
 
 /** Entries per chunk. */
 const CHUNK = 1000;
@@ -194,7 +194,7 @@ export class FaceIndex {
       if (await this.store.putNew(faceIndexKeys.entry(entry.seq), JSON.stringify(entry), 'application/json')) {
         this.add([entry]);
         if (this.faces.length % this.chunk === 0) await this.writeChunk(this.faces.length - this.chunk);
-        return { registered: this.faces[entry.seq]!, ...(nearest ? { nearest } : {}) };
+        return { registered: this.faces[entry.seq]! };
       }
       // Someone took this number first: read theirs, compare with it, try the next.
     }
